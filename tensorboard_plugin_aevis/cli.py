@@ -1,0 +1,59 @@
+"""The ``aevis`` command line: one sub-command per module that owns the work.
+
+Each sub-command module exposes ``add_parser(subparsers)`` which registers its parser
+and sets ``func`` (a callable taking the parsed args and returning an exit code).
+"""
+
+import argparse
+import importlib
+import sys
+
+# module name (inside tensorboard_plugin_aevis) for each sub-command, in help order
+COMMAND_MODULES = (
+    "commands.demo",
+    "commands.analyze",
+    "commands.contribution",
+    "commands.evaluate",
+    "commands.bench",
+)
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aevis",
+        description="Explain why adversarial examples fool a CNN: extract datapaths and log them to TensorBoard.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"tensorboard_plugin_aevis.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"tensorboard_plugin_aevis.{name}":
+                continue  # sub-command not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"aevis {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aevis: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``aevis`` CLI, one module each."""
