@@ -8,7 +8,7 @@ writer logs and what the run reader gives back.
 
 Shapes (N examples, L layers, layer l has C_l channels and an H_l x W_l feature map):
 
-- ``images``: (N, 3, H, W) float32 in [0, 1]
+- ``images``: (N, 3, H, W) float32 in [0, 1] (1 channel for grey-scale models)
 - ``gates[l]``: (N, C_l) float32, continuous gates (in [0, 1] for the constrained
   method; in [0, clamp] for DGR)
 - ``max_activations[l]``: (N, C_l) float32, max over space of each ungated feature map
@@ -119,8 +119,8 @@ class Analysis:
             raise ValueError("analysis has no gated layers")
         if len(self.gates) != len(self.layers):
             raise ValueError(f"{len(self.gates)} gate arrays for {len(self.layers)} layers: they must match one to one")
-        if self.images.ndim != 4 or self.images.shape[0] != n or self.images.shape[1] != 3:
-            raise ValueError(f"images have shape {tuple(self.images.shape)}; expected ({n}, 3, H, W)")
+        if self.images.ndim != 4 or self.images.shape[0] != n or self.images.shape[1] not in (1, 3):
+            raise ValueError(f"images have shape {tuple(self.images.shape)}; expected ({n}, 3, H, W) or ({n}, 1, H, W)")
         if not np.isfinite(self.images).all():
             raise ValueError("images contain NaN or infinite values")
         self._check_per_layer("gates", self.gates, n)
