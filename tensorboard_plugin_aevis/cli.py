@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from tensorboard_plugin_aevis.errors import UserError
+
 # module name (inside tensorboard_plugin_aevis) for each sub-command, in help order
 COMMAND_MODULES = (
     "commands.demo",
@@ -16,10 +18,6 @@ COMMAND_MODULES = (
     "commands.evaluate",
     "commands.bench",
 )
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
