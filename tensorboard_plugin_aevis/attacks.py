@@ -17,12 +17,13 @@ is touched.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .models import eval_mode
 
 Labels = Optional[Union[int, torch.Tensor]]
 
@@ -30,7 +31,7 @@ Labels = Optional[Union[int, torch.Tensor]]
 def fgsm(model: nn.Module, x: torch.Tensor, label: Labels = None, target: Labels = None, eps: float = 8 / 255) -> torch.Tensor:
     """One signed-gradient step of size ``eps``: ``clip_[0,1](x ± eps * sign(grad))`` -> (B, C, H, W)."""
     _check_budget(eps, steps=1)
-    with _eval_mode(model):
+    with eval_mode(model):
         x0, labels, direction = _prepare(model, x, label, target)
         grad = _loss_gradient(model, x0, labels)
         return (x0 + direction * eps * grad.sign()).clamp(0.0, 1.0).detach()
@@ -55,7 +56,7 @@ def pgd(
     """
     _check_budget(eps, steps)
     alpha = 2.5 * eps / steps if alpha is None else float(alpha)
-    with _eval_mode(model):
+    with eval_mode(model):
         x0, labels, direction = _prepare(model, x, label, target)
         adv = x0.clone()
         if random_start:
@@ -88,7 +89,7 @@ def mi_fgsm(
     if mu < 0:
         raise ValueError(f"momentum mu must be >= 0, got {mu}")
     alpha = eps / steps if alpha is None else float(alpha)
-    with _eval_mode(model):
+    with eval_mode(model):
         x0, labels, direction = _prepare(model, x, label, target)
         adv = x0.clone()
         momentum = torch.zeros_like(x0)
@@ -101,20 +102,6 @@ def mi_fgsm(
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode, then restore every submodule's training flag."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 def _check_budget(eps: float, steps: int) -> None:

@@ -21,9 +21,10 @@ pixel units (method-notes Sec. 6).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -89,6 +90,20 @@ class ClassifierWrapper(nn.Module):
                 "wrap it so that forward returns the class logits tensor"
             )
         return logits
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode inside the block, then restore every submodule's training flag."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
 
 
 def imagenet_categories() -> List[str]:
