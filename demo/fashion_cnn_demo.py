@@ -23,7 +23,9 @@ import summary_writers
 from tensorboard_plugin_aevis.attacks import mi_fgsm
 from tensorboard_plugin_aevis.datapath_metrics import representative_target
 from tensorboard_plugin_aevis.extraction import extract_datapaths
-from tensorboard_plugin_aevis.fashion_cnn import FASHION_CLASSES, FashionCNN, load_fashion_mnist, train_fashion_cnn
+from tensorboard_plugin_aevis.fashion_cnn import (
+    FASHION_CLASSES, FASHION_MNIST_ROOT, FashionCNN, load_fashion_mnist, to_tensor, train_fashion_cnn,
+)
 
 NUM_SNAPSHOTS = 5  # training steps at which the datapaths are logged
 NUM_EXAMPLES = 3  # adversarial examples followed over training
@@ -31,31 +33,26 @@ NUM_CANDIDATE_TARGETS = 8  # normal images of the class each adversarial example
 EPSILON = 0.1  # MI-FGSM budget in [0, 1] pixel space (Fashion-MNIST needs more than 16/255)
 
 
-def _as_images(uint8_images: torch.Tensor) -> torch.Tensor:
-    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float in [0, 1]."""
-    return torch.as_tensor(uint8_images).float().div(255).unsqueeze(1)
-
-
 def run(logdir: str, device: str = "cpu", progress: bool = True, seed: int = 0) -> dict:
     """Train, attack and log the datapaths at several training steps; returns a summary dict."""
     torch.manual_seed(seed)
-    train_images, train_labels = load_fashion_mnist(split="train")
-    test_images, test_labels = load_fashion_mnist(split="test")
-    x_test, y_test = _as_images(test_images), torch.as_tensor(test_labels).long()
+    root = os.environ.get("AEVIS_FASHION_MNIST_ROOT", FASHION_MNIST_ROOT)
+    train_images, train_labels = load_fashion_mnist(root, split="train")
+    test_images, test_labels = load_fashion_mnist(root, split="test")
+    x_test, y_test = to_tensor(test_images), torch.as_tensor(test_labels).long()
 
     model = FashionCNN().to(device)
     steps_per_epoch = len(train_labels) // 64
     snapshot_steps = {round(i * steps_per_epoch / (NUM_SNAPSHOTS - 1)) for i in range(NUM_SNAPSHOTS)}
     snapshots = {}
 
-    def keep_snapshot(step, trained):
-        if step in snapshot_steps:
-            snapshots[step] = copy.deepcopy(trained.state_dict())
+    def keep_snapshot(steps_done, trained):
+        if steps_done in snapshot_steps:
+            snapshots[steps_done] = copy.deepcopy(trained.state_dict())
 
-    keep_snapshot(0, model)
-    train_fashion_cnn(model, train_images, train_labels, epochs=1, batch_size=64, callback=keep_snapshot, progress=progress)
-    keep_snapshot(max(snapshot_steps), model)
-    model.eval()
+    keep_snapshot(0, model)  # the untrained network
+    train_fashion_cnn(model, train_images, train_labels, steps=steps_per_epoch, batch_size=64, seed=seed,
+                      callback=lambda step, trained: keep_snapshot(step + 1, trained), progress=progress)
 
     # Adversarial examples against the trained network, and normal images of the class each falls into.
     with torch.no_grad():

@@ -50,3 +50,12 @@ def test_cuda_without_cuda_is_one_clear_line(tmp_path):
     assert result.returncode != 0
     assert "CUDA is not available" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path):
+    env = dict(os.environ, AEVIS_FASHION_MNIST_ROOT=str(tmp_path / "no-data-here"))
+    result = aevis("demo", "--model", "fashion-cnn", "--logdir", str(tmp_path / "runs" / "fashion"), env=env)
+    assert result.returncode != 0
+    assert "apt-get install dataset-fashion-mnist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "fashion").exists()

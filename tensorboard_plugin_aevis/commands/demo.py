@@ -67,10 +67,13 @@ def move_tree(source: str, destination: str) -> None:
 
 def run_demo(args) -> int:
     check_device(args.device)
+    created = not os.path.exists(args.logdir)
     check_writable(args.logdir)
     try:
         demo = importlib.import_module(f"tensorboard_plugin_aevis.demos.{DEMOS[args.model]}")
     except ModuleNotFoundError as e:
+        if (e.name or "").startswith(("tensorboard_plugin_aevis", "summary_writers")):
+            raise
         raise UserError(f"the demo needs the package {e.name!r}: pip install 'tensorboard-plugin-aevis[demo]'") from None
 
     started = time.perf_counter()
@@ -78,8 +81,12 @@ def run_demo(args) -> int:
     try:
         summary = demo.run(staging, device=args.device, progress=not args.no_progress)
         move_tree(staging, args.logdir)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    except BaseException as e:
+        if created and not os.listdir(args.logdir):
+            os.rmdir(args.logdir)
+        if isinstance(e, FileNotFoundError):
+            raise UserError(str(e)) from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
