@@ -1,0 +1,176 @@
+"""What each part of an analysis is serialised to: tags, plugin metadata, tensor values.
+
+Tags (``<step>`` is the step the part belongs to; every tag holds one step, so
+TensorBoard's per-tag sampling can never drop an analysis)::
+
+    aevis/<name>/<method>/<step>/manifest          tensor, JSON string (logged last)
+    aevis/<name>/<method>/<step>/arrays            blob sequence: [npz, PNG of example 0, 1, ...]
+    aevis/<name>/<method>/<step>/learned_features  blob sequence: [JSON]
+    aevis/<name>/<step>/graph                      blob sequence: [model DAG JSON]
+    aevis/<name>/<step>/reference_images           blob sequence: [PNG, PNG, ...]
+
+The reader identifies parts by their plugin metadata, not by parsing tags.
+
+The ``arrays`` npz holds, for gated layer ``l``:
+
+- ``gates/<l>``: (N, C_l) float32, exact;
+- ``max_activations/<l>``: (N, C_l) float32, exact (when known);
+- ``maps/<l>/channels``: (K_l,) int32, the feature maps in any example's binary datapath;
+- ``maps/<l>/uint8``: (N, K_l, h_l, w_l) uint8 activation maps of those channels, pooled to
+  at most ``max_map_size`` per side; ``maps/<l>/min``, ``maps/<l>/max``: (N, K_l) float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
+
+from tensorboard_plugin_aevis import metadata
+from tensorboard_plugin_aevis.analysis import Analysis
+
+from summary_writers import codec
+from summary_writers.sink import SummaryRecord
+
+DEFAULT_MAX_MAP_SIZE = 28
+
+
+def analysis_tag(name: str, method: str, step: int, kind: str) -> str:
+    return f"aevis/{name}/{method}/{int(step)}/{kind}"
+
+
+def name_tag(name: str, step: int, kind: str) -> str:
+    return f"aevis/{name}/{int(step)}/{kind}"
+
+
+def _string_tensor(values: Sequence[bytes], scalar: bool = False) -> tensor_pb2.TensorProto:
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[] if scalar else [tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))])
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=list(values))
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy scalars / arrays, tuples and dicts with int keys -> plain JSON values (NaN refused)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        if not math.isfinite(float(value)):
+            raise ValueError("a logged value is NaN or infinite; check the analysis parameters")
+        return float(value)
+    if value is None or isinstance(value, (str, int)):
+        return value
+    raise TypeError(f"cannot log a value of type {type(value).__name__} as JSON")
+
+
+def datapath_summary(analysis: Analysis) -> Dict[str, Any]:
+    """Per-pair layer distances, kept fractions, and the diff curve + diverging / merging
+    points of (first adversarial, first source, representative target) when all roles exist."""
+    from tensorboard_plugin_aevis import datapath_metrics
+
+    n = analysis.num_examples
+    summary: Dict[str, Any] = {
+        "kept_fraction": analysis.kept_fraction().tolist(),
+        "distances": {
+            f"{i},{j}": np.asarray(datapath_metrics.layer_distances(analysis, i, j), dtype=np.float64).tolist()
+            for i in range(n)
+            for j in range(i + 1, n)
+        },
+        "diff_curve": None,
+        "diverging_merging": None,
+    }
+    adversarial, sources, targets = (analysis.indices(r) for r in ("adversarial", "source", "target"))
+    if adversarial and sources and targets:
+        adv, src = adversarial[0], sources[0]
+        tar = targets[0] if len(targets) == 1 else int(datapath_metrics.representative_target(analysis, adv, targets))
+        diff = np.asarray(datapath_metrics.diff_curve(analysis, adv, src, tar), dtype=np.float64)
+        r = int(analysis.params.get("r", max(1, min(8, len(analysis.layers) - 1))))
+        detected = to_jsonable(datapath_metrics.detect_diverging_merging(diff, r))
+        summary["diff_curve"] = diff.tolist()
+        summary["diverging_merging"] = {"adversarial": adv, "source": src, "target": tar, "diff": diff.tolist(), "r": r, **detected}
+    return to_jsonable(summary)
+
+
+def datapath_channels(analysis: Analysis) -> List[np.ndarray]:
+    """Per layer, the (K_l,) int32 channels in any example's binary datapath."""
+    return [np.flatnonzero(b.any(axis=0)).astype(np.int32) for b in analysis.binary()]
+
+
+def arrays_record(
+    name: str,
+    analysis: Analysis,
+    step: int,
+    max_activations: Optional[List[np.ndarray]],
+    datapath_maps: Optional[List[np.ndarray]],
+    max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+) -> SummaryRecord:
+    """The ``arrays`` blob sequence. ``datapath_maps[l]``: (N, K_l, H_l, W_l) float maps of
+    :func:`datapath_channels` ``[l]`` (or None: no maps logged)."""
+    arrays: Dict[str, np.ndarray] = {}
+    channels = datapath_channels(analysis)
+    for l, gates in enumerate(analysis.gates):
+        arrays[f"gates/{l}"] = np.asarray(gates, dtype=np.float32)
+        if max_activations is not None:
+            arrays[f"max_activations/{l}"] = np.asarray(max_activations[l], dtype=np.float32)
+        if datapath_maps is not None:
+            quantised, lo, hi = codec.quantise_maps(datapath_maps[l], max_map_size)
+            arrays[f"maps/{l}/channels"] = channels[l]
+            arrays[f"maps/{l}/uint8"] = quantised
+            arrays[f"maps/{l}/min"] = lo
+            arrays[f"maps/{l}/max"] = hi
+    blobs = [codec.encode_npz(arrays)] + [codec.encode_png(image) for image in analysis.images]
+    return SummaryRecord(
+        analysis_tag(name, analysis.method, step, metadata.KIND_ARRAYS),
+        metadata.create_summary_metadata(metadata.KIND_ARRAYS, name, analysis.method, step),
+        _string_tensor(blobs),
+    )
+
+
+def manifest_record(
+    name: str, analysis: Analysis, step: int, extras: Dict[str, Any], writer_id: str, writer_sequence: int
+) -> SummaryRecord:
+    """The ``manifest`` tensor: ``{"analysis": Analysis.to_json(), **datapath_summary, **extras}``."""
+    manifest = {"analysis": analysis.to_json(), **datapath_summary(analysis), **to_jsonable(extras)}
+    return SummaryRecord(
+        analysis_tag(name, analysis.method, step, metadata.KIND_MANIFEST),
+        metadata.create_summary_metadata(
+            metadata.KIND_MANIFEST, name, analysis.method, step, writer_id=writer_id, writer_sequence=writer_sequence
+        ),
+        _string_tensor([json.dumps(manifest, allow_nan=False).encode("utf-8")], scalar=True),
+    )
+
+
+def graph_record(name: str, graph: Dict[str, Any], step: int) -> SummaryRecord:
+    """The ``graph`` blob sequence: [the model DAG as JSON]."""
+    return SummaryRecord(
+        name_tag(name, step, metadata.KIND_GRAPH),
+        metadata.create_summary_metadata(metadata.KIND_GRAPH, name, "", step),
+        _string_tensor([json.dumps(to_jsonable(graph), allow_nan=False).encode("utf-8")]),
+    )
+
+
+def reference_images_record(name: str, images: np.ndarray, step: int) -> SummaryRecord:
+    """The ``reference_images`` blob sequence: one PNG per (C, H, W) image in [0, 1]."""
+    return SummaryRecord(
+        name_tag(name, step, metadata.KIND_REFERENCE_IMAGES),
+        metadata.create_summary_metadata(metadata.KIND_REFERENCE_IMAGES, name, "", step),
+        _string_tensor([codec.encode_png(image) for image in images]),
+    )
+
+
+def learned_features_record(name: str, method: str, step: int, boxes: Any) -> SummaryRecord:
+    """The ``learned_features`` blob sequence: [the boxes as JSON]."""
+    return SummaryRecord(
+        analysis_tag(name, method, step, metadata.KIND_LEARNED_FEATURES),
+        metadata.create_summary_metadata(metadata.KIND_LEARNED_FEATURES, name, method, step),
+        _string_tensor([json.dumps(to_jsonable(boxes), allow_nan=False).encode("utf-8")]),
+    )

@@ -1,0 +1,324 @@
+"""The model saved next to a run, loadable by TensorBoard without the user's code.
+
+Layout of ``<run>/plugins/aevis/models/<quoted analysis name>/``:
+
+- ``program.json``: the ``torch.export`` program (the graph of ATen ops with the module
+  hierarchy) as the JSON of ``torch._export.serde.serialize``; batch size dynamic;
+- ``weights.pt``, ``constants.pt``: ``dict[str, Tensor]`` written by ``torch.save``, read
+  with ``torch.load(weights_only=True)``;
+- ``meta.json``: artifact version, class names, input size, gated layers, the step.
+
+Why not ``torch.export.save`` / ``torch.export.load``: in torch 2.14 ``load`` retries a
+failed ``weights_only=True`` unpickling with ``weights_only=False`` (arbitrary code), turns
+the program's ``guards_code`` strings into Python it executes, and hands symbolic shape
+strings to ``sympy.sympify`` (``eval``). :func:`load_model_artifact` therefore reads the
+weights itself with ``weights_only=True``, drops the guards, and checks the JSON before
+torch sees it: every call target must be an ATen / prims operator or ``operator.getitem``,
+every symbolic expression must match a small arithmetic grammar, and no custom (TorchBind)
+objects may appear. Anything else is refused with :class:`ModelArtifactError`.
+
+Gated forward passes: :func:`load_model_artifact` returns the program unflattened with
+``torch.export.unflatten``, so every submodule keeps the module path it had in the
+user's model (``model.layer1.0`` ...) and forward hooks on it fire: the gating hooks
+(``gating.GateHooks``) work on the loaded model exactly as on the original.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import urllib.parse
+import uuid
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+ARTIFACT_VERSION = 1
+PROGRAM_FILE = "program.json"
+WEIGHTS_FILE = "weights.pt"
+CONSTANTS_FILE = "constants.pt"
+META_FILE = "meta.json"
+MAX_BATCH = 4096
+
+_ALLOWED_TARGET_PREFIXES = ("torch.ops.aten.", "torch.ops.prims.")
+_ALLOWED_TARGETS = {"_operator.getitem"}
+_SYMBOL_NAME = re.compile(r"^[a-z]+\d+$")
+_NAME = re.compile(r"^[A-Za-z0-9_.]*$")
+_VERSION = re.compile(r"^[A-Za-z0-9_.+-]*$")
+_MODULE_ENTRY = r"L__self__[A-Za-z0-9_.@]*,[A-Za-z0-9_.]*,[A-Za-z0-9_.]+"
+_MODULE_STACK = re.compile(rf"^(?:{_MODULE_ENTRY})(?:;{_MODULE_ENTRY})*$")
+_PYTREE_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict"}
+_DROPPED_METADATA = {"stack_trace", "torch_fn"}
+_EXPR_TOKEN = re.compile(r"\s+|\d+(?:\.\d+)?|'[a-z]+\d+'|[A-Za-z_][A-Za-z_0-9]*|\*\*|//|[-+*/(),=<>%]")
+_EXPR_NAMES = {
+    "Symbol", "Integer", "Float", "Rational", "positive", "integer", "real", "nonnegative", "True", "False",
+    "Max", "Min", "Abs", "oo", "Mul", "Add", "Pow", "Mod", "FloorDiv", "CeilDiv", "CleanDiv", "ModularIndexing",
+    "Where", "PythonMod", "CeilToInt", "FloorToInt", "TruncToInt", "TruncToFloat", "RoundToInt", "RoundDecimal",
+    "ToFloat", "IntTrueDiv", "FloatTrueDiv", "FloatPow", "PowByNatural", "LShift", "RShift", "Identity",
+    "IsNonOverlappingAndDenseIndicator",
+}
+
+
+class ModelArtifactError(ValueError):
+    """A model artifact that cannot be saved, or is missing, damaged or unsafe to load."""
+
+
+def artifact_dir(run_logdir: str, analysis_name: str) -> str:
+    """``<run_logdir>/plugins/aevis/models/<analysis name, URL-quoted so it is one safe path part>``."""
+    part = urllib.parse.quote(analysis_name, safe="")
+    if part in ("", ".", ".."):
+        part = part.replace(".", "%2E") or "%00"
+    return os.path.join(os.fspath(run_logdir), "plugins", "aevis", "models", part)
+
+
+def save_model_artifact(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    directory: str,
+    *,
+    step: Optional[int] = None,
+    gated_layers: Sequence[str] = (),
+) -> str:
+    """Export ``model`` (images (B, C, H, W) in [0, 1] -> logits) to ``directory``; returns it.
+
+    The batch dimension is dynamic (1..MAX_BATCH); C, H, W are those of
+    ``example_input`` (C, H, W) or (B, C, H, W). An existing artifact is replaced
+    atomically (a killed writer leaves the old one or the new one, never half of one).
+    """
+    from torch._export.serde import serialize as serde
+
+    example = torch.as_tensor(example_input, dtype=torch.float32).detach().cpu()
+    if example.dim() == 3:
+        example = example[None]
+    if example.dim() != 4:
+        raise ModelArtifactError(f"example input has shape {tuple(example.shape)}; expected (C, H, W) or (B, C, H, W)")
+    example = example[:1].repeat(2, 1, 1, 1)  # batch 2: a batch of 1 would be specialised to 1
+    was_training = model.training
+    model.eval()
+    try:
+        program = torch.export.export(
+            model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+        )
+        artifact = serde.serialize(program, serialize_example_inputs=False)
+    except Exception as exc:
+        raise ModelArtifactError(
+            f"could not export the model with torch.export ({type(exc).__name__}: {exc}); "
+            "pass save_model=False to log the analysis without the model"
+        ) from exc
+    finally:
+        model.train(was_training)
+
+    meta = {
+        "artifact_version": ARTIFACT_VERSION,
+        "torch_version": torch.__version__,
+        "input_shape": list(example.shape[1:]),
+        "class_names": list(getattr(model, "class_names", None) or []) or None,
+        "gated_layers": list(gated_layers),
+        "step": None if step is None else int(step),
+    }
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    staging = os.path.join(parent, f".staging-{uuid.uuid4().hex}")
+    os.makedirs(staging)
+    try:
+        for file_name, data in (
+            (PROGRAM_FILE, artifact.exported_program),
+            (WEIGHTS_FILE, artifact.state_dict),
+            (CONSTANTS_FILE, artifact.constants or _empty_tensor_dict()),
+            (META_FILE, json.dumps(meta).encode("utf-8")),
+        ):
+            with open(os.path.join(staging, file_name), "wb") as f:
+                f.write(data)
+        old = None
+        if os.path.exists(directory):
+            old = os.path.join(parent, f".old-{uuid.uuid4().hex}")
+            os.rename(directory, old)
+        os.rename(staging, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def _empty_tensor_dict() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({}, buffer)
+    return buffer.getvalue()
+
+
+def read_artifact_meta(directory: str) -> Dict[str, Any]:
+    """The ``meta.json`` of an artifact (JSON only, nothing executed)."""
+    path = os.path.join(directory, META_FILE)
+    try:
+        with open(path, "rb") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise ModelArtifactError(f"no model artifact at {directory}: log the analysis with save_model=True") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelArtifactError(f"model artifact metadata {path} is not valid JSON ({exc}); re-log the analysis") from exc
+    if not isinstance(meta, dict) or meta.get("artifact_version") != ARTIFACT_VERSION:
+        version = meta.get("artifact_version") if isinstance(meta, dict) else None
+        raise ModelArtifactError(
+            f"model artifact version {version!r} at {directory} is not supported (this AEVis reads version "
+            f"{ARTIFACT_VERSION}); upgrade tensorboard-plugin-aevis or re-log the analysis"
+        )
+    return meta
+
+
+def load_model_artifact(directory: str) -> nn.Module:
+    """Load an artifact -> ``nn.Module``: images (B, C, H, W) in [0, 1] -> logits (B, K).
+
+    The module is the unflattened export (submodules at their original paths), in eval
+    mode with frozen weights; it carries ``class_names`` (list or None), ``input_shape``
+    ((C, H, W)), ``gated_layers`` and ``step`` (the training step it was saved at).
+    Raises ModelArtifactError when the artifact is missing, damaged or unsafe.
+    """
+    from torch._export.serde import serialize as serde
+
+    meta = read_artifact_meta(directory)
+    try:
+        with open(os.path.join(directory, PROGRAM_FILE), "rb") as f:
+            program_json = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise ModelArtifactError(f"model artifact {directory} has no {PROGRAM_FILE}; re-log the analysis") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelArtifactError(f"{PROGRAM_FILE} in {directory} is not valid JSON ({exc}); re-log the analysis") from exc
+    program_json = sanitise_program_json(program_json)
+    state_dict = _load_tensor_dict(os.path.join(directory, WEIGHTS_FILE))
+    constants = _load_tensor_dict(os.path.join(directory, CONSTANTS_FILE))
+    try:
+        program = serde.deserialize(
+            serde.SerializedArtifact(json.dumps(program_json).encode("utf-8"), state_dict, constants, ((), {}))
+        )
+        module = torch.export.unflatten(program)
+    except Exception as exc:
+        raise ModelArtifactError(
+            f"model artifact {directory} could not be rebuilt ({type(exc).__name__}: {exc}); "
+            f"it was saved with torch {meta.get('torch_version')}, this is torch {torch.__version__}: re-log the analysis"
+        ) from exc
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    module.class_names = meta.get("class_names")
+    module.input_shape = tuple(meta.get("input_shape") or ())
+    module.gated_layers = list(meta.get("gated_layers") or [])
+    module.step = meta.get("step")
+    return module
+
+
+def _load_tensor_dict(path: str) -> Dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)`` of a ``dict[str, Tensor]``; anything else is refused."""
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelArtifactError(f"model artifact file {path} is missing; re-log the analysis") from None
+    except Exception as exc:
+        raise ModelArtifactError(
+            f"{path} is not a plain tensor file and was not loaded ({type(exc).__name__}); "
+            "the artifact is damaged or was replaced: re-log the analysis"
+        ) from exc
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()):
+        raise ModelArtifactError(f"{path} does not hold a dict of tensors; re-log the analysis")
+    return value
+
+
+def sanitise_program_json(program: Any) -> Dict[str, Any]:
+    """Check an exported-program JSON and return the part torch may see, else refuse it.
+
+    Every string must be an identifier-like name (node names, module paths: they end up
+    in generated Python source), a call target must be an ATen / prims operator or
+    ``operator.getitem``, symbolic expressions must match :func:`check_sym_expr`, pytree
+    specs may name only tuples / lists / dicts. Stack traces and ``guards_code`` (Python
+    source) are dropped.
+    """
+    if not isinstance(program, dict) or not isinstance(program.get("graph_module"), dict):
+        raise ModelArtifactError(f"{PROGRAM_FILE} is not a torch.export program; re-log the analysis")
+    program = dict(program, guards_code=[])
+    stack: List[Any] = [program]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        metadata = item.get("metadata")
+        if isinstance(metadata, dict):
+            item["metadata"] = {k: v for k, v in metadata.items() if k not in _DROPPED_METADATA}
+        for key, value in item.items():
+            if not _NAME.match(str(key)):
+                raise ModelArtifactError(f"{PROGRAM_FILE} has a disallowed key {str(key)[:80]!r}; refused")
+            if isinstance(value, str):
+                _check_string(key, value)
+            else:
+                stack.append(value)
+    return program
+
+
+def _check_string(key: str, value: str) -> None:
+    if key == "target":
+        ok = value.startswith(_ALLOWED_TARGET_PREFIXES) and bool(_NAME.match(value)) or value in _ALLOWED_TARGETS
+    elif key == "expr_str":
+        check_sym_expr(value)
+        return
+    elif key in ("in_spec", "out_spec"):
+        ok = _pytree_spec_is_plain(value)
+    elif key == "nn_module_stack":
+        ok = bool(_MODULE_STACK.match(value))
+    elif key == "torch_version":
+        ok = bool(_VERSION.match(value))
+    elif key in ("class_fqn", "custom_obj"):
+        ok = False
+    else:
+        ok = bool(_NAME.match(value))
+    if not ok:
+        raise ModelArtifactError(f"{PROGRAM_FILE} has a disallowed {key} {value[:80]!r}; refused")
+
+
+def _pytree_spec_is_plain(spec: str) -> bool:
+    try:
+        tree = json.loads(spec)
+    except ValueError:
+        return False
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") not in _PYTREE_TYPES:
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and not (_NAME.match(item) or _pytree_context_is_plain(item)):
+            return False
+    return True
+
+
+def _pytree_context_is_plain(context: str) -> bool:
+    try:
+        value = json.loads(context)
+    except ValueError:
+        return False
+    return value is None or (isinstance(value, list) and all(isinstance(v, (str, int)) and _NAME.match(str(v)) for v in value))
+
+
+def check_sym_expr(expr: Any) -> None:
+    """Allow only arithmetic over shape symbols (what ``sympy.sympify`` may safely evaluate)."""
+    if not isinstance(expr, str) or len(expr) > 2000:
+        raise ModelArtifactError(f"{PROGRAM_FILE} has a malformed symbolic expression; refused")
+    position = 0
+    while position < len(expr):
+        match = _EXPR_TOKEN.match(expr, position)
+        if match is None:
+            raise ModelArtifactError(f"{PROGRAM_FILE} has a disallowed symbolic expression {expr[:80]!r}; refused")
+        token = match.group(0)
+        if token[0].isalpha() or token[0] == "_":
+            if token not in _EXPR_NAMES and not _SYMBOL_NAME.match(token):
+                raise ModelArtifactError(f"{PROGRAM_FILE} has a disallowed name {token!r} in {expr[:80]!r}; refused")
+        position = match.end()
