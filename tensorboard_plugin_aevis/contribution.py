@@ -1,0 +1,586 @@
+"""Contribution analysis (paper Sec. 5.4, Eq. 7 and 8; method-notes Sec. 4).
+
+Which feature maps of an *earlier* layer make a *target* feature map (or the final
+prediction) what it is? One gate ``z_k`` in [0, 1] per earlier feature map and per
+analysed example multiplies that map; the gates are fitted to keep the preserved
+quantity ``f`` while being as small as possible and similar across the m examples
+(the datapaths analysed together)::
+
+    L(z) = sum_i ||f(x_i) - f(x_i; z_i)||^2 / ||f(x_i)||^2
+           + lambda * sum_i mean_k z_ik
+           + gamma * sum_i sum_{j != i} ||z_i - z_j||_2
+
+- Eq. 7 (``area=None``): ``f`` is the whole target map ``(H_t, W_t)``; the gates
+  act on the whole earlier maps.
+- Eq. 8 (``area`` given): ``f`` is only the selected neurons of the target map, and
+  the gates act only on the *corresponding neurons* of the earlier maps: the
+  receptive-field region of the selected neurons on the earlier layer's grid. We
+  compute it by autograd, not by layer arithmetic, so any architecture works: the
+  bounding box of the earlier-layer positions where the gradient of the selected
+  target neurons (summed, all examples, all channels) is non-zero. Outside that
+  rectangle the earlier maps pass unchanged.
+- :func:`prediction_contributions`: ``f`` is the softmax prediction ``(K,)``, as in
+  the datapath extraction (Eq. 5) but with gates on one layer only (merging analysis).
+
+Scaling (method-notes Sec. 1): the fidelity is relative (divided by ``||f(x_i)||^2``)
+and the L1 term is a mean over the ``C`` gates, so ``lambda`` means the same for a
+layer of 64 or 2048 maps: a map carrying an average share ``1/C`` of the preserved
+signal settles near ``z = 1 - lambda / 2``, a map with a much smaller share goes to 0.
+The gamma term uses a smoothed norm ``sqrt(||d||^2 + 1e-8)`` (differentiable at 0).
+
+Modes:
+
+- ``"sgd"`` (default, as the paper): gates start at 1 and are fitted through the real
+  network with Adam (a first-order stochastic-gradient method, scale free, which
+  converges in tens of steps where plain SGD needs a per-layer learning rate),
+  clamped to [0, 1] after every step. The forward pass stops at the target layer.
+- ``"quadratic"``: linearise ``f(z) ~ f(1) - J (1 - z)`` with ``J = df/dz`` from one
+  batched backward pass per preserved neuron (``autograd.grad(is_grads_batched=True)``);
+  when more than ``max_jacobian_rows`` neurons are preserved, ``J`` is replaced by a
+  Gaussian sketch ``S J`` (``S``: ``(max_jacobian_rows, P)``, ``E[S^T S] = I``, seeded),
+  so the fidelity is kept in expectation. The box-constrained convex problem in ``z``
+  is then solved by ``scipy.optimize.minimize(method="L-BFGS-B")`` with bounds [0, 1].
+
+The score of a map is its gate averaged over the examples (the paper's "contribution",
+in [0, 1]); ``ranking`` sorts the maps by score, highest first (ties: lower channel
+index first). The model is put in eval mode and its parameters' ``requires_grad``
+switched off for the duration of a call, then restored; hooks are removed on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import scipy.optimize
+import torch
+from torch import nn
+
+MODES = ("sgd", "quadratic")
+DEFAULT_LAMBDA = 0.5
+DEFAULT_GAMMA = 0.05
+DEFAULT_STEPS = 20
+DEFAULT_LR = 0.1
+DEFAULT_MAX_JACOBIAN_ROWS = 64
+_NORM_EPS = 1e-8
+
+Area = Union[Tuple[int, int, int, int], Sequence[int], np.ndarray, torch.Tensor]
+
+
+@dataclasses.dataclass
+class ContributionResult:
+    """Contributions of the C feature maps of ``earlier_layer`` for m examples.
+
+    ``gates``: (m, C) fitted gates in [0, 1]; ``scores``: (C,) their mean over the
+    examples; ``ranking``: channel indices sorted by score, highest first;
+    ``fidelity``: (m,) relative squared error ``||f - f(z)||^2 / ||f||^2`` of the
+    preserved quantity with the fitted gates, measured through the real network;
+    ``region``: the gated rectangle ``(y0, x0, y1, x1)`` (half-open) on the earlier
+    layer's grid for Eq. 8, ``None`` when the whole maps are gated.
+    ``target_layer`` is ``None`` for contributions to the prediction.
+    """
+
+    earlier_layer: str
+    target_layer: Optional[str]
+    channel: Optional[int]
+    area: Optional[Tuple[int, int, int, int]]
+    area_neurons: int
+    mode: str
+    gates: np.ndarray
+    scores: np.ndarray
+    ranking: List[int]
+    fidelity: np.ndarray
+    region: Optional[Tuple[int, int, int, int]]
+    earlier_shape: Tuple[int, int, int]
+    params: Dict[str, Any]
+    seconds: float
+
+    def to_json(self, top: Optional[int] = None) -> Dict[str, Any]:
+        """Plain JSON values; ``top`` limits the ranked list (all maps when None)."""
+        ranked = self.ranking if top is None else self.ranking[:top]
+        return {
+            "earlier_layer": self.earlier_layer,
+            "target_layer": self.target_layer,
+            "channel": self.channel,
+            "area": list(self.area) if self.area is not None else None,
+            "area_neurons": self.area_neurons,
+            "mode": self.mode,
+            "region": list(self.region) if self.region is not None else None,
+            "earlier_shape": list(self.earlier_shape),
+            "params": self.params,
+            "seconds": self.seconds,
+            "fidelity": [float(v) for v in self.fidelity],
+            "scores": [float(v) for v in self.scores],
+            "gates": [[float(v) for v in row] for row in self.gates],
+            "ranking": [{"channel": int(c), "score": float(self.scores[c])} for c in ranked],
+        }
+
+
+class _StopForward(Exception):
+    """Raised by the target hook: nothing after the target layer is needed."""
+
+
+# ----------------------------------------------------------------- model plumbing
+def _module(model: nn.Module, path: str, what: str) -> nn.Module:
+    if not isinstance(path, str) or not path:
+        raise TypeError(f"{what} must be a module path string such as 'layer3.1', got {path!r}")
+    modules = dict(model.named_modules())
+    if path not in modules:
+        candidates = [n for n in modules if n and (path in n or n.endswith(path.split(".")[-1]))][:8]
+        hint = f"; similar paths: {', '.join(candidates)}" if candidates else "; list them with [n for n, _ in model.named_modules()]"
+        raise ValueError(f"unknown {what} {path!r}: the model has no module with that path{hint}")
+    return modules[path]
+
+
+@contextlib.contextmanager
+def _analysis_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen parameters for the duration; both restored afterwards."""
+    training = {m: m.training for m in model.modules()}
+    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in grad_flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in grad_flags:
+            p.requires_grad_(flag)
+        for m, flag in training.items():
+            m.training = flag
+
+
+class _ChildrenAsLeaves(torch.fx.Tracer):
+    """Traces one module's forward with its direct children kept as opaque calls."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return "." not in qualified_name
+
+
+def _clone(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+class _GatedForward:
+    """Runs the model from the earlier layer to the target layer with gates applied.
+
+    Only the part of the forward pass between the two layers is re-run per call:
+    :meth:`prepare` runs the model once up to the lowest common ancestor module of
+    the two layers (LCA), traces the LCA with torch.fx (its direct children kept as
+    calls), runs the LCA's graph up to the child holding the earlier layer once and
+    caches the values later nodes read; :meth:`run` replays the rest. When the LCA
+    cannot be traced, the replay calls the LCA with its cached inputs. Cached values
+    are cloned per replay (in-place ops such as ``ReLU(inplace=True)`` stay safe).
+
+    ``run(gates, region)`` -> the target output (the model output when the target is
+    None); ``gates``: (m, C) or None for the ungated network; ``region``: (H_e, W_e)
+    float mask of the gated neurons or None for whole maps. The last gated earlier
+    output is kept in ``self.gated``.
+    """
+
+    def __init__(self, model: nn.Module, earlier_path: str, target_path: Optional[str]):
+        self.model = model
+        self.earlier = _module(model, earlier_path, "earlier layer")
+        self.target = _module(model, target_path, "target layer") if target_path is not None else None
+        earlier_parts = earlier_path.split(".")
+        target_parts = target_path.split(".") if target_path is not None else []
+        common: List[str] = []
+        for a, b in zip(earlier_parts, target_parts):
+            if a != b:
+                break
+            common.append(a)
+        self._lca_path = ".".join(common)
+        self._earlier_rel = earlier_parts[len(common):]
+        self._target_rel = target_parts[len(common):]
+        self.gates: Optional[torch.Tensor] = None
+        self.region: Optional[torch.Tensor] = None
+        self.gated: Optional[torch.Tensor] = None
+        self.captured: Optional[torch.Tensor] = None
+        self._replay = None
+
+    # --------------------------------------------------------------- gating
+    def _gate(self, output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(f"the earlier layer must output a 4-D feature map (B, C, H, W), its output is {shape}; pick a convolutional block")
+        if self.gates is None:
+            self.gated = output
+            return output
+        z = self.gates[:, :, None, None]
+        if self.region is not None:
+            z = 1.0 + self.region[None, None] * (z - 1.0)
+        self.gated = output * z
+        return self.gated
+
+    def _gate_hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        return self._gate(output)
+
+    def _target_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self.captured = output
+        raise _StopForward
+
+    @contextlib.contextmanager
+    def hooks(self) -> Iterator["_GatedForward"]:
+        handles = [self.earlier.register_forward_hook(self._gate_hook)]
+        if self.target is not None:
+            handles.append(self.target.register_forward_hook(self._target_hook))
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    # --------------------------------------------------------------- replay
+    def prepare(self, images: torch.Tensor, earlier_path: str, target_path: Optional[str]) -> torch.Tensor:
+        """One real forward pass up to the target (inside :meth:`hooks`, no gates).
+
+        Checks that the earlier layer runs before the target, builds the replay and
+        returns the ungated target output (the model output when the target is None).
+        """
+        lca = self.model.get_submodule(self._lca_path)
+        captured: Dict[str, Any] = {}
+
+        def capture_lca_inputs(module, args, kwargs):
+            captured.setdefault("args", args)
+            captured.setdefault("kwargs", kwargs)
+
+        handle = lca.register_forward_pre_hook(capture_lca_inputs, with_kwargs=True)
+        self.gates, self.captured, self.gated = None, None, None
+        try:
+            out = self.model(images)
+            if self.target is not None:
+                raise ValueError(f"target layer {target_path!r} is never called in a forward pass of the model; pick a module that runs")
+        except _StopForward:
+            out = self.captured
+        finally:
+            handle.remove()
+        if self.gated is None:
+            where = f"target layer {target_path!r}" if target_path is not None else "the model output"
+            raise ValueError(
+                f"earlier layer {earlier_path!r} does not run before {where} in a forward pass "
+                "(it runs after it, or not at all); pick a layer closer to the input"
+            )
+        whole_lca = lambda: lca(*[_clone(a) for a in captured["args"]], **{k: _clone(v) for k, v in captured["kwargs"].items()})
+        self._replay = self._traced_replay(lca, captured["args"], captured["kwargs"]) or whole_lca
+        replayed = self.run(None, None)
+        if not (isinstance(out, torch.Tensor) and replayed.shape == out.shape and torch.allclose(replayed, out, rtol=1e-4, atol=1e-5)):
+            self._replay = whole_lca  # the traced graph does not reproduce the model: replay the LCA as a whole
+        return out
+
+    def _traced_replay(self, lca: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]):
+        """A replay of the LCA's fx graph from the child holding the earlier layer, or None."""
+        if kwargs or not self._earlier_rel:
+            return None
+        try:
+            graph_module = torch.fx.GraphModule(lca, _ChildrenAsLeaves().trace(lca))
+        except Exception:  # any tracing failure (data-dependent control flow, ...): replay the whole LCA
+            return None
+        nodes = list(graph_module.graph.nodes)
+        first = [n for n in nodes if n.op == "call_module" and n.target == self._earlier_rel[0]]
+        if len(first) != 1 or sum(n.op == "placeholder" for n in nodes) != len(args):
+            return None
+        start = nodes.index(first[0])
+        earlier_is_child = len(self._earlier_rel) == 1
+        interpreter = torch.fx.Interpreter(graph_module)
+        interpreter.args_iter = iter(args)
+        prefix = nodes[: start + 1] if earlier_is_child else nodes[:start]
+        for node in prefix:  # the earlier child itself runs ungated here (gates are None)
+            interpreter.env[node] = interpreter.run_node(node)
+        later = set(nodes[len(prefix):])
+        cached = {n: v for n, v in interpreter.env.items() if any(u in later for u in n.users)}
+        earlier_output = interpreter.env[first[0]] if earlier_is_child else None
+        returns_target = not self._target_rel
+
+        def replay():
+            interpreter.env = {n: _clone(v) for n, v in cached.items()}
+            if earlier_is_child:
+                interpreter.env[first[0]] = self._gate(_clone(earlier_output))
+            for node in nodes[len(prefix):]:
+                value = interpreter.run_node(node)
+                if node.op == "output":
+                    if returns_target and self.target is not None:
+                        self.captured = value
+                        raise _StopForward
+                    return value
+                interpreter.env[node] = value
+            raise AssertionError("an fx graph always ends in an output node")
+
+        return replay
+
+    def run(self, gates: Optional[torch.Tensor], region: Optional[torch.Tensor]) -> torch.Tensor:
+        self.gates, self.region, self.captured, self.gated = gates, region, None, None
+        try:
+            out = self._replay()
+        except _StopForward:
+            out = self.captured
+        if self.gated is None:
+            raise ValueError("the earlier layer was never called on the way to the target; pick a module on the path to the target")
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"the target layer outputs {type(out).__name__}, not a tensor; pick a module that outputs a feature map")
+        return out
+
+
+# ------------------------------------------------------------------- validation
+def _check_images(images: torch.Tensor) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (m, C, H, W), got {type(images).__name__}")
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must have shape (m, C, H, W) with m >= 1, got {tuple(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or infinite values")
+    return images.float()
+
+
+def _area_mask(area: Area, height: int, width: int) -> Tuple[torch.Tensor, Optional[Tuple[int, int, int, int]]]:
+    """(H_t, W_t) bool mask of the selected neurons and the rectangle (if one was given)."""
+    if isinstance(area, (np.ndarray, torch.Tensor)) and area.ndim == 2:
+        mask = torch.as_tensor(np.asarray(area)).bool()
+        if tuple(mask.shape) != (height, width):
+            raise ValueError(f"the area mask has shape {tuple(mask.shape)} but the target map is {height}x{width}; pass a ({height}, {width}) boolean mask")
+        if not mask.any():
+            raise ValueError("the area mask selects no neuron; select at least one")
+        return mask, None
+    values = list(np.asarray(area).reshape(-1)) if not isinstance(area, (list, tuple)) else list(area)
+    if len(values) != 4 or not all(float(v).is_integer() for v in values):
+        raise ValueError(f"area must be a rectangle (y0, x0, y1, x1) of integers or a ({height}, {width}) boolean mask, got {area!r}")
+    y0, x0, y1, x1 = (int(v) for v in values)
+    if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+        raise ValueError(
+            f"area (y0={y0}, x0={x0}, y1={y1}, x1={x1}) is outside the {height}x{width} target map or empty; "
+            f"it is half-open in neuron units: need 0 <= y0 < y1 <= {height} and 0 <= x0 < x1 <= {width}"
+        )
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[y0:y1, x0:x1] = True
+    return mask, (y0, x0, y1, x1)
+
+
+def _check_params(mode: str, lambda_: float, gamma: float, steps: int) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if not (np.isfinite(lambda_) and lambda_ >= 0):
+        raise ValueError(f"lambda_ must be a finite number >= 0, got {lambda_!r}")
+    if not (np.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+
+
+# ------------------------------------------------------------------- objectives
+def _penalties(z: torch.Tensor, lambda_: float, gamma: float) -> torch.Tensor:
+    """lambda * sum_i mean_k z_ik + gamma * sum_{i != j} ||z_i - z_j|| for z (m, C)."""
+    loss = lambda_ * z.mean(dim=1).sum()
+    if gamma > 0 and z.shape[0] > 1:
+        diff = z[:, None, :] - z[None, :, :]
+        loss = loss + gamma * torch.sqrt((diff**2).sum(-1) + _NORM_EPS).sum() - gamma * z.shape[0] * _NORM_EPS**0.5
+    return loss
+
+
+def _relative_error(preserved: torch.Tensor, reference: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """(m,) ||preserved - reference||^2 / ||reference||^2 over the flattened neurons."""
+    return ((preserved - reference) ** 2).flatten(1).sum(1) / norms
+
+
+def _fit_sgd(forward: _GatedForward, images, select, reference, norms, region, channels, lambda_, gamma, steps, lr) -> torch.Tensor:
+    z = torch.ones(images.shape[0], channels, requires_grad=True)
+    optimizer = torch.optim.Adam([z], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        preserved = select(forward.run(z, region))
+        loss = _relative_error(preserved, reference, norms).sum() + _penalties(z, lambda_, gamma)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            z.clamp_(0.0, 1.0)
+    return z.detach()
+
+
+def _jacobian(forward: _GatedForward, images, select, region, channels, max_rows, seed) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(J, f1): J (m, R, C) Jacobian (or its sketch) of the preserved neurons w.r.t. z at z = 1."""
+    z = torch.ones(images.shape[0], channels, requires_grad=True)
+    with torch.enable_grad():
+        preserved = select(forward.run(z, region)).flatten(1)  # (m, P)
+    m, p = preserved.shape
+    if p <= max_rows:
+        directions = torch.eye(p).unsqueeze(1).expand(p, m, p)  # one neuron per row
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        sketch = torch.randn(max_rows, p, generator=generator) / max_rows**0.5
+        directions = sketch.unsqueeze(1).expand(max_rows, m, p)
+    (rows,) = torch.autograd.grad(preserved, z, grad_outputs=directions.contiguous(), is_grads_batched=True)
+    return rows.permute(1, 0, 2).contiguous(), preserved.detach()  # rows: (R, m, C)
+
+
+def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma: float, steps: int) -> torch.Tensor:
+    """Minimise sum_i ||J_i (1 - z_i)||^2 / n_i + penalties over z in [0, 1]^(m x C)."""
+    m, _, c = jac.shape
+    jac64 = jac.double().numpy() / np.sqrt(norms.double().numpy())[:, None, None]
+
+    def objective(flat: np.ndarray) -> Tuple[float, np.ndarray]:
+        z = flat.reshape(m, c)
+        residual = np.einsum("irc,ic->ir", jac64, 1.0 - z)
+        value = float((residual**2).sum())
+        grad = -2.0 * np.einsum("irc,ir->ic", jac64, residual)
+        zt = torch.tensor(z, requires_grad=True)
+        penalty = _penalties(zt, lambda_, gamma)
+        penalty.backward()
+        return value + float(penalty.detach()), (grad + zt.grad.numpy()).reshape(-1)
+
+    solution = scipy.optimize.minimize(
+        objective, np.ones(m * c), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * (m * c),
+        options={"maxiter": max(steps * 10, 100)},
+    )
+    return torch.tensor(solution.x.reshape(m, c), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------- engine
+def _contributions(
+    model, images, earlier_layer, target_layer, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, region_mask_fn,
+):
+    """Shared driver: returns (gates (m, C), fidelity (m,), region rectangle, earlier shape)."""
+    forward = _GatedForward(model, earlier_layer, target_layer)
+    with _analysis_mode(model), forward.hooks():
+        with torch.no_grad():
+            out = forward.prepare(images, earlier_layer, target_layer)
+        earlier_shape = tuple(forward.gated.shape[1:])
+        select = select_fn(out)
+        with torch.no_grad():
+            reference = select(out)
+        norms = reference.flatten(1).pow(2).sum(1)
+        if not bool((norms > 0).all()):
+            zero = [int(i) for i in torch.nonzero(norms == 0).flatten()]
+            raise ValueError(
+                f"the preserved neurons are all zero for example(s) {zero}: nothing to explain; "
+                "select an area where the target map is active on every example"
+            )
+        region, rectangle = region_mask_fn(forward, select, earlier_shape)
+        channels = earlier_shape[0]
+        if mode == "sgd":
+            with torch.enable_grad():
+                gates = _fit_sgd(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps, lr)
+        else:
+            jac, _ = _jacobian(forward, images, select, region, channels, max_jacobian_rows, seed)
+            gates = _fit_quadratic(jac, norms, lambda_, gamma, steps)
+        with torch.no_grad():
+            fidelity = _relative_error(select(forward.run(gates, region)), reference, norms)
+    return gates.numpy(), fidelity.numpy(), rectangle, earlier_shape
+
+
+def _result(gates, fidelity, earlier_layer, target_layer, channel, area, area_neurons, mode, region, earlier_shape, params, start):
+    scores = gates.mean(axis=0)
+    ranking = sorted(range(len(scores)), key=lambda c: (-scores[c], c))
+    return ContributionResult(
+        earlier_layer=earlier_layer, target_layer=target_layer, channel=channel, area=area, area_neurons=area_neurons,
+        mode=mode, gates=gates, scores=scores, ranking=ranking, fidelity=fidelity, region=region,
+        earlier_shape=tuple(int(v) for v in earlier_shape), params=params, seconds=time.perf_counter() - start,
+    )
+
+
+def _receptive_field(forward: _GatedForward, images: torch.Tensor, select, channels: int) -> Tuple[torch.Tensor, Tuple[int, int, int, int]]:
+    """(H_e, W_e) float mask of the bounding box of the earlier positions the selected neurons depend on."""
+    with torch.enable_grad():
+        z = torch.ones(images.shape[0], channels, requires_grad=True)
+        preserved = select(forward.run(z, None))
+        (grad,) = torch.autograd.grad(preserved.sum(), forward.gated)
+    support = grad.abs().sum(dim=(0, 1)) > 0  # (H_e, W_e)
+    if not support.any():
+        raise ValueError("the selected target neurons do not depend on the earlier layer on these images; pick an earlier layer on the path to the target")
+    ys = torch.nonzero(support.any(dim=1)).flatten()
+    xs = torch.nonzero(support.any(dim=0)).flatten()
+    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    mask = torch.zeros(support.shape)
+    mask[y0:y1, x0:x1] = 1.0
+    return mask, (y0, x0, y1, x1)
+
+
+def feature_map_contributions(
+    model: nn.Module,
+    images: torch.Tensor,
+    target_layer: str,
+    channel: int,
+    earlier_layer: str,
+    area: Optional[Area] = None,
+    mode: str = "sgd",
+    lambda_: float = DEFAULT_LAMBDA,
+    gamma: float = DEFAULT_GAMMA,
+    steps: int = DEFAULT_STEPS,
+    lr: float = DEFAULT_LR,
+    max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS,
+    seed: int = 0,
+) -> ContributionResult:
+    """Contribution of each feature map of ``earlier_layer`` to map ``channel`` of ``target_layer``.
+
+    ``images``: (m, C_in, H, W), the m datapaths' examples analysed together (in the
+    model's input space; [0, 1] for a ClassifierWrapper). ``area``: None for Eq. 7
+    (whole target map) or, for Eq. 8, a half-open rectangle ``(y0, x0, y1, x1)`` in
+    target-map neuron coordinates or an ``(H_t, W_t)`` boolean neuron mask.
+    ``steps``: optimiser steps (SGD) or a tenth of the L-BFGS-B iteration cap
+    (quadratic). Raises ValueError for an unknown layer or channel, an area outside
+    the map, or an earlier layer that does not run before the target.
+    """
+    start = time.perf_counter()
+    images = _check_images(images)
+    _check_params(mode, lambda_, gamma, steps)
+    if earlier_layer == target_layer:
+        raise ValueError(f"earlier layer and target layer are both {target_layer!r}; pick an earlier layer closer to the input")
+    area_info: Dict[str, Any] = {}
+
+    def select_fn(out: torch.Tensor):
+        if out.dim() != 4:
+            raise ValueError(f"the target layer outputs shape {tuple(out.shape)}, not a (B, C, H, W) feature map; pick a convolutional block")
+        if not isinstance(channel, (int, np.integer)) or isinstance(channel, bool) or not 0 <= channel < out.shape[1]:
+            raise ValueError(f"channel {channel!r} does not exist in target layer {target_layer!r}: it has {out.shape[1]} feature maps (0..{out.shape[1] - 1})")
+        if area is None:
+            area_info["neurons"] = int(out.shape[2] * out.shape[3])
+            return lambda o: o[:, int(channel)]
+        mask, rectangle = _area_mask(area, int(out.shape[2]), int(out.shape[3]))
+        area_info["rectangle"], area_info["neurons"] = rectangle, int(mask.sum())
+        return lambda o: o[:, int(channel)][:, mask]
+
+    def region_mask_fn(forward, select, earlier_shape):
+        if area is None:
+            return None, None
+        return _receptive_field(forward, images, select, earlier_shape[0])
+
+    gates, fidelity, region, earlier_shape = _contributions(
+        model, images, earlier_layer, target_layer, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, region_mask_fn
+    )
+    params = {"lambda": lambda_, "gamma": gamma, "steps": steps, "lr": lr, "max_jacobian_rows": max_jacobian_rows, "seed": seed}
+    area_out = area_info.get("rectangle")
+    return _result(gates, fidelity, earlier_layer, target_layer, int(channel), area_out, area_info["neurons"], mode, region, earlier_shape, params, start)
+
+
+def prediction_contributions(
+    model: nn.Module,
+    images: torch.Tensor,
+    layer: str,
+    mode: str = "sgd",
+    lambda_: float = DEFAULT_LAMBDA,
+    gamma: float = DEFAULT_GAMMA,
+    steps: int = DEFAULT_STEPS,
+    lr: float = DEFAULT_LR,
+    max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS,
+    seed: int = 0,
+) -> ContributionResult:
+    """Contribution of each feature map of ``layer`` to the final prediction.
+
+    The preserved quantity is the softmax of the model's logits (m, K), as in Eq. 5,
+    with gates on ``layer`` only; other arguments as in :func:`feature_map_contributions`.
+    """
+    start = time.perf_counter()
+    images = _check_images(images)
+    _check_params(mode, lambda_, gamma, steps)
+
+    def select_fn(out: torch.Tensor):
+        if out.dim() != 2:
+            raise ValueError(f"the model outputs shape {tuple(out.shape)}; contributions to the prediction need logits (B, K)")
+        return lambda o: torch.softmax(o, dim=1)
+
+    gates, fidelity, _, earlier_shape = _contributions(
+        model, images, layer, None, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, lambda *a: (None, None)
+    )
+    params = {"lambda": lambda_, "gamma": gamma, "steps": steps, "lr": lr, "max_jacobian_rows": max_jacobian_rows, "seed": seed}
+    return _result(gates, fidelity, layer, None, None, None, 0, mode, None, earlier_shape, params, start)
