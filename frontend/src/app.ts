@@ -1,0 +1,480 @@
+/**
+ * The dashboard controller: selectors (run, analysis, method, step, datapaths), the
+ * three levels (network, layer, neuron), view state in the URL hash, and plain
+ * messages for the bad states (no runs, run without AEVis data, backend errors,
+ * models too large to show expanded).
+ */
+
+import { ApiError, getJson, routeUrl } from "./api";
+import { pathColors, ROLE_LABELS } from "./colors";
+import { clear, el, select } from "./dom";
+import { exportPng, exportSvg, fileStem } from "./exportView";
+import { defaultExpanded, toggleGroup } from "./graphModel";
+import { readViewState, writeViewState, type ViewState } from "./hashState";
+import { NetworkView } from "./networkView";
+import { NeuronView } from "./neuronView";
+import { formatValue } from "./scales";
+import { TreemapView } from "./treemapView";
+import type {
+  AnalysisListing, AnalysisManifest, ExampleRef, GraphData, NeuronData, RiverData, RunListing, RunsResponse, TreemapData,
+} from "./types";
+
+/** Visible-node budget of the graph on first view; larger models start with groups collapsed. */
+export const GRAPH_NODE_BUDGET = 80;
+/** The treemap route compares at most this many datapaths. */
+const TREEMAP_MAX_EXAMPLES = 5;
+const TAB = "aevis";
+
+type MessageKind = "error" | "warning" | "info";
+
+/** The window whose URL carries the view state: TensorBoard's page when reachable, else our own. */
+function hostWindow(): Window {
+  try {
+    if (window.parent !== window && window.parent.location.href) return window.parent;
+  } catch {
+    // a cross-origin parent: keep the state in the iframe's own URL
+  }
+  return window;
+}
+
+function describeError(err: unknown): string {
+  if (err instanceof ApiError) return `The ${err.route} route answered${err.status ? ` ${err.status}` : ""}: ${err.message}`;
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The gated layers as a plain chain, for analyses logged without a model graph. */
+function chainGraph(layers: string[]): GraphData {
+  return {
+    nodes: layers.map((name, i) => ({ id: name, label: name, op: "call_module", group: null, gated_layer: i })),
+    edges: layers.slice(1).map((name, i) => ({ source: layers[i], target: name })),
+    groups: [],
+  };
+}
+
+export class App {
+  private state: ViewState;
+  private runs: RunListing[] = [];
+  private manifest: AnalysisManifest | null = null;
+  private graph: GraphData | null = null;
+  private river: RiverData | null = null;
+  private expanded = new Set<string>();
+  /** Incremented per analysis load; stale answers are dropped. */
+  private generation = 0;
+  private readonly host = hostWindow();
+
+  private readonly controls = el("div", { class: "controls" });
+  private readonly messages = el("div", { class: "messages", role: "status" });
+  private readonly networkPanel = el("section", { class: "panel network-panel", hidden: "" });
+  private readonly treemapPanel = el("section", { class: "panel treemap-panel", hidden: "" });
+  private readonly neuronPanel = el("section", { class: "panel neuron-panel", hidden: "" });
+  private readonly networkView = new NetworkView();
+  private readonly treemapView = new TreemapView();
+  private readonly neuronView = new NeuronView();
+  private readonly legend = el("div", { class: "legend" });
+  private readonly summary = el("div", { class: "summary" });
+  private readonly treemapHead = el("div", { class: "panel-head" });
+
+  constructor(root: HTMLElement) {
+    this.state = readViewState(this.host.location.hash);
+    root.classList.add("aevis");
+    root.append(this.controls, this.messages, this.networkPanel, this.treemapPanel, this.neuronPanel);
+    const exportButtons = (what: () => SVGSVGElement | null, name: () => string) => [
+      this.button("Export SVG", () => this.exportView(what, name, "svg")),
+      this.button("Export PNG", () => this.exportView(what, name, "png")),
+    ];
+    this.networkPanel.append(
+      el("div", { class: "panel-head" }, [
+        el("h2", {}, ["Datapath river over the model graph"]),
+        el("span", { class: "spacer" }),
+        this.button("Fit", () => this.networkView.fit()),
+        this.button("+", () => this.networkView.zoomBy(1.4)),
+        this.button("−", () => this.networkView.zoomBy(1 / 1.4)),
+        ...exportButtons(() => this.networkView.snapshot(), () => fileStem([this.state.analysis ?? "", "network"])),
+      ]),
+      this.summary,
+      this.legend,
+      this.networkView.element,
+    );
+    this.treemapPanel.append(this.treemapHead, this.treemapView.element);
+    this.neuronPanel.append(this.neuronView.element);
+    this.host.addEventListener("hashchange", () => this.onExternalHashChange());
+  }
+
+  async start(): Promise<void> {
+    try {
+      const answer = await getJson<RunsResponse>("runs");
+      this.runs = answer.runs ?? [];
+      for (const warning of answer.warnings ?? []) this.message("warning", warning);
+    } catch (err) {
+      this.message("error", describeError(err));
+      return;
+    }
+    if (this.runs.length === 0) {
+      await this.showNoRuns();
+      return;
+    }
+    this.resolveSelection();
+    await this.loadAnalysis();
+  }
+
+  // ------------------------------------------------------------- messages
+  private message(kind: MessageKind, text: string): HTMLDivElement {
+    const box = el("div", { class: `message ${kind}` }, [text]);
+    this.messages.appendChild(box);
+    return box;
+  }
+
+  private button(text: string, onClick: () => void): HTMLButtonElement {
+    const b = el("button", { type: "button" }, [text]);
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  /** TensorBoard's own run list (runs of every plugin), or [] when it cannot be read. */
+  private async tensorboardRuns(): Promise<string[]> {
+    try {
+      const runs = await getJson<unknown>("../../runs");
+      return Array.isArray(runs) ? runs.map(String) : [];
+    } catch {
+      return [];
+    }
+  }
+
+  private async showNoRuns(): Promise<void> {
+    const others = await this.tensorboardRuns();
+    const how = "Log an analysis with summary_writers.add_analysis(writer, name, analysis, step), or run `aevis demo --logdir <logdir>`, then reload.";
+    if (others.length === 0) this.message("info", `No runs with AEVis data in this logdir. ${how}`);
+    else this.message("info", `No AEVis data: TensorBoard has ${others.length} run(s) (${others.slice(0, 8).join(", ")}${others.length > 8 ? ", …" : ""}) but none contains an AEVis analysis. ${how}`);
+  }
+
+  // ------------------------------------------------------------- selection
+  private currentRun(): RunListing | undefined {
+    return this.runs.find((r) => r.run === this.state.run);
+  }
+
+  private currentAnalysis(): AnalysisListing | undefined {
+    return this.currentRun()?.analyses.find((a) => a.name === this.state.analysis);
+  }
+
+  /** Fill the state with valid choices, keeping what the hash asked for where it exists. */
+  private resolveSelection(): void {
+    const s = this.state;
+    if (s.run !== undefined && !this.runs.some((r) => r.run === s.run)) {
+      this.message("warning", `Run "${s.run}" has no AEVis data (it is not in this logdir, or it logged no add_analysis summaries); showing another run.`);
+      s.run = undefined;
+    }
+    const run = this.currentRun() ?? this.runs.find((r) => r.analyses.length > 0) ?? this.runs[0];
+    s.run = run.run;
+    const analysis = run.analyses.find((a) => a.name === s.analysis) ?? run.analyses[0];
+    if (!analysis) return;
+    if (s.analysis !== undefined && s.analysis !== analysis.name) {
+      this.message("warning", `Analysis "${s.analysis}" is not in run "${run.run}"; showing "${analysis.name}".`);
+    }
+    s.analysis = analysis.name;
+    if (!s.method || !analysis.methods.includes(s.method)) s.method = analysis.methods.includes("constrained") ? "constrained" : analysis.methods[0];
+    if (s.step === undefined || !analysis.steps.includes(s.step)) s.step = analysis.steps[analysis.steps.length - 1];
+    const known = new Set(analysis.examples.map((e) => e.index));
+    const chosen = (s.examples ?? []).filter((i) => known.has(i));
+    s.examples = chosen.length >= 2 ? chosen : analysis.examples.map((e) => e.index);
+    if (s.diff && !(s.examples.includes(s.diff[0]) && s.examples.includes(s.diff[1]) && s.diff[0] !== s.diff[1])) s.diff = undefined;
+  }
+
+  private saveState(): void {
+    const hash = writeViewState(this.host.location.hash, this.state, TAB);
+    if (hash === this.host.location.hash) return;
+    const loc = this.host.location;
+    this.host.history.replaceState(this.host.history.state, "", `${loc.pathname}${loc.search}${hash}`);
+  }
+
+  private onExternalHashChange(): void {
+    const next = readViewState(this.host.location.hash);
+    if (JSON.stringify(next) === JSON.stringify(this.state)) return;
+    this.state = next;
+    clear(this.messages);
+    this.resolveSelection();
+    void this.loadAnalysis();
+  }
+
+  private change(patch: Partial<ViewState>, reset: Array<keyof ViewState>): void {
+    Object.assign(this.state, patch);
+    for (const key of reset) delete this.state[key];
+    clear(this.messages);
+    this.resolveSelection();
+    void this.loadAnalysis();
+  }
+
+  private renderControls(): void {
+    clear(this.controls);
+    const run = this.currentRun();
+    const analysis = this.currentAnalysis();
+    const resetBelowRun: Array<keyof ViewState> = ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded"];
+    this.controls.appendChild(select("Run", this.runs.map((r) => ({ value: r.run, text: r.analyses.length ? r.run : `${r.run} (no AEVis data)` })), this.state.run ?? "",
+      (v) => this.change({ run: v }, resetBelowRun), "run"));
+    if (!run || !analysis) return;
+    this.controls.appendChild(select("Analysis", run.analyses.map((a) => ({ value: a.name, text: a.name })), analysis.name,
+      (v) => this.change({ analysis: v }, resetBelowRun.slice(1)), "analysis"));
+    this.controls.appendChild(select("Method", analysis.methods.map((m) => ({ value: m, text: m === "dgr" ? "DGR (baseline)" : m })), this.state.method ?? "",
+      (v) => this.change({ method: v }, ["layer", "channel"]), "method"));
+    if (analysis.steps.length > 1) {
+      this.controls.appendChild(select("Step", analysis.steps.map((s) => ({ value: String(s), text: String(s) })), String(this.state.step),
+        (v) => this.change({ step: Number(v) }, ["layer", "channel"]), "step"));
+    }
+    this.controls.appendChild(this.datapathPicker(analysis.examples));
+  }
+
+  private datapathPicker(examples: ExampleRef[]): HTMLElement {
+    const chosen = new Set(this.state.examples ?? []);
+    const box = el("div", { class: "datapaths", role: "group", "aria-label": "datapaths to compare" });
+    const colors = pathColors(examples.map((e) => e.role));
+    examples.forEach((e, k) => {
+      const input = el("input", { type: "checkbox", name: "datapath", value: e.index });
+      input.checked = chosen.has(e.index);
+      input.addEventListener("change", () => {
+        const next = examples.map((x) => x.index).filter((i) => (i === e.index ? input.checked : chosen.has(i)));
+        if (next.length < 2) {
+          input.checked = true;
+          this.message("warning", "The river compares two or more datapaths: keep at least two selected.");
+          return;
+        }
+        this.change({ examples: next }, ["diff"]);
+      });
+      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors[k]}` }), `${e.name} (${e.role})`]));
+    });
+    return el("div", { class: "control" }, [el("span", {}, ["Datapaths"]), box]);
+  }
+
+  private analysisParams(): Record<string, string | number | undefined> {
+    return { run: this.state.run, analysis: this.state.analysis, method: this.state.method, step: this.state.step };
+  }
+
+  // ------------------------------------------------------------- network level
+  private async loadAnalysis(): Promise<void> {
+    const generation = ++this.generation;
+    this.renderControls();
+    this.saveState();
+    this.networkPanel.hidden = true;
+    this.treemapPanel.hidden = true;
+    this.neuronPanel.hidden = true;
+    const run = this.currentRun();
+    if (!run) return;
+    if (!this.currentAnalysis()) {
+      this.message("info", `Run "${run.run}" has no AEVis data: it logged no add_analysis summaries.`);
+      return;
+    }
+    if ((this.state.examples ?? []).length < 2) {
+      this.message("info", "This analysis has a single datapath; the river compares two or more. Its treemap is still available per layer.");
+    }
+    const params = this.analysisParams();
+    const loading = this.message("info", "Loading the analysis…");
+    let manifest: AnalysisManifest;
+    let river: RiverData;
+    let graph: GraphData | null;
+    try {
+      const graphRequest = getJson<GraphData>("graph", params).catch((err) => {
+        if (generation === this.generation) this.message("warning", `${describeError(err)} — drawing the gated layers as a chain instead.`);
+        return null;
+      });
+      [manifest, river, graph] = await Promise.all([
+        getJson<AnalysisManifest>("analysis", params),
+        getJson<RiverData>("river", { ...params, examples: this.state.examples?.join(",") }),
+        graphRequest,
+      ]);
+    } catch (err) {
+      if (generation !== this.generation) return;
+      loading.remove();
+      this.message("error", describeError(err));
+      return;
+    }
+    if (generation !== this.generation) return;
+    loading.remove();
+    this.manifest = manifest;
+    this.river = river;
+    this.graph = graph ?? chainGraph(manifest.layers.map((l) => l.name));
+    if (this.state.expanded) {
+      const known = new Set(this.graph.groups.map((g) => g.id));
+      this.expanded = new Set(this.state.expanded.filter((g) => known.has(g)));
+    } else {
+      this.expanded = defaultExpanded(this.graph, GRAPH_NODE_BUDGET);
+    }
+    if (this.graph.nodes.length > GRAPH_NODE_BUDGET && this.graph.groups.length > 0) {
+      this.message("info", `Large model: ${this.graph.nodes.length} operations, so layer groups start collapsed. Use + on a group to expand it, the mini-map to move around, and the wheel to zoom.`);
+    }
+    this.renderSummary();
+    this.networkPanel.hidden = false;
+    this.drawNetwork();
+    performance.mark("aevis-river-painted");
+    if (this.state.layer) void this.loadTreemap();
+  }
+
+  private renderSummary(): void {
+    const m = this.manifest!;
+    const dm = m.diverging_merging;
+    const parts = [`${m.layers.length} gated layers · method ${m.method} · threshold ${formatValue(m.threshold)} · river layout ${this.river!.layout === "rule" ? "rule (Sec. 5.2)" : "least squares"}`];
+    if (dm) {
+      const name = (l: number | null) => (l === null ? "none" : m.layers[l]?.name ?? String(l));
+      parts.push(dm.detected ? `diverging at ${name(dm.diverging_layer)}, merging at ${name(dm.merging_layer)}` : "no diverging/merging pattern detected");
+    }
+    const preds = m.examples.map((e) => `${e.name}: ${e.class_name} (${formatValue(e.confidence)})${e.label_preserved ? "" : " — datapath does not keep the label"}`);
+    clear(this.summary);
+    this.summary.append(el("div", {}, [parts.join(" · ")]), el("div", {}, [`predictions: ${preds.join("; ")}`]));
+  }
+
+  private drawNetwork(): void {
+    const river = this.river!;
+    const manifest = this.manifest!;
+    clear(this.legend);
+    const colors = pathColors(river.paths.map((p) => p.role));
+    river.paths.forEach((p, k) => {
+      this.legend.appendChild(el("span", { class: "item", "data-example": p.example }, [
+        el("span", { class: "swatch", style: `background:${colors[k]};width:22px` }), `${p.name} — ${ROLE_LABELS[p.role] ?? p.role}`,
+      ]));
+    });
+    this.legend.append(
+      el("span", { class: "item marker-key diverging" }, ["▼ diverging"]),
+      el("span", { class: "item marker-key merging" }, ["▼ merging"]),
+      el("span", { class: "item note" }, ["curve distance = datapath distance; hover a layer for values, click it for its feature maps"]),
+    );
+    this.networkView.render({
+      graph: this.graph!,
+      layerNames: manifest.layers.map((l) => l.name),
+      river,
+      expanded: this.expanded,
+      selectedLayer: this.state.layer ?? null,
+      onToggleGroup: (group) => {
+        this.expanded = toggleGroup(this.graph!, this.expanded, group);
+        this.state.expanded = [...this.expanded].sort();
+        this.saveState();
+        this.drawNetwork();
+      },
+      onOpenLayer: (index) => {
+        this.state.layer = manifest.layers[index].name;
+        delete this.state.channel;
+        this.saveState();
+        this.drawNetwork();
+        void this.loadTreemap();
+      },
+    });
+  }
+
+  // ------------------------------------------------------------- layer level
+  private exampleNames(): Map<number, string> {
+    return new Map((this.currentAnalysis()?.examples ?? []).map((e) => [e.index, e.name]));
+  }
+
+  private exampleColors(): Map<number, string> {
+    const examples = this.currentAnalysis()?.examples ?? [];
+    const chosen = examples.filter((e) => (this.state.examples ?? []).includes(e.index));
+    const colors = pathColors(chosen.map((e) => e.role));
+    return new Map(chosen.map((e, k) => [e.index, colors[k]]));
+  }
+
+  private async loadTreemap(): Promise<void> {
+    const generation = this.generation;
+    const layer = this.state.layer!;
+    const manifest = this.manifest!;
+    const layerIndex = manifest.layers.findIndex((l) => l.name === layer);
+    this.treemapPanel.hidden = false;
+    clear(this.treemapHead);
+    if (layerIndex < 0) {
+      this.treemapView.element.replaceChildren(el("div", { class: "message error" }, [`Layer "${layer}" is not a gated layer of this analysis.`]));
+      return;
+    }
+    const examples = (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES);
+    const diff = this.state.diff ?? [examples[0], examples[1] ?? examples[0]];
+    const names = this.exampleNames();
+    const info = manifest.layers[layerIndex];
+    const diffOptions = examples.map((i) => ({ value: String(i), text: names.get(i) ?? `#${i}` }));
+    this.treemapHead.append(
+      el("h2", {}, [`Feature maps of ${layer}`]),
+      el("span", { class: "note" }, [`${info.channels} channels, ${info.height}×${info.width}`]),
+      select("Difference A", diffOptions, String(diff[0]), (v) => this.setDiff([Number(v), diff[1]]), "diff-a"),
+      select("minus B", diffOptions, String(diff[1]), (v) => this.setDiff([diff[0], Number(v)]), "diff-b"),
+      el("span", { class: "spacer" }),
+      this.button("Export SVG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "svg")),
+      this.button("Export PNG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "png")),
+      this.button("Close", () => {
+        delete this.state.layer;
+        delete this.state.channel;
+        this.saveState();
+        this.treemapPanel.hidden = true;
+        this.neuronPanel.hidden = true;
+        this.drawNetwork();
+      }),
+    );
+    if ((this.state.examples ?? []).length > TREEMAP_MAX_EXAMPLES) {
+      this.treemapHead.appendChild(el("div", { class: "note" }, [`The treemap compares the first ${TREEMAP_MAX_EXAMPLES} chosen datapaths.`]));
+    }
+    const width = Math.max(360, Math.min(900, Math.floor(this.treemapPanel.getBoundingClientRect().width - 30) || 600));
+    this.treemapView.element.replaceChildren(el("div", { class: "note" }, ["Loading the treemap…"]));
+    let data: TreemapData;
+    try {
+      data = await getJson<TreemapData>("treemap", {
+        ...this.analysisParams(), layer, examples: examples.join(","), diff: diff.join(","), width, height: 360,
+      });
+    } catch (err) {
+      if (generation !== this.generation || this.state.layer !== layer) return;
+      this.treemapView.element.replaceChildren(el("div", { class: "message error" }, [describeError(err)]));
+      return;
+    }
+    if (generation !== this.generation || this.state.layer !== layer) return;
+    this.treemapView.render({
+      data, names, colors: this.exampleColors(), diff, selectedChannel: this.state.channel ?? null,
+      onOpenChannel: (channel) => {
+        this.state.channel = channel;
+        this.saveState();
+        void this.loadTreemap();
+      },
+    });
+    if (data.cells.length === 0) {
+      this.treemapView.element.prepend(el("div", { class: "note" }, ["None of the chosen datapaths keeps a feature map of this layer."]));
+    }
+    if (this.state.channel !== undefined) void this.loadNeuron();
+    else this.neuronPanel.hidden = true;
+  }
+
+  private setDiff(diff: [number, number]): void {
+    this.state.diff = diff;
+    this.saveState();
+    void this.loadTreemap();
+  }
+
+  // ------------------------------------------------------------- neuron level
+  private async loadNeuron(): Promise<void> {
+    const generation = this.generation;
+    const layer = this.state.layer!;
+    const channel = this.state.channel!;
+    this.neuronPanel.hidden = false;
+    this.neuronView.element.replaceChildren(el("div", { class: "note" }, [`Loading feature map ${channel}…`]));
+    let data: NeuronData;
+    try {
+      data = await getJson<NeuronData>("neuron", { ...this.analysisParams(), layer, channel });
+    } catch (err) {
+      if (generation !== this.generation) return;
+      this.neuronView.element.replaceChildren(el("div", { class: "message error" }, [describeError(err)]));
+      return;
+    }
+    if (generation !== this.generation || this.state.layer !== layer || this.state.channel !== channel) return;
+    const colors = this.exampleColors();
+    await this.neuronView.render({
+      data,
+      names: this.exampleNames(),
+      colors,
+      imageUrl: (example) => routeUrl("image", { ...this.analysisParams(), example }),
+    });
+  }
+
+  // ------------------------------------------------------------- export
+  private async exportView(what: () => SVGSVGElement | null, name: () => string, format: "svg" | "png"): Promise<void> {
+    const svg = what();
+    if (!svg) {
+      this.message("warning", "Nothing to export yet: the view is not drawn.");
+      return;
+    }
+    try {
+      if (format === "svg") await exportSvg(svg, name());
+      else await exportPng(svg, name());
+    } catch (err) {
+      this.message("error", `Export failed: ${describeError(err)}`);
+    }
+  }
+}

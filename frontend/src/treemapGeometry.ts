@@ -1,0 +1,38 @@
+/** Fill geometry of treemap cells (pure): the paper's solid and dotted fill heights. */
+
+import type { Rect } from "./panZoom";
+
+export interface CellBox {
+  x: number;
+  y: number;
+  dx: number;
+  dy: number;
+}
+
+/**
+ * Rectangle filled from the bottom of `cell` to a height proportional to
+ * |value| / maxValue (clamped to the cell); null when there is nothing to fill.
+ */
+export function bottomFill(cell: CellBox, value: number | null, maxValue: number, inset = 0): Rect | null {
+  if (value === null || !Number.isFinite(value) || !(maxValue > 0)) return null;
+  const innerW = cell.dx - 2 * inset;
+  const innerH = cell.dy - 2 * inset;
+  if (innerW <= 0 || innerH <= 0) return null;
+  const height = Math.min(1, Math.abs(value) / maxValue) * innerH;
+  if (height <= 0) return null;
+  return { x: cell.x + inset, y: cell.y + cell.dy - inset - height, width: innerW, height };
+}
+
+/** Largest |contribution| among the cells (0 when none has one). */
+export function maxAbsContribution(cells: Array<{ contribution: number | null }>): number {
+  let max = 0;
+  for (const c of cells) {
+    if (c.contribution !== null && Number.isFinite(c.contribution)) max = Math.max(max, Math.abs(c.contribution));
+  }
+  return max;
+}
+
+/** Key of a set of example indices, order-free: "0,2". */
+export function membersKey(members: number[]): string {
+  return [...members].sort((a, b) => a - b).join(",");
+}

@@ -1,0 +1,129 @@
+/**
+ * Layer level: the treemap of shared and unique feature maps of the chosen datapaths
+ * at one layer (geometry from the backend). Solid fill height: activation difference
+ * A - B; dotted fill height: contribution. Hover shows the values, click opens a cell.
+ */
+
+import { bottomFill, maxAbsContribution, membersKey } from "./treemapGeometry";
+import { clear, el, svgEl, svgTitle } from "./dom";
+import { formatValue } from "./scales";
+import type { TreemapData } from "./types";
+
+export interface TreemapInput {
+  data: TreemapData;
+  /** Example index -> name and colour of its datapath. */
+  names: Map<number, string>;
+  colors: Map<number, string>;
+  diff: [number, number];
+  selectedChannel: number | null;
+  onOpenChannel: (channel: number) => void;
+}
+
+const INSET = 1;
+
+export class TreemapView {
+  readonly element: HTMLDivElement;
+  private readonly tooltip: HTMLDivElement;
+  private svg: SVGSVGElement | null = null;
+
+  constructor() {
+    this.tooltip = el("div", { class: "tooltip", role: "tooltip" });
+    this.tooltip.hidden = true;
+    this.element = el("div", { class: "treemap" });
+  }
+
+  /** Draw the treemap; returns the number of cells drawn. */
+  render(input: TreemapInput): number {
+    clear(this.element);
+    const { data } = input;
+    const [a, b] = input.diff;
+    const nameOf = (i: number) => input.names.get(i) ?? `#${i}`;
+    const maxContribution = maxAbsContribution(data.cells);
+    const svg = svgEl("svg", { class: "treemap-svg", width: data.width, height: data.height, viewBox: `0 0 ${data.width} ${data.height}` }, [
+      svgEl("defs", {}, [
+        svgEl("pattern", { id: "aevis-dots", width: 4, height: 4, patternUnits: "userSpaceOnUse" }, [
+          svgEl("circle", { cx: 2, cy: 2, r: 1.1, fill: "#37474f" }),
+        ]),
+      ]),
+      svgEl("rect", { x: 0, y: 0, width: data.width, height: data.height, fill: "#ffffff" }),
+    ]);
+    const setColor = (members: number[]) => (members.length === 1 ? input.colors.get(members[0]) ?? "#616161" : "#424242");
+    const cellsLayer = svgEl("g", { class: "cells" });
+    for (const cell of data.cells) {
+      const g = svgEl("g", { class: "treemap-cell", "data-channel": cell.channel, "data-members": membersKey(cell.members), cursor: "pointer" });
+      const selected = cell.channel === input.selectedChannel;
+      g.appendChild(svgEl("rect", {
+        x: cell.x + INSET / 2, y: cell.y + INSET / 2, width: Math.max(0, cell.dx - INSET), height: Math.max(0, cell.dy - INSET),
+        fill: "#f5f5f5", stroke: selected ? "#d84315" : "#ffffff", "stroke-width": selected ? 2 : INSET,
+      }));
+      const solid = bottomFill(cell, cell.activation_diff, data.max_abs_activation_diff, INSET);
+      if (solid && cell.activation_diff !== null) {
+        const stronger = cell.activation_diff >= 0 ? a : b;
+        g.appendChild(svgEl("rect", { class: "fill-activation", x: solid.x, y: solid.y, width: solid.width, height: solid.height, fill: input.colors.get(stronger) ?? "#757575", "fill-opacity": 0.75 }));
+      }
+      // Dotted contribution fill on the right half, over the solid fill, so both stay readable.
+      const dotted = bottomFill(cell, cell.contribution, maxContribution, INSET);
+      if (dotted) {
+        g.appendChild(svgEl("rect", { class: "fill-contribution", x: dotted.x + dotted.width / 2, y: dotted.y, width: dotted.width / 2, height: dotted.height, fill: "url(#aevis-dots)" }));
+      }
+      const members = cell.members.map(nameOf).join(", ");
+      g.appendChild(svgTitle(`feature map ${cell.channel}`));
+      g.addEventListener("mousemove", (ev) => {
+        this.showTooltip(ev, [
+          `feature map ${cell.channel}`,
+          `in datapaths: ${members}`,
+          `activation ${nameOf(a)} − ${nameOf(b)}: ${formatValue(cell.activation_diff)}`,
+          `contribution: ${cell.contribution === null ? "not computed" : formatValue(cell.contribution)}`,
+        ]);
+      });
+      g.addEventListener("mouseleave", () => (this.tooltip.hidden = true));
+      g.addEventListener("click", () => input.onOpenChannel(cell.channel));
+      cellsLayer.appendChild(g);
+    }
+    svg.appendChild(cellsLayer);
+    const setsLayer = svgEl("g", { class: "sets", "pointer-events": "none" });
+    for (const set of data.sets) {
+      setsLayer.appendChild(svgEl("rect", {
+        class: "treemap-set", "data-members": membersKey(set.members), x: set.x, y: set.y, width: set.dx, height: set.dy,
+        fill: "none", stroke: setColor(set.members), "stroke-width": set.members.length === 1 ? 2.5 : 1.5,
+        "stroke-dasharray": set.members.length === 1 ? "" : "5 3",
+      }));
+    }
+    svg.appendChild(setsLayer);
+    this.svg = svg;
+
+    const setRows = data.sets.map((set) =>
+      el("li", {}, [
+        el("span", { class: "swatch", style: `border-color:${setColor(set.members)};${set.members.length > 1 ? "border-style:dashed" : ""}` }),
+        `${set.label}: ${set.size} feature map${set.size === 1 ? "" : "s"}`,
+      ]),
+    );
+    const legend = el("div", { class: "treemap-legend" }, [
+      el("div", {}, [
+        el("span", { class: "fill-key solid" }),
+        `solid fill: activation difference ${nameOf(a)} − ${nameOf(b)} (max of each feature map; colour of the datapath where it is larger; full cell = ${formatValue(data.max_abs_activation_diff)})`,
+      ]),
+      el("div", {}, [
+        el("span", { class: "fill-key dotted" }),
+        maxContribution > 0 ? `dotted fill: contribution (full = ${formatValue(maxContribution)})` : "dotted fill: contribution (none computed for this layer)",
+      ]),
+      el("ul", { class: "set-list" }, setRows),
+    ]);
+    this.element.append(el("div", { class: "treemap-canvas" }, [svg, this.tooltip]), legend);
+    return data.cells.length;
+  }
+
+  private showTooltip(ev: MouseEvent, lines: string[]): void {
+    clear(this.tooltip);
+    lines.forEach((line, i) => this.tooltip.appendChild(el("div", { class: i === 0 ? "tooltip-title" : "" }, [line])));
+    const box = (this.tooltip.parentElement ?? this.element).getBoundingClientRect();
+    this.tooltip.style.left = `${Math.min(ev.clientX - box.left + 14, Math.max(0, box.width - 240))}px`;
+    this.tooltip.style.top = `${ev.clientY - box.top + 14}px`;
+    this.tooltip.hidden = false;
+  }
+
+  /** The treemap as drawn now (for export), or null before the first render. */
+  snapshot(): SVGSVGElement | null {
+    return this.svg ? (this.svg.cloneNode(true) as SVGSVGElement) : null;
+  }
+}

@@ -1,0 +1,1753 @@
+// src/scales.ts
+function clamp(value, lo, hi) {
+  return Math.min(hi, Math.max(lo, value));
+}
+var GREEN_STOPS = [
+  [247, 252, 245],
+  [199, 233, 192],
+  [116, 196, 118],
+  [35, 139, 69],
+  [0, 68, 27]
+];
+function greenRamp(t) {
+  const x = clamp(Number.isFinite(t) ? t : 0, 0, 1) * (GREEN_STOPS.length - 1);
+  const i = Math.min(Math.floor(x), GREEN_STOPS.length - 2);
+  const f = x - i;
+  const a = GREEN_STOPS[i];
+  const b = GREEN_STOPS[i + 1];
+  return [0, 1, 2].map((c) => Math.round(a[c] + (b[c] - a[c]) * f));
+}
+function greenLookupTable() {
+  const table = new Uint8ClampedArray(256 * 4);
+  for (let level = 0; level < 256; level++) {
+    const [r, g, b] = greenRamp(level / 255);
+    table.set([r, g, b, 255], level * 4);
+  }
+  return table;
+}
+function dequantise(level, min, max) {
+  return min + level / 255 * (max - min);
+}
+function parseRangeHeader(header) {
+  if (header === null) return null;
+  const parts = header.split(",").map((p) => Number(p.trim()));
+  if (parts.length !== 2 || !parts.every(Number.isFinite) || parts[1] < parts[0]) return null;
+  return [parts[0], parts[1]];
+}
+function formatValue(value) {
+  if (value === null || value === void 0 || Number.isNaN(value)) return "n/a";
+  if (value === 0) return "0";
+  const magnitude = Math.abs(value);
+  if (magnitude >= 1e4 || magnitude < 1e-3) return value.toExponential(2);
+  return String(Number(value.toPrecision(3)));
+}
+
+// src/api.ts
+var ApiError = class extends Error {
+  constructor(route, status, message) {
+    super(message);
+    this.route = route;
+    this.status = status;
+    this.name = "ApiError";
+  }
+};
+function routeUrl(route, params = {}) {
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) if (value !== void 0) query.set(key, String(value));
+  const text = query.toString();
+  return text ? `${route}?${text}` : route;
+}
+async function errorFrom(route, response) {
+  let message = `${response.status} ${response.statusText}`.trim();
+  try {
+    const body = await response.text();
+    try {
+      const parsed = JSON.parse(body);
+      if (parsed && typeof parsed.error === "string") message = parsed.error;
+      else if (body) message = body.slice(0, 500);
+    } catch {
+      if (body) message = body.slice(0, 500);
+    }
+  } catch {
+  }
+  return new ApiError(route, response.status, message);
+}
+async function request(route, url) {
+  let response;
+  try {
+    response = await fetch(url, { credentials: "same-origin" });
+  } catch (err) {
+    throw new ApiError(route, 0, `TensorBoard did not answer (${String(err)}); is it still running?`);
+  }
+  if (!response.ok) throw await errorFrom(route, response);
+  return response;
+}
+async function getJson(route, params = {}) {
+  const response = await request(route, routeUrl(route, params));
+  try {
+    return await response.json();
+  } catch {
+    throw new ApiError(route, response.status, `the ${route} route answered something that is not JSON`);
+  }
+}
+async function getRangedImage(url) {
+  const response = await request(url.split("?")[0], url);
+  const range = parseRangeHeader(response.headers.get("X-AEVis-Range"));
+  const bitmap = await createImageBitmap(await response.blob());
+  return { bitmap, range };
+}
+
+// src/colors.ts
+var ROLE_COLORS = {
+  source: "#1f77b4",
+  adversarial: "#ff7f0e",
+  target: "#9467bd"
+};
+var ROLE_LABELS = {
+  source: "source (normal)",
+  adversarial: "adversarial",
+  target: "target (normal)"
+};
+function hexToRgb(hex) {
+  const n = parseInt(hex.slice(1), 16);
+  return [n >> 16 & 255, n >> 8 & 255, n & 255];
+}
+function rgbToHex([r, g, b]) {
+  return "#" + [r, g, b].map((c) => Math.round(c).toString(16).padStart(2, "0")).join("");
+}
+function pathColor(role, rank) {
+  const base = hexToRgb(ROLE_COLORS[role] ?? "#7f7f7f");
+  if (rank <= 0) return rgbToHex(base);
+  const step = Math.ceil(rank / 2) * 0.25;
+  const towards = rank % 2 === 1 ? [0, 0, 0] : [255, 255, 255];
+  const f = Math.min(step, 0.75);
+  return rgbToHex([0, 1, 2].map((c) => base[c] + (towards[c] - base[c]) * f));
+}
+function pathColors(roles) {
+  const seen = {};
+  return roles.map((role) => {
+    const rank = seen[role] ?? 0;
+    seen[role] = rank + 1;
+    return pathColor(role, rank);
+  });
+}
+
+// src/dom.ts
+var SVG_NS = "http://www.w3.org/2000/svg";
+function append(parent, children) {
+  for (const child of children) {
+    if (child === null || child === void 0 || child === false) continue;
+    parent.appendChild(typeof child === "string" ? document.createTextNode(child) : child);
+  }
+}
+function el(tag, attrs = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  append(node, children);
+  return node;
+}
+function svgEl(tag, attrs = {}, children = []) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  append(node, children);
+  return node;
+}
+function svgTitle(text) {
+  return svgEl("title", {}, [text]);
+}
+function clear(node) {
+  while (node.firstChild) node.removeChild(node.firstChild);
+}
+function select(label, options, value, onChange, name) {
+  const control = el("select", { name, "aria-label": label });
+  for (const o of options) {
+    const option = el("option", { value: o.value }, [o.text]);
+    if (o.value === value) option.selected = true;
+    control.appendChild(option);
+  }
+  control.addEventListener("change", () => onChange(control.value));
+  return el("label", { class: "control" }, [el("span", {}, [label]), control]);
+}
+
+// src/exportView.ts
+var SVG_NS2 = "http://www.w3.org/2000/svg";
+function svgMarkup(svg) {
+  const copy = svg.cloneNode(true);
+  copy.setAttribute("xmlns", SVG_NS2);
+  copy.setAttribute("version", "1.1");
+  return '<?xml version="1.0" encoding="UTF-8"?>\n' + new XMLSerializer().serializeToString(copy);
+}
+function svgSize(svg) {
+  const w = Number(svg.getAttribute("width"));
+  const h = Number(svg.getAttribute("height"));
+  if (!(w > 0 && h > 0)) throw new Error("the view has no pixel size to export; draw it first");
+  return [w, h];
+}
+async function svgToPng(svg, scale = 2) {
+  const [w, h] = svgSize(svg);
+  const url = URL.createObjectURL(new Blob([svgMarkup(svg)], { type: "image/svg+xml" }));
+  try {
+    const img = new Image();
+    img.src = url;
+    await img.decode();
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.round(w * scale);
+    canvas.height = Math.round(h * scale);
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.scale(scale, scale);
+    ctx.drawImage(img, 0, 0, w, h);
+    return await new Promise(
+      (resolve, reject) => canvas.toBlob((b) => b ? resolve(b) : reject(new Error("the browser could not encode the PNG")), "image/png")
+    );
+  } finally {
+    URL.revokeObjectURL(url);
+  }
+}
+function download(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = filename;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1e4);
+}
+async function exportSvg(svg, basename) {
+  svgSize(svg);
+  download(new Blob([svgMarkup(svg)], { type: "image/svg+xml" }), `${basename}.svg`);
+}
+async function exportPng(svg, basename) {
+  download(await svgToPng(svg), `${basename}.png`);
+}
+function fileStem(parts) {
+  return parts.join("_").replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[-.]+|-+$/g, "").slice(0, 120) || "aevis";
+}
+
+// src/graphModel.ts
+function groupChain(graph, group) {
+  const parents = new Map(graph.groups.map((g) => [g.id, g.parent]));
+  const chain = [];
+  const seen = /* @__PURE__ */ new Set();
+  let current = group;
+  while (current !== null && current !== void 0 && parents.has(current) && !seen.has(current)) {
+    seen.add(current);
+    chain.push(current);
+    current = parents.get(current) ?? null;
+  }
+  return chain.reverse();
+}
+function representative(chain, nodeId, expanded) {
+  for (const group of chain) {
+    if (!expanded.has(group)) return group;
+  }
+  return nodeId;
+}
+function visibleGraph(graph, expanded) {
+  const groupsById = new Map(graph.groups.map((g) => [g.id, g]));
+  const repOf = /* @__PURE__ */ new Map();
+  const nodes = /* @__PURE__ */ new Map();
+  const gatedAnchor = /* @__PURE__ */ new Map();
+  for (const node of graph.nodes) {
+    const rep = representative(groupChain(graph, node.group), node.id, expanded);
+    repOf.set(node.id, rep);
+    let visible = nodes.get(rep);
+    if (!visible) {
+      const group = groupsById.get(rep);
+      visible = group ? { id: rep, kind: "group", label: group.id, gatedLayers: [], size: 0 } : { id: rep, kind: "op", label: node.label, gatedLayers: [], size: 0 };
+      nodes.set(rep, visible);
+    }
+    visible.size += 1;
+    if (node.gated_layer !== null && node.gated_layer !== void 0) {
+      visible.gatedLayers.push(node.gated_layer);
+      gatedAnchor.set(node.gated_layer, rep);
+    }
+  }
+  for (const node of nodes.values()) node.gatedLayers.sort((a, b) => a - b);
+  const edgeKeys = /* @__PURE__ */ new Set();
+  const edges = [];
+  for (const edge of graph.edges) {
+    const source = repOf.get(edge.source);
+    const target = repOf.get(edge.target);
+    if (source === void 0 || target === void 0 || source === target) continue;
+    const key = JSON.stringify([source, target]);
+    if (edgeKeys.has(key)) continue;
+    edgeKeys.add(key);
+    edges.push({ source, target });
+  }
+  return { nodes: [...nodes.values()], edges, gatedAnchor };
+}
+function groupDepths(graph) {
+  return new Map(graph.groups.map((g) => [g.id, groupChain(graph, g.id).length - 1]));
+}
+function defaultExpanded(graph, budget) {
+  const depths = groupDepths(graph);
+  const maxDepth = Math.max(-1, ...depths.values());
+  let expanded = /* @__PURE__ */ new Set();
+  for (let depth = 0; depth <= maxDepth; depth++) {
+    const next = new Set(expanded);
+    for (const [id, d] of depths) if (d === depth) next.add(id);
+    if (visibleGraph(graph, next).nodes.length > budget) break;
+    expanded = next;
+  }
+  return expanded;
+}
+function toggleGroup(graph, expanded, group) {
+  const next = new Set(expanded);
+  if (!next.has(group)) {
+    for (const id of groupChain(graph, group)) next.add(id);
+    return next;
+  }
+  for (const g of graph.groups) {
+    if (groupChain(graph, g.id).includes(group)) next.delete(g.id);
+  }
+  return next;
+}
+function layerToOpen(node) {
+  return node.gatedLayers.length ? node.gatedLayers[node.gatedLayers.length - 1] : null;
+}
+
+// src/hashState.ts
+var PREFIX = "aevis.";
+function parseHash(hash) {
+  const body = hash.startsWith("#") ? hash.slice(1) : hash;
+  let tab = null;
+  const entries = [];
+  for (const part of body.split("&")) {
+    if (part === "") continue;
+    const pieces = part.split("=");
+    if (pieces.length === 1) tab = safeDecode(pieces[0]);
+    else if (pieces.length === 2) entries.push([safeDecode(pieces[0]), safeDecode(pieces[1])]);
+  }
+  return { tab, entries };
+}
+function safeDecode(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+function parseIntList(text) {
+  if (text === "") return void 0;
+  const values = text.split(",").map((t) => Number(t));
+  return values.every((v) => Number.isInteger(v) && v >= 0) ? values : void 0;
+}
+function parseNonNegativeInt(text) {
+  const value = Number(text);
+  return text !== "" && Number.isInteger(value) && value >= 0 ? value : void 0;
+}
+function readViewState(hash) {
+  const state = {};
+  for (const [key, value] of parseHash(hash).entries) {
+    if (!key.startsWith(PREFIX)) continue;
+    switch (key.slice(PREFIX.length)) {
+      case "run":
+        state.run = value;
+        break;
+      case "analysis":
+        state.analysis = value;
+        break;
+      case "method":
+        state.method = value;
+        break;
+      case "step":
+        state.step = parseNonNegativeInt(value);
+        break;
+      case "examples":
+        state.examples = parseIntList(value);
+        break;
+      case "layer":
+        state.layer = value;
+        break;
+      case "channel":
+        state.channel = parseNonNegativeInt(value);
+        break;
+      case "diff": {
+        const pair = parseIntList(value);
+        if (pair && pair.length === 2) state.diff = [pair[0], pair[1]];
+        break;
+      }
+      case "expanded":
+        state.expanded = value === "" ? [] : value.split(",");
+        break;
+    }
+  }
+  for (const key of Object.keys(state)) {
+    if (state[key] === void 0) delete state[key];
+  }
+  return state;
+}
+function serialise(state) {
+  const out = [];
+  const put = (key, value) => {
+    if (value !== void 0) out.push([PREFIX + key, value]);
+  };
+  put("run", state.run);
+  put("analysis", state.analysis);
+  put("method", state.method);
+  put("step", state.step === void 0 ? void 0 : String(state.step));
+  put("examples", state.examples?.join(","));
+  put("layer", state.layer);
+  put("channel", state.channel === void 0 ? void 0 : String(state.channel));
+  put("diff", state.diff?.join(","));
+  put("expanded", state.expanded?.join(","));
+  return out;
+}
+function writeViewState(hash, state, defaultTab) {
+  const parsed = parseHash(hash);
+  const kept = parsed.entries.filter(([key]) => !key.startsWith(PREFIX));
+  const parts = [encodeURIComponent(parsed.tab ?? defaultTab)];
+  for (const [key, value] of [...kept, ...serialise(state)]) {
+    parts.push(`${encodeURIComponent(key)}=${encodeURIComponent(value)}`);
+  }
+  return "#" + parts.join("&");
+}
+
+// src/dagLayout.ts
+var DEFAULTS = { rankGap: 40, rowGap: 24, sweeps: 4 };
+function topologicalOrder(ids, edges) {
+  const indegree = new Map(ids.map((id) => [id, 0]));
+  const out = new Map(ids.map((id) => [id, []]));
+  for (const e of edges) {
+    if (!indegree.has(e.source) || !indegree.has(e.target)) {
+      throw new Error(`edge ${e.source} -> ${e.target} names an unknown node`);
+    }
+    out.get(e.source).push(e.target);
+    indegree.set(e.target, indegree.get(e.target) + 1);
+  }
+  const queue = ids.filter((id) => indegree.get(id) === 0);
+  const order = [];
+  for (let head = 0; head < queue.length; head++) {
+    const id = queue[head];
+    order.push(id);
+    for (const t of out.get(id)) {
+      const d = indegree.get(t) - 1;
+      indegree.set(t, d);
+      if (d === 0) queue.push(t);
+    }
+  }
+  if (order.length !== ids.length) throw new Error("the model graph has a cycle; the layout needs a DAG");
+  return order;
+}
+function longestPathRanks(ids, edges) {
+  const rank = new Map(ids.map((id) => [id, 0]));
+  const incoming = new Map(ids.map((id) => [id, []]));
+  for (const e of edges) incoming.get(e.target)?.push(e.source);
+  for (const id of topologicalOrder(ids, edges)) {
+    for (const s of incoming.get(id)) rank.set(id, Math.max(rank.get(id), rank.get(s) + 1));
+  }
+  return rank;
+}
+function countCrossings(orders, edges) {
+  const position = /* @__PURE__ */ new Map();
+  orders.forEach((ids, r) => ids.forEach((id, i) => position.set(id, [r, i])));
+  const byRank = /* @__PURE__ */ new Map();
+  for (const [a, b] of edges) {
+    const [ra, ia] = position.get(a);
+    const [rb, ib] = position.get(b);
+    if (rb !== ra + 1) continue;
+    if (!byRank.has(ra)) byRank.set(ra, []);
+    byRank.get(ra).push([ia, ib]);
+  }
+  let crossings = 0;
+  for (const list of byRank.values()) {
+    for (let i = 0; i < list.length; i++) {
+      for (let j = i + 1; j < list.length; j++) {
+        const [a1, b1] = list[i];
+        const [a2, b2] = list[j];
+        if ((a1 - a2) * (b1 - b2) < 0) crossings++;
+      }
+    }
+  }
+  return crossings;
+}
+function layoutDag(nodes, edges, options = {}) {
+  const opt = { ...DEFAULTS, ...options };
+  const ids = nodes.map((n) => n.id);
+  const ranks = longestPathRanks(ids, edges);
+  const topo = topologicalOrder(ids, edges);
+  const segments = [];
+  const chains = [];
+  const rankOf = new Map(ranks);
+  edges.forEach((e, k) => {
+    const r0 = ranks.get(e.source);
+    const r1 = ranks.get(e.target);
+    const chain = [e.source];
+    for (let r = r0 + 1; r < r1; r++) {
+      const dummy = `\0dummy:${k}:${r}`;
+      rankOf.set(dummy, r);
+      chain.push(dummy);
+    }
+    chain.push(e.target);
+    for (let i = 0; i + 1 < chain.length; i++) segments.push([chain[i], chain[i + 1]]);
+    chains.push(chain);
+  });
+  const maxRank = Math.max(0, ...rankOf.values());
+  const orders = Array.from({ length: maxRank + 1 }, () => []);
+  for (const id of topo) orders[rankOf.get(id)].push(id);
+  chains.forEach((chain) => chain.slice(1, -1).forEach((d) => orders[rankOf.get(d)].push(d)));
+  const preds = /* @__PURE__ */ new Map();
+  const succs = /* @__PURE__ */ new Map();
+  for (const [a, b] of segments) {
+    if (!succs.has(a)) succs.set(a, []);
+    if (!preds.has(b)) preds.set(b, []);
+    succs.get(a).push(b);
+    preds.get(b).push(a);
+  }
+  const reorder = (r, neighbours, ref) => {
+    const refPos = new Map(ref.map((id, i) => [id, i]));
+    const current = orders[r];
+    const keyed = current.map((id, i) => {
+      const ns = (neighbours.get(id) ?? []).filter((n) => refPos.has(n));
+      const bary = ns.length ? ns.reduce((s, n) => s + refPos.get(n), 0) / ns.length : i;
+      return { id, bary, i };
+    });
+    keyed.sort((a, b) => a.bary - b.bary || a.i - b.i);
+    orders[r] = keyed.map((k) => k.id);
+  };
+  let best = orders.map((o) => [...o]);
+  let bestCrossings = countCrossings(orders, segments);
+  for (let sweep = 0; sweep < opt.sweeps && bestCrossings > 0; sweep++) {
+    if (sweep % 2 === 0) for (let r = 1; r <= maxRank; r++) reorder(r, preds, orders[r - 1]);
+    else for (let r = maxRank - 1; r >= 0; r--) reorder(r, succs, orders[r + 1]);
+    const crossings = countCrossings(orders, segments);
+    if (crossings < bestCrossings) {
+      bestCrossings = crossings;
+      best = orders.map((o) => [...o]);
+    }
+  }
+  const sizes = new Map(nodes.map((n) => [n.id, n]));
+  const rankWidth = Array.from({ length: maxRank + 1 }, () => 0);
+  let rowHeight = 0;
+  for (const n of nodes) {
+    rankWidth[ranks.get(n.id)] = Math.max(rankWidth[ranks.get(n.id)], n.width);
+    rowHeight = Math.max(rowHeight, n.height);
+  }
+  const rankX = [];
+  let cursor = 0;
+  for (let r = 0; r <= maxRank; r++) {
+    const w = Math.max(rankWidth[r], 8);
+    rankX.push(cursor + w / 2);
+    cursor += w + opt.rankGap;
+  }
+  const pitch = rowHeight + opt.rowGap;
+  const place = /* @__PURE__ */ new Map();
+  let maxRow = 0;
+  best.forEach(
+    (ids2, r) => ids2.forEach((id, row) => {
+      place.set(id, [rankX[r], rowHeight / 2 + row * pitch]);
+      maxRow = Math.max(maxRow, row);
+    })
+  );
+  const placed = /* @__PURE__ */ new Map();
+  for (const id of topo) {
+    const [x, y] = place.get(id);
+    const n = sizes.get(id);
+    const row = Math.round((y - rowHeight / 2) / pitch);
+    placed.set(id, { id, x, y, width: n.width, height: n.height, rank: ranks.get(id), row });
+  }
+  const routed = chains.map((chain, k) => {
+    const s = placed.get(chain[0]);
+    const t = placed.get(chain[chain.length - 1]);
+    const points = [[s.x + s.width / 2, s.y]];
+    for (const d of chain.slice(1, -1)) points.push(place.get(d));
+    points.push([t.x - t.width / 2, t.y]);
+    return { source: edges[k].source, target: edges[k].target, points };
+  });
+  return {
+    nodes: placed,
+    edges: routed,
+    width: Math.max(0, cursor - opt.rankGap),
+    height: rowHeight + maxRow * pitch
+  };
+}
+
+// src/panZoom.ts
+var IDENTITY = { k: 1, x: 0, y: 0 };
+function zoomAt(t, factor, px, py, kMin, kMax) {
+  const k = Math.min(kMax, Math.max(kMin, t.k * factor));
+  const cx = (px - t.x) / t.k;
+  const cy = (py - t.y) / t.k;
+  return { k, x: px - cx * k, y: py - cy * k };
+}
+function panBy(t, dx, dy) {
+  return { k: t.k, x: t.x + dx, y: t.y + dy };
+}
+function fitTransform(content, viewWidth, viewHeight, padding, kMax) {
+  const w = Math.max(content.width, 1);
+  const h = Math.max(content.height, 1);
+  const k = Math.min(kMax, (viewWidth - 2 * padding) / w, (viewHeight - 2 * padding) / h);
+  const kk = k > 0 ? k : kMax;
+  return {
+    k: kk,
+    x: (viewWidth - w * kk) / 2 - content.x * kk,
+    y: (viewHeight - h * kk) / 2 - content.y * kk
+  };
+}
+function visibleContent(t, viewWidth, viewHeight) {
+  return { x: -t.x / t.k, y: -t.y / t.k, width: viewWidth / t.k, height: viewHeight / t.k };
+}
+function centreOn(t, cx, cy, viewWidth, viewHeight) {
+  return { k: t.k, x: viewWidth / 2 - cx * t.k, y: viewHeight / 2 - cy * t.k };
+}
+
+// src/riverGeometry.ts
+function layerAnchors(numLayers, boxOf) {
+  const shared = /* @__PURE__ */ new Map();
+  for (let l = 0; l < numLayers; l++) {
+    const box = boxOf(l);
+    if (!box) continue;
+    if (!shared.has(box)) shared.set(box, []);
+    shared.get(box).push(l);
+  }
+  const anchors = Array.from({ length: numLayers }, () => null);
+  for (const [box, layers] of shared) {
+    const n = layers.length;
+    layers.forEach((l, k) => {
+      const x = n === 1 ? box.x : box.x - box.width / 2 + (k + 0.5) * box.width / n;
+      anchors[l] = [x, box.y];
+    });
+  }
+  return anchors;
+}
+function riverPoints(anchors, ys, bandWidth) {
+  const points = [];
+  anchors.forEach((a, l) => {
+    if (a === null || l >= ys.length || !Number.isFinite(ys[l])) return;
+    points.push([a[0], a[1] + (ys[l] - 0.5) * bandWidth]);
+  });
+  return points;
+}
+function fmt(v) {
+  return String(Math.round(v * 100) / 100);
+}
+function smoothPath(points) {
+  if (points.length === 0) return "";
+  const parts = [`M${fmt(points[0][0])},${fmt(points[0][1])}`];
+  if (points.length === 1) return parts[0];
+  for (let i = 0; i + 1 < points.length; i++) {
+    const p0 = points[Math.max(0, i - 1)];
+    const p1 = points[i];
+    const p2 = points[i + 1];
+    const p3 = points[Math.min(points.length - 1, i + 2)];
+    const c1 = [p1[0] + (p2[0] - p0[0]) / 6, p1[1] + (p2[1] - p0[1]) / 6];
+    const c2 = [p2[0] - (p3[0] - p1[0]) / 6, p2[1] - (p3[1] - p1[1]) / 6];
+    parts.push(`C${fmt(c1[0])},${fmt(c1[1])} ${fmt(c2[0])},${fmt(c2[1])} ${fmt(p2[0])},${fmt(p2[1])}`);
+  }
+  return parts.join(" ");
+}
+
+// src/networkView.ts
+var OP_WIDTH = 64;
+var OP_HEIGHT = 24;
+var GROUP_HEIGHT = 34;
+var GROUP_MIN_WIDTH = 96;
+var GATED_PITCH = 26;
+var BAND_WIDTH = 48;
+var RIVER_STROKE = 4;
+var VIEW_HEIGHT = 420;
+var K_MIN = 0.02;
+var K_MAX = 4;
+var MINIMAP_WIDTH = 240;
+function truncate(text, max) {
+  return text.length > max ? text.slice(0, max - 1) + "…" : text;
+}
+function nodeSize(node) {
+  if (node.kind === "group") return { width: Math.max(GROUP_MIN_WIDTH, GATED_PITCH * node.gatedLayers.length), height: GROUP_HEIGHT };
+  return { width: OP_WIDTH, height: OP_HEIGHT };
+}
+function pairLabel(key, names) {
+  return key.split(",").map((i) => names.get(Number(i)) ?? `#${i}`).join(" – ");
+}
+var NetworkView = class {
+  constructor() {
+    this.transform = IDENTITY;
+    this.layout = null;
+    this.draggedSincePointerDown = false;
+    this.viewport = svgEl("g", { class: "viewport" });
+    this.svg = svgEl("svg", { class: "network-svg", width: "100%", height: VIEW_HEIGHT, role: "img", "aria-label": "model graph with datapath river" }, [
+      svgEl("defs", {}, [
+        svgEl("marker", { id: "aevis-arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" }, [
+          svgEl("path", { d: "M0,0 L10,5 L0,10 z", fill: "#9e9e9e" })
+        ])
+      ]),
+      svgEl("rect", { class: "background", x: 0, y: 0, width: "100%", height: "100%", fill: "#ffffff" }),
+      this.viewport
+    ]);
+    this.minimapView = svgEl("rect", { class: "minimap-view", fill: "rgba(255,152,0,0.12)", stroke: "#ef6c00", "stroke-width": 1, "vector-effect": "non-scaling-stroke" });
+    this.minimap = svgEl("svg", { class: "minimap", width: MINIMAP_WIDTH, height: 60, "aria-label": "mini-map: click to move the view" });
+    this.tooltip = el("div", { class: "tooltip", role: "tooltip" });
+    this.tooltip.hidden = true;
+    this.element = el("div", { class: "network" }, [this.svg, this.minimap, this.tooltip]);
+    this.installPanZoom();
+  }
+  /** Draw the graph and the river; returns the number of river paths drawn. */
+  render(input) {
+    clear(this.viewport);
+    const visible = visibleGraph(input.graph, input.expanded);
+    const sizes = new Map(visible.nodes.map((n) => [n.id, nodeSize(n)]));
+    const layout = layoutDag(
+      visible.nodes.map((n) => ({ id: n.id, ...sizes.get(n.id) })),
+      visible.edges,
+      { rankGap: 36, rowGap: BAND_WIDTH + 20 }
+    );
+    this.layout = layout;
+    const groupsLayer = svgEl("g", { class: "expanded-groups" });
+    const edgesLayer = svgEl("g", { class: "edges" });
+    const nodesLayer = svgEl("g", { class: "nodes" });
+    const riverLayer = svgEl("g", { class: "river" });
+    const markersLayer = svgEl("g", { class: "markers" });
+    const hitsLayer = svgEl("g", { class: "hits" });
+    this.viewport.append(groupsLayer, edgesLayer, nodesLayer, riverLayer, markersLayer, hitsLayer);
+    this.drawExpandedGroups(groupsLayer, input, visible.nodes, layout);
+    for (const edge of layout.edges) {
+      edgesLayer.appendChild(svgEl("path", { d: smoothPath(edge.points), fill: "none", stroke: "#bdbdbd", "stroke-width": 1.2, "marker-end": "url(#aevis-arrow)" }));
+    }
+    const selectedIndex = input.selectedLayer === null ? -1 : input.layerNames.indexOf(input.selectedLayer);
+    for (const node of visible.nodes) nodesLayer.appendChild(this.drawNode(node, layout, input, selectedIndex));
+    const manifestIndex = input.river.layers.map((name) => input.layerNames.indexOf(name));
+    const boxes = /* @__PURE__ */ new Map();
+    for (const [id, p] of layout.nodes) boxes.set(id, { x: p.x, y: p.y, width: p.width * 0.8, height: p.height });
+    const anchors = layerAnchors(input.river.layers.length, (i) => {
+      const anchor = visible.gatedAnchor.get(manifestIndex[i]);
+      return anchor === void 0 ? void 0 : boxes.get(anchor);
+    });
+    const colors = pathColors(input.river.paths.map((p) => p.role));
+    input.river.paths.forEach((path, k) => {
+      const points = riverPoints(anchors, path.y, BAND_WIDTH);
+      riverLayer.appendChild(
+        svgEl("path", {
+          class: "river-path",
+          "data-example": path.example,
+          "data-role": path.role,
+          d: smoothPath(points),
+          fill: "none",
+          stroke: colors[k],
+          "stroke-width": RIVER_STROKE,
+          "stroke-linecap": "round",
+          "stroke-opacity": 0.9
+        }, [svgTitle(`${path.name} (${path.role})`)])
+      );
+    });
+    this.drawMarkers(markersLayer, input.river, anchors);
+    this.drawHits(hitsLayer, input, anchors, manifestIndex);
+    this.updateMinimap(riverLayer, nodesLayer);
+    this.fit();
+    return input.river.paths.length;
+  }
+  drawExpandedGroups(layer, input, nodes, layout) {
+    const nodeGroup = new Map(input.graph.nodes.map((n) => [n.id, n.group]));
+    const members = /* @__PURE__ */ new Map();
+    for (const node of nodes) {
+      const chain = groupChain(input.graph, node.kind === "group" ? node.id : nodeGroup.get(node.id) ?? null);
+      for (const g of chain) if (g !== node.id && input.expanded.has(g)) {
+        if (!members.has(g)) members.set(g, []);
+        members.get(g).push(node.id);
+      }
+    }
+    const depth = (g) => groupChain(input.graph, g).length;
+    const ordered = [...members.keys()].sort((a, b) => depth(a) - depth(b));
+    for (const group of ordered) {
+      const placed = members.get(group).map((id) => layout.nodes.get(id));
+      const pad = 10 + 4 * (4 - Math.min(depth(group), 4));
+      const x0 = Math.min(...placed.map((p) => p.x - p.width / 2)) - pad;
+      const x1 = Math.max(...placed.map((p) => p.x + p.width / 2)) + pad;
+      const y0 = Math.min(...placed.map((p) => p.y - p.height / 2)) - pad - 14;
+      const y1 = Math.max(...placed.map((p) => p.y + p.height / 2)) + pad;
+      const box = svgEl("g", { class: "expanded-group", "data-group": group }, [
+        svgEl("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, rx: 8, fill: "rgba(63,81,181,0.04)", stroke: "#9fa8da", "stroke-dasharray": "4 3" }),
+        svgEl("text", { x: x0 + 20, y: y0 + 12, "font-size": 11, fill: "#3949ab", "font-family": "Roboto, sans-serif" }, [group]),
+        svgEl("g", { class: "toggle", "data-group": group, cursor: "pointer" }, [
+          svgEl("rect", { x: x0 + 4, y: y0 + 3, width: 12, height: 12, rx: 2, fill: "#ffffff", stroke: "#3949ab" }),
+          svgEl("text", { x: x0 + 10, y: y0 + 13, "text-anchor": "middle", "font-size": 12, fill: "#3949ab" }, ["−"]),
+          svgTitle(`collapse ${group}`)
+        ])
+      ]);
+      box.querySelector(".toggle").addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        if (!this.draggedSincePointerDown) input.onToggleGroup(group);
+      });
+      layer.appendChild(box);
+    }
+  }
+  drawNode(node, layout, input, selectedIndex) {
+    const p = layout.nodes.get(node.id);
+    const x = p.x - p.width / 2;
+    const y = p.y - p.height / 2;
+    const gated = node.gatedLayers.length > 0;
+    const selected = selectedIndex >= 0 && node.gatedLayers.includes(selectedIndex);
+    const opened = layerToOpen(node);
+    const g = svgEl("g", {
+      class: `graph-node ${node.kind}${gated ? " gated" : ""}${selected ? " selected" : ""}`,
+      "data-id": node.id,
+      cursor: opened === null ? "default" : "pointer"
+    });
+    const stroke = selected ? "#d84315" : node.kind === "group" ? "#5c6bc0" : gated ? "#546e7a" : "#cfd8dc";
+    g.appendChild(svgEl("rect", {
+      x,
+      y,
+      width: p.width,
+      height: p.height,
+      rx: node.kind === "group" ? 8 : 3,
+      fill: node.kind === "group" ? "#e8eaf6" : "#ffffff",
+      stroke,
+      "stroke-width": selected ? 2.5 : gated ? 1.5 : 1
+    }));
+    const title = node.kind === "group" ? `${node.id}: ${node.size} operations, ${node.gatedLayers.length} gated layers (click to open the treemap of its last layer; ± expands)` : `${node.id}${gated ? ` (gated layer ${input.layerNames[node.gatedLayers[0]] ?? node.gatedLayers[0]})` : ""}`;
+    g.appendChild(svgTitle(title));
+    const labelX = node.kind === "group" ? x + 20 + (p.width - 20) / 2 : p.x;
+    g.appendChild(svgEl("text", {
+      x: labelX,
+      y: p.y + 4,
+      "text-anchor": "middle",
+      "font-size": 11,
+      fill: "#263238",
+      "font-family": "Roboto, sans-serif",
+      "pointer-events": "none"
+    }, [truncate(node.kind === "group" ? node.id : node.label, node.kind === "group" ? Math.floor((p.width - 24) / 6.5) : 9)]));
+    if (node.kind === "group") {
+      const toggle = svgEl("g", { class: "toggle", "data-group": node.id, cursor: "pointer" }, [
+        svgEl("rect", { x: x + 5, y: p.y - 6, width: 12, height: 12, rx: 2, fill: "#ffffff", stroke: "#3949ab" }),
+        svgEl("text", { x: x + 11, y: p.y + 4, "text-anchor": "middle", "font-size": 12, fill: "#3949ab" }, ["+"]),
+        svgTitle(`expand ${node.id}`)
+      ]);
+      toggle.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        if (!this.draggedSincePointerDown) input.onToggleGroup(node.id);
+      });
+      g.appendChild(toggle);
+    }
+    if (opened !== null) {
+      g.addEventListener("click", () => {
+        if (!this.draggedSincePointerDown) input.onOpenLayer(opened);
+      });
+    }
+    return g;
+  }
+  drawMarkers(layer, river, anchors) {
+    for (const marker of river.markers) {
+      const a = anchors[marker.layer];
+      if (!a) continue;
+      const color = marker.kind === "diverging" ? "#c62828" : "#2e7d32";
+      const top = a[1] - BAND_WIDTH / 2 - 14;
+      layer.appendChild(svgEl("g", { class: `marker ${marker.kind}`, "data-layer": marker.layer }, [
+        svgEl("line", { x1: a[0], x2: a[0], y1: top, y2: a[1] + BAND_WIDTH / 2 + 6, stroke: color, "stroke-width": 1.5, "stroke-dasharray": "3 2" }),
+        svgEl("path", { d: `M${a[0] - 6},${top - 9} L${a[0] + 6},${top - 9} L${a[0]},${top} z`, fill: color }),
+        svgEl("text", { x: a[0], y: top - 12, "text-anchor": "middle", "font-size": 11, fill: color, "font-family": "Roboto, sans-serif" }, [marker.kind]),
+        svgTitle(`${marker.kind} point at ${river.layers[marker.layer]}`)
+      ]));
+    }
+  }
+  drawHits(layer, input, anchors, manifestIndex) {
+    const names = new Map(input.river.paths.map((p) => [p.example, p.name]));
+    const anchored = anchors.map((a, i) => ({ a, i })).filter((e) => e.a !== null);
+    anchored.forEach(({ a, i }, k) => {
+      const left = k > 0 ? (anchored[k - 1].a[0] + a[0]) / 2 : a[0] - 12;
+      const right = k + 1 < anchored.length ? (anchored[k + 1].a[0] + a[0]) / 2 : a[0] + 12;
+      const sameRow = (b) => b !== void 0 && Math.abs(b[1] - a[1]) < 1;
+      const x0 = sameRow(anchored[k - 1]?.a) ? left : a[0] - 12;
+      const x1 = sameRow(anchored[k + 1]?.a) ? right : a[0] + 12;
+      const hit = svgEl("rect", {
+        class: "layer-hit",
+        "data-layer": input.river.layers[i],
+        x: x0,
+        y: a[1] - BAND_WIDTH / 2 - 4,
+        width: Math.max(4, x1 - x0),
+        height: BAND_WIDTH + 8,
+        fill: "transparent",
+        cursor: "pointer"
+      });
+      hit.addEventListener("mousemove", (ev) => this.showTooltip(ev, input.river, i, names));
+      hit.addEventListener("mouseleave", () => this.tooltip.hidden = true);
+      hit.addEventListener("click", () => {
+        if (!this.draggedSincePointerDown && manifestIndex[i] >= 0) input.onOpenLayer(manifestIndex[i]);
+      });
+      layer.appendChild(hit);
+    });
+  }
+  showTooltip(ev, river, layer, names) {
+    clear(this.tooltip);
+    this.tooltip.appendChild(el("div", { class: "tooltip-title" }, [`${river.layers[layer]} (layer ${layer + 1} of ${river.layers.length})`]));
+    const rows = Object.entries(river.distances).map(
+      ([key, values]) => el("tr", {}, [el("td", {}, [pairLabel(key, names)]), el("td", { class: "num" }, [formatValue(values[layer])])])
+    );
+    this.tooltip.appendChild(el("table", {}, [el("tr", {}, [el("th", {}, ["datapaths"]), el("th", {}, ["distance"])]), ...rows]));
+    const marker = river.markers.find((m) => m.layer === layer);
+    if (marker) this.tooltip.appendChild(el("div", { class: `tooltip-marker ${marker.kind}` }, [`${marker.kind} point`]));
+    this.tooltip.appendChild(el("div", { class: "tooltip-hint" }, ["click: feature maps of this layer"]));
+    const box = this.element.getBoundingClientRect();
+    this.tooltip.style.left = `${Math.min(ev.clientX - box.left + 14, box.width - 260)}px`;
+    this.tooltip.style.top = `${ev.clientY - box.top + 14}px`;
+    this.tooltip.hidden = false;
+  }
+  // ------------------------------------------------------------- pan & zoom
+  viewSize() {
+    const r = this.svg.getBoundingClientRect();
+    return [r.width || 800, r.height || VIEW_HEIGHT];
+  }
+  setTransform(t) {
+    this.transform = t;
+    this.viewport.setAttribute("transform", `translate(${t.x},${t.y}) scale(${t.k})`);
+    const [w, h] = this.viewSize();
+    const v = visibleContent(t, w, h);
+    this.minimapView.setAttribute("x", String(v.x));
+    this.minimapView.setAttribute("y", String(v.y));
+    this.minimapView.setAttribute("width", String(v.width));
+    this.minimapView.setAttribute("height", String(v.height));
+  }
+  /** Show the whole graph; deep models are shown at a legible zoom from the start instead. */
+  fit() {
+    if (!this.layout) return;
+    const [w, h] = this.viewSize();
+    const margin = BAND_WIDTH;
+    const content = { x: -margin, y: -margin - 20, width: this.layout.width + 2 * margin, height: this.layout.height + 2 * margin + 20 };
+    let t = fitTransform(content, w, h, 8, 1.5);
+    if (t.k < 0.45) {
+      const k = Math.min(0.8, h / content.height);
+      t = { k, x: -content.x * k + 8, y: (h - content.height * k) / 2 - content.y * k };
+    }
+    this.setTransform(t);
+  }
+  zoomBy(factor) {
+    const [w, h] = this.viewSize();
+    this.setTransform(zoomAt(this.transform, factor, w / 2, h / 2, K_MIN, K_MAX));
+  }
+  installPanZoom() {
+    this.svg.addEventListener("wheel", (ev) => {
+      ev.preventDefault();
+      const r = this.svg.getBoundingClientRect();
+      this.setTransform(zoomAt(this.transform, Math.exp(-ev.deltaY * 15e-4), ev.clientX - r.left, ev.clientY - r.top, K_MIN, K_MAX));
+    }, { passive: false });
+    let last = null;
+    let travelled = 0;
+    this.svg.addEventListener("pointerdown", (ev) => {
+      last = [ev.clientX, ev.clientY];
+      travelled = 0;
+      this.draggedSincePointerDown = false;
+    });
+    window.addEventListener("pointermove", (ev) => {
+      if (!last) return;
+      const dx = ev.clientX - last[0];
+      const dy = ev.clientY - last[1];
+      travelled += Math.abs(dx) + Math.abs(dy);
+      last = [ev.clientX, ev.clientY];
+      if (travelled > 4) {
+        this.draggedSincePointerDown = true;
+        this.setTransform(panBy(this.transform, dx, dy));
+        this.tooltip.hidden = true;
+      }
+    });
+    window.addEventListener("pointerup", () => last = null);
+    const moveTo = (ev) => {
+      if (!this.layout) return;
+      const r = this.minimap.getBoundingClientRect();
+      const vb = this.minimap.viewBox.baseVal;
+      const cx = vb.x + (ev.clientX - r.left) / r.width * vb.width;
+      const cy = vb.y + (ev.clientY - r.top) / r.height * vb.height;
+      const [w, h] = this.viewSize();
+      this.setTransform(centreOn(this.transform, cx, cy, w, h));
+    };
+    let minimapDrag = false;
+    this.minimap.addEventListener("pointerdown", (ev) => {
+      ev.stopPropagation();
+      minimapDrag = true;
+      moveTo(ev);
+    });
+    window.addEventListener("pointermove", (ev) => minimapDrag && moveTo(ev));
+    window.addEventListener("pointerup", () => minimapDrag = false);
+  }
+  updateMinimap(riverLayer, nodesLayer) {
+    clear(this.minimap);
+    if (!this.layout) return;
+    const [w] = this.viewSize();
+    const pad = BAND_WIDTH;
+    const vbW = this.layout.width + 2 * pad;
+    const vbH = this.layout.height + 2 * pad;
+    this.minimap.style.display = this.layout.width < w * 1.2 ? "none" : "";
+    this.minimap.setAttribute("viewBox", `${-pad} ${-pad} ${vbW} ${vbH}`);
+    this.minimap.setAttribute("height", String(Math.max(30, Math.min(140, MINIMAP_WIDTH * vbH / vbW))));
+    this.minimap.setAttribute("preserveAspectRatio", "none");
+    const nodes = nodesLayer.cloneNode(true);
+    nodes.querySelectorAll("text, title, .toggle").forEach((n) => n.remove());
+    const river = riverLayer.cloneNode(true);
+    river.querySelectorAll("path").forEach((p) => {
+      p.removeAttribute("class");
+      p.setAttribute("vector-effect", "non-scaling-stroke");
+      p.setAttribute("stroke-width", "2");
+    });
+    this.minimap.append(svgEl("rect", { x: -pad, y: -pad, width: vbW, height: vbH, fill: "#fafafa" }), nodes, river, this.minimapView);
+    this.setTransform(this.transform);
+  }
+  /** The view as drawn now, as a standalone SVG element (for export). */
+  snapshot() {
+    const [w, h] = this.viewSize();
+    const copy = this.svg.cloneNode(true);
+    copy.querySelectorAll(".hits").forEach((n) => n.remove());
+    copy.setAttribute("width", String(Math.round(w)));
+    copy.setAttribute("height", String(Math.round(h)));
+    return copy;
+  }
+};
+
+// src/neuronView.ts
+var MAP_SIZE = 112;
+var LUT = greenLookupTable();
+function paintGreen(canvas, bitmap) {
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(bitmap, 0, 0);
+  const image = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
+  const levels = new Uint8ClampedArray(bitmap.width * bitmap.height);
+  for (let p = 0; p < levels.length; p++) {
+    const level = image.data[p * 4];
+    levels[p] = level;
+    image.data.set(LUT.subarray(level * 4, level * 4 + 4), p * 4);
+  }
+  ctx.putImageData(image, 0, 0);
+  return levels;
+}
+var NeuronView = class {
+  constructor() {
+    this.element = el("div", { class: "neuron" });
+  }
+  /** Draw the panel; resolves when every activation map is painted, with the number painted. */
+  async render(input) {
+    clear(this.element);
+    const { data } = input;
+    const cards = el("div", { class: "neuron-examples" });
+    const pending = [];
+    for (const ex of data.examples) {
+      const name = input.names.get(ex.example) ?? `#${ex.example}`;
+      const readout = el("div", { class: "readout" }, ["hover the map for values"]);
+      const canvas = el("canvas", { class: "activation-canvas", width: 1, height: 1, style: `width:${MAP_SIZE}px;height:${MAP_SIZE}px` });
+      const mapBox = el("div", { class: "activation-map", "data-example": ex.example });
+      const card = el("div", { class: "neuron-example", style: `border-top-color:${input.colors.get(ex.example) ?? "#9e9e9e"}` }, [
+        el("div", { class: "card-title" }, [name]),
+        el("div", { class: "pair" }, [
+          el("img", { src: input.imageUrl(ex.example), alt: `image of ${name}`, width: MAP_SIZE, height: MAP_SIZE }),
+          mapBox
+        ]),
+        el("div", { class: "values" }, [
+          `max activation ${formatValue(ex.max_activation)} · gate ${formatValue(ex.gate)} · `,
+          el("span", { class: ex.in_datapath ? "in-path" : "out-path" }, [ex.in_datapath ? "in datapath" : "not in datapath"])
+        ]),
+        readout
+      ]);
+      cards.appendChild(card);
+      if (ex.activation_map === null) {
+        mapBox.appendChild(el("div", { class: "note" }, ["no activation map logged for this feature map"]));
+        continue;
+      }
+      mapBox.appendChild(canvas);
+      pending.push(
+        getRangedImage(ex.activation_map).then(
+          ({ bitmap, range }) => {
+            const levels = paintGreen(canvas, bitmap);
+            const [lo, hi] = range ?? [0, 1];
+            mapBox.appendChild(el("div", { class: "range" }, [range ? `range ${formatValue(lo)} … ${formatValue(hi)}` : "range not sent (grey levels 0…1)"]));
+            canvas.addEventListener("mousemove", (ev) => {
+              const r = canvas.getBoundingClientRect();
+              const col = Math.min(canvas.width - 1, Math.floor((ev.clientX - r.left) / r.width * canvas.width));
+              const row = Math.min(canvas.height - 1, Math.floor((ev.clientY - r.top) / r.height * canvas.height));
+              readout.textContent = `(${row}, ${col}): activation ${formatValue(dequantise(levels[row * canvas.width + col], lo, hi))}`;
+            });
+            return true;
+          },
+          (err) => {
+            mapBox.replaceChildren(el("div", { class: "error" }, [`activation map: ${err.message}`]));
+            return false;
+          }
+        )
+      );
+    }
+    const features = el("div", { class: "learned-features" });
+    if (data.learned_features.length === 0) {
+      features.appendChild(el("div", { class: "note" }, ["no learned features logged (log reference images with add_analysis to see them)"]));
+    }
+    for (const f of data.learned_features) {
+      features.appendChild(el("figure", { class: "learned-feature" }, [
+        el("img", { src: f.url, alt: `learned feature rank ${f.rank + 1}`, width: 72, height: 72 }),
+        el("figcaption", {}, [`#${f.rank + 1}: ${formatValue(f.activation)}`])
+      ]));
+    }
+    this.element.append(
+      el("h3", {}, [`Feature map ${data.channel} of ${data.layer}`]),
+      el("div", { class: "legend-ramp" }, ["activation: ", el("span", { class: "ramp" }), " low → high"]),
+      cards,
+      el("h4", {}, ["Learned features (top-activating reference crops)"]),
+      features
+    );
+    const painted = await Promise.all(pending);
+    return painted.filter(Boolean).length;
+  }
+};
+
+// src/treemapGeometry.ts
+function bottomFill(cell, value, maxValue, inset = 0) {
+  if (value === null || !Number.isFinite(value) || !(maxValue > 0)) return null;
+  const innerW = cell.dx - 2 * inset;
+  const innerH = cell.dy - 2 * inset;
+  if (innerW <= 0 || innerH <= 0) return null;
+  const height = Math.min(1, Math.abs(value) / maxValue) * innerH;
+  if (height <= 0) return null;
+  return { x: cell.x + inset, y: cell.y + cell.dy - inset - height, width: innerW, height };
+}
+function maxAbsContribution(cells) {
+  let max = 0;
+  for (const c of cells) {
+    if (c.contribution !== null && Number.isFinite(c.contribution)) max = Math.max(max, Math.abs(c.contribution));
+  }
+  return max;
+}
+function membersKey(members) {
+  return [...members].sort((a, b) => a - b).join(",");
+}
+
+// src/treemapView.ts
+var INSET = 1;
+var TreemapView = class {
+  constructor() {
+    this.svg = null;
+    this.tooltip = el("div", { class: "tooltip", role: "tooltip" });
+    this.tooltip.hidden = true;
+    this.element = el("div", { class: "treemap" });
+  }
+  /** Draw the treemap; returns the number of cells drawn. */
+  render(input) {
+    clear(this.element);
+    const { data } = input;
+    const [a, b] = input.diff;
+    const nameOf = (i) => input.names.get(i) ?? `#${i}`;
+    const maxContribution = maxAbsContribution(data.cells);
+    const svg = svgEl("svg", { class: "treemap-svg", width: data.width, height: data.height, viewBox: `0 0 ${data.width} ${data.height}` }, [
+      svgEl("defs", {}, [
+        svgEl("pattern", { id: "aevis-dots", width: 4, height: 4, patternUnits: "userSpaceOnUse" }, [
+          svgEl("circle", { cx: 2, cy: 2, r: 1.1, fill: "#37474f" })
+        ])
+      ]),
+      svgEl("rect", { x: 0, y: 0, width: data.width, height: data.height, fill: "#ffffff" })
+    ]);
+    const setColor = (members) => members.length === 1 ? input.colors.get(members[0]) ?? "#616161" : "#424242";
+    const cellsLayer = svgEl("g", { class: "cells" });
+    for (const cell of data.cells) {
+      const g = svgEl("g", { class: "treemap-cell", "data-channel": cell.channel, "data-members": membersKey(cell.members), cursor: "pointer" });
+      const selected = cell.channel === input.selectedChannel;
+      g.appendChild(svgEl("rect", {
+        x: cell.x + INSET / 2,
+        y: cell.y + INSET / 2,
+        width: Math.max(0, cell.dx - INSET),
+        height: Math.max(0, cell.dy - INSET),
+        fill: "#f5f5f5",
+        stroke: selected ? "#d84315" : "#ffffff",
+        "stroke-width": selected ? 2 : INSET
+      }));
+      const solid = bottomFill(cell, cell.activation_diff, data.max_abs_activation_diff, INSET);
+      if (solid && cell.activation_diff !== null) {
+        const stronger = cell.activation_diff >= 0 ? a : b;
+        g.appendChild(svgEl("rect", { class: "fill-activation", x: solid.x, y: solid.y, width: solid.width, height: solid.height, fill: input.colors.get(stronger) ?? "#757575", "fill-opacity": 0.75 }));
+      }
+      const dotted = bottomFill(cell, cell.contribution, maxContribution, INSET);
+      if (dotted) {
+        g.appendChild(svgEl("rect", { class: "fill-contribution", x: dotted.x + dotted.width / 2, y: dotted.y, width: dotted.width / 2, height: dotted.height, fill: "url(#aevis-dots)" }));
+      }
+      const members = cell.members.map(nameOf).join(", ");
+      g.appendChild(svgTitle(`feature map ${cell.channel}`));
+      g.addEventListener("mousemove", (ev) => {
+        this.showTooltip(ev, [
+          `feature map ${cell.channel}`,
+          `in datapaths: ${members}`,
+          `activation ${nameOf(a)} − ${nameOf(b)}: ${formatValue(cell.activation_diff)}`,
+          `contribution: ${cell.contribution === null ? "not computed" : formatValue(cell.contribution)}`
+        ]);
+      });
+      g.addEventListener("mouseleave", () => this.tooltip.hidden = true);
+      g.addEventListener("click", () => input.onOpenChannel(cell.channel));
+      cellsLayer.appendChild(g);
+    }
+    svg.appendChild(cellsLayer);
+    const setsLayer = svgEl("g", { class: "sets", "pointer-events": "none" });
+    for (const set of data.sets) {
+      setsLayer.appendChild(svgEl("rect", {
+        class: "treemap-set",
+        "data-members": membersKey(set.members),
+        x: set.x,
+        y: set.y,
+        width: set.dx,
+        height: set.dy,
+        fill: "none",
+        stroke: setColor(set.members),
+        "stroke-width": set.members.length === 1 ? 2.5 : 1.5,
+        "stroke-dasharray": set.members.length === 1 ? "" : "5 3"
+      }));
+    }
+    svg.appendChild(setsLayer);
+    this.svg = svg;
+    const setRows = data.sets.map(
+      (set) => el("li", {}, [
+        el("span", { class: "swatch", style: `border-color:${setColor(set.members)};${set.members.length > 1 ? "border-style:dashed" : ""}` }),
+        `${set.label}: ${set.size} feature map${set.size === 1 ? "" : "s"}`
+      ])
+    );
+    const legend = el("div", { class: "treemap-legend" }, [
+      el("div", {}, [
+        el("span", { class: "fill-key solid" }),
+        `solid fill: activation difference ${nameOf(a)} − ${nameOf(b)} (max of each feature map; colour of the datapath where it is larger; full cell = ${formatValue(data.max_abs_activation_diff)})`
+      ]),
+      el("div", {}, [
+        el("span", { class: "fill-key dotted" }),
+        maxContribution > 0 ? `dotted fill: contribution (full = ${formatValue(maxContribution)})` : "dotted fill: contribution (none computed for this layer)"
+      ]),
+      el("ul", { class: "set-list" }, setRows)
+    ]);
+    this.element.append(el("div", { class: "treemap-canvas" }, [svg, this.tooltip]), legend);
+    return data.cells.length;
+  }
+  showTooltip(ev, lines) {
+    clear(this.tooltip);
+    lines.forEach((line, i) => this.tooltip.appendChild(el("div", { class: i === 0 ? "tooltip-title" : "" }, [line])));
+    const box = (this.tooltip.parentElement ?? this.element).getBoundingClientRect();
+    this.tooltip.style.left = `${Math.min(ev.clientX - box.left + 14, Math.max(0, box.width - 240))}px`;
+    this.tooltip.style.top = `${ev.clientY - box.top + 14}px`;
+    this.tooltip.hidden = false;
+  }
+  /** The treemap as drawn now (for export), or null before the first render. */
+  snapshot() {
+    return this.svg ? this.svg.cloneNode(true) : null;
+  }
+};
+
+// src/app.ts
+var GRAPH_NODE_BUDGET = 80;
+var TREEMAP_MAX_EXAMPLES = 5;
+var TAB = "aevis";
+function hostWindow() {
+  try {
+    if (window.parent !== window && window.parent.location.href) return window.parent;
+  } catch {
+  }
+  return window;
+}
+function describeError(err) {
+  if (err instanceof ApiError) return `The ${err.route} route answered${err.status ? ` ${err.status}` : ""}: ${err.message}`;
+  return err instanceof Error ? err.message : String(err);
+}
+function chainGraph(layers) {
+  return {
+    nodes: layers.map((name, i) => ({ id: name, label: name, op: "call_module", group: null, gated_layer: i })),
+    edges: layers.slice(1).map((name, i) => ({ source: layers[i], target: name })),
+    groups: []
+  };
+}
+var App = class {
+  constructor(root) {
+    this.runs = [];
+    this.manifest = null;
+    this.graph = null;
+    this.river = null;
+    this.expanded = /* @__PURE__ */ new Set();
+    /** Incremented per analysis load; stale answers are dropped. */
+    this.generation = 0;
+    this.host = hostWindow();
+    this.controls = el("div", { class: "controls" });
+    this.messages = el("div", { class: "messages", role: "status" });
+    this.networkPanel = el("section", { class: "panel network-panel", hidden: "" });
+    this.treemapPanel = el("section", { class: "panel treemap-panel", hidden: "" });
+    this.neuronPanel = el("section", { class: "panel neuron-panel", hidden: "" });
+    this.networkView = new NetworkView();
+    this.treemapView = new TreemapView();
+    this.neuronView = new NeuronView();
+    this.legend = el("div", { class: "legend" });
+    this.summary = el("div", { class: "summary" });
+    this.treemapHead = el("div", { class: "panel-head" });
+    this.state = readViewState(this.host.location.hash);
+    root.classList.add("aevis");
+    root.append(this.controls, this.messages, this.networkPanel, this.treemapPanel, this.neuronPanel);
+    const exportButtons = (what, name) => [
+      this.button("Export SVG", () => this.exportView(what, name, "svg")),
+      this.button("Export PNG", () => this.exportView(what, name, "png"))
+    ];
+    this.networkPanel.append(
+      el("div", { class: "panel-head" }, [
+        el("h2", {}, ["Datapath river over the model graph"]),
+        el("span", { class: "spacer" }),
+        this.button("Fit", () => this.networkView.fit()),
+        this.button("+", () => this.networkView.zoomBy(1.4)),
+        this.button("−", () => this.networkView.zoomBy(1 / 1.4)),
+        ...exportButtons(() => this.networkView.snapshot(), () => fileStem([this.state.analysis ?? "", "network"]))
+      ]),
+      this.summary,
+      this.legend,
+      this.networkView.element
+    );
+    this.treemapPanel.append(this.treemapHead, this.treemapView.element);
+    this.neuronPanel.append(this.neuronView.element);
+    this.host.addEventListener("hashchange", () => this.onExternalHashChange());
+  }
+  async start() {
+    try {
+      const answer = await getJson("runs");
+      this.runs = answer.runs ?? [];
+      for (const warning of answer.warnings ?? []) this.message("warning", warning);
+    } catch (err) {
+      this.message("error", describeError(err));
+      return;
+    }
+    if (this.runs.length === 0) {
+      await this.showNoRuns();
+      return;
+    }
+    this.resolveSelection();
+    await this.loadAnalysis();
+  }
+  // ------------------------------------------------------------- messages
+  message(kind, text) {
+    const box = el("div", { class: `message ${kind}` }, [text]);
+    this.messages.appendChild(box);
+    return box;
+  }
+  button(text, onClick) {
+    const b = el("button", { type: "button" }, [text]);
+    b.addEventListener("click", onClick);
+    return b;
+  }
+  /** TensorBoard's own run list (runs of every plugin), or [] when it cannot be read. */
+  async tensorboardRuns() {
+    try {
+      const runs = await getJson("../../runs");
+      return Array.isArray(runs) ? runs.map(String) : [];
+    } catch {
+      return [];
+    }
+  }
+  async showNoRuns() {
+    const others = await this.tensorboardRuns();
+    const how = "Log an analysis with summary_writers.add_analysis(writer, name, analysis, step), or run `aevis demo --logdir <logdir>`, then reload.";
+    if (others.length === 0) this.message("info", `No runs with AEVis data in this logdir. ${how}`);
+    else this.message("info", `No AEVis data: TensorBoard has ${others.length} run(s) (${others.slice(0, 8).join(", ")}${others.length > 8 ? ", …" : ""}) but none contains an AEVis analysis. ${how}`);
+  }
+  // ------------------------------------------------------------- selection
+  currentRun() {
+    return this.runs.find((r) => r.run === this.state.run);
+  }
+  currentAnalysis() {
+    return this.currentRun()?.analyses.find((a) => a.name === this.state.analysis);
+  }
+  /** Fill the state with valid choices, keeping what the hash asked for where it exists. */
+  resolveSelection() {
+    const s = this.state;
+    if (s.run !== void 0 && !this.runs.some((r) => r.run === s.run)) {
+      this.message("warning", `Run "${s.run}" has no AEVis data (it is not in this logdir, or it logged no add_analysis summaries); showing another run.`);
+      s.run = void 0;
+    }
+    const run = this.currentRun() ?? this.runs.find((r) => r.analyses.length > 0) ?? this.runs[0];
+    s.run = run.run;
+    const analysis = run.analyses.find((a) => a.name === s.analysis) ?? run.analyses[0];
+    if (!analysis) return;
+    if (s.analysis !== void 0 && s.analysis !== analysis.name) {
+      this.message("warning", `Analysis "${s.analysis}" is not in run "${run.run}"; showing "${analysis.name}".`);
+    }
+    s.analysis = analysis.name;
+    if (!s.method || !analysis.methods.includes(s.method)) s.method = analysis.methods.includes("constrained") ? "constrained" : analysis.methods[0];
+    if (s.step === void 0 || !analysis.steps.includes(s.step)) s.step = analysis.steps[analysis.steps.length - 1];
+    const known = new Set(analysis.examples.map((e) => e.index));
+    const chosen = (s.examples ?? []).filter((i) => known.has(i));
+    s.examples = chosen.length >= 2 ? chosen : analysis.examples.map((e) => e.index);
+    if (s.diff && !(s.examples.includes(s.diff[0]) && s.examples.includes(s.diff[1]) && s.diff[0] !== s.diff[1])) s.diff = void 0;
+  }
+  saveState() {
+    const hash = writeViewState(this.host.location.hash, this.state, TAB);
+    if (hash === this.host.location.hash) return;
+    const loc = this.host.location;
+    this.host.history.replaceState(this.host.history.state, "", `${loc.pathname}${loc.search}${hash}`);
+  }
+  onExternalHashChange() {
+    const next = readViewState(this.host.location.hash);
+    if (JSON.stringify(next) === JSON.stringify(this.state)) return;
+    this.state = next;
+    clear(this.messages);
+    this.resolveSelection();
+    void this.loadAnalysis();
+  }
+  change(patch, reset) {
+    Object.assign(this.state, patch);
+    for (const key of reset) delete this.state[key];
+    clear(this.messages);
+    this.resolveSelection();
+    void this.loadAnalysis();
+  }
+  renderControls() {
+    clear(this.controls);
+    const run = this.currentRun();
+    const analysis = this.currentAnalysis();
+    const resetBelowRun = ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded"];
+    this.controls.appendChild(select(
+      "Run",
+      this.runs.map((r) => ({ value: r.run, text: r.analyses.length ? r.run : `${r.run} (no AEVis data)` })),
+      this.state.run ?? "",
+      (v) => this.change({ run: v }, resetBelowRun),
+      "run"
+    ));
+    if (!run || !analysis) return;
+    this.controls.appendChild(select(
+      "Analysis",
+      run.analyses.map((a) => ({ value: a.name, text: a.name })),
+      analysis.name,
+      (v) => this.change({ analysis: v }, resetBelowRun.slice(1)),
+      "analysis"
+    ));
+    this.controls.appendChild(select(
+      "Method",
+      analysis.methods.map((m) => ({ value: m, text: m === "dgr" ? "DGR (baseline)" : m })),
+      this.state.method ?? "",
+      (v) => this.change({ method: v }, ["layer", "channel"]),
+      "method"
+    ));
+    if (analysis.steps.length > 1) {
+      this.controls.appendChild(select(
+        "Step",
+        analysis.steps.map((s) => ({ value: String(s), text: String(s) })),
+        String(this.state.step),
+        (v) => this.change({ step: Number(v) }, ["layer", "channel"]),
+        "step"
+      ));
+    }
+    this.controls.appendChild(this.datapathPicker(analysis.examples));
+  }
+  datapathPicker(examples) {
+    const chosen = new Set(this.state.examples ?? []);
+    const box = el("div", { class: "datapaths", role: "group", "aria-label": "datapaths to compare" });
+    const colors = pathColors(examples.map((e) => e.role));
+    examples.forEach((e, k) => {
+      const input = el("input", { type: "checkbox", name: "datapath", value: e.index });
+      input.checked = chosen.has(e.index);
+      input.addEventListener("change", () => {
+        const next = examples.map((x) => x.index).filter((i) => i === e.index ? input.checked : chosen.has(i));
+        if (next.length < 2) {
+          input.checked = true;
+          this.message("warning", "The river compares two or more datapaths: keep at least two selected.");
+          return;
+        }
+        this.change({ examples: next }, ["diff"]);
+      });
+      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors[k]}` }), `${e.name} (${e.role})`]));
+    });
+    return el("div", { class: "control" }, [el("span", {}, ["Datapaths"]), box]);
+  }
+  analysisParams() {
+    return { run: this.state.run, analysis: this.state.analysis, method: this.state.method, step: this.state.step };
+  }
+  // ------------------------------------------------------------- network level
+  async loadAnalysis() {
+    const generation = ++this.generation;
+    this.renderControls();
+    this.saveState();
+    this.networkPanel.hidden = true;
+    this.treemapPanel.hidden = true;
+    this.neuronPanel.hidden = true;
+    const run = this.currentRun();
+    if (!run) return;
+    if (!this.currentAnalysis()) {
+      this.message("info", `Run "${run.run}" has no AEVis data: it logged no add_analysis summaries.`);
+      return;
+    }
+    if ((this.state.examples ?? []).length < 2) {
+      this.message("info", "This analysis has a single datapath; the river compares two or more. Its treemap is still available per layer.");
+    }
+    const params = this.analysisParams();
+    const loading = this.message("info", "Loading the analysis…");
+    let manifest;
+    let river;
+    let graph;
+    try {
+      const graphRequest = getJson("graph", params).catch((err) => {
+        if (generation === this.generation) this.message("warning", `${describeError(err)} — drawing the gated layers as a chain instead.`);
+        return null;
+      });
+      [manifest, river, graph] = await Promise.all([
+        getJson("analysis", params),
+        getJson("river", { ...params, examples: this.state.examples?.join(",") }),
+        graphRequest
+      ]);
+    } catch (err) {
+      if (generation !== this.generation) return;
+      loading.remove();
+      this.message("error", describeError(err));
+      return;
+    }
+    if (generation !== this.generation) return;
+    loading.remove();
+    this.manifest = manifest;
+    this.river = river;
+    this.graph = graph ?? chainGraph(manifest.layers.map((l) => l.name));
+    if (this.state.expanded) {
+      const known = new Set(this.graph.groups.map((g) => g.id));
+      this.expanded = new Set(this.state.expanded.filter((g) => known.has(g)));
+    } else {
+      this.expanded = defaultExpanded(this.graph, GRAPH_NODE_BUDGET);
+    }
+    if (this.graph.nodes.length > GRAPH_NODE_BUDGET && this.graph.groups.length > 0) {
+      this.message("info", `Large model: ${this.graph.nodes.length} operations, so layer groups start collapsed. Use + on a group to expand it, the mini-map to move around, and the wheel to zoom.`);
+    }
+    this.renderSummary();
+    this.networkPanel.hidden = false;
+    this.drawNetwork();
+    performance.mark("aevis-river-painted");
+    if (this.state.layer) void this.loadTreemap();
+  }
+  renderSummary() {
+    const m = this.manifest;
+    const dm = m.diverging_merging;
+    const parts = [`${m.layers.length} gated layers · method ${m.method} · threshold ${formatValue(m.threshold)} · river layout ${this.river.layout === "rule" ? "rule (Sec. 5.2)" : "least squares"}`];
+    if (dm) {
+      const name = (l) => l === null ? "none" : m.layers[l]?.name ?? String(l);
+      parts.push(dm.detected ? `diverging at ${name(dm.diverging_layer)}, merging at ${name(dm.merging_layer)}` : "no diverging/merging pattern detected");
+    }
+    const preds = m.examples.map((e) => `${e.name}: ${e.class_name} (${formatValue(e.confidence)})${e.label_preserved ? "" : " — datapath does not keep the label"}`);
+    clear(this.summary);
+    this.summary.append(el("div", {}, [parts.join(" · ")]), el("div", {}, [`predictions: ${preds.join("; ")}`]));
+  }
+  drawNetwork() {
+    const river = this.river;
+    const manifest = this.manifest;
+    clear(this.legend);
+    const colors = pathColors(river.paths.map((p) => p.role));
+    river.paths.forEach((p, k) => {
+      this.legend.appendChild(el("span", { class: "item", "data-example": p.example }, [
+        el("span", { class: "swatch", style: `background:${colors[k]};width:22px` }),
+        `${p.name} — ${ROLE_LABELS[p.role] ?? p.role}`
+      ]));
+    });
+    this.legend.append(
+      el("span", { class: "item marker-key diverging" }, ["▼ diverging"]),
+      el("span", { class: "item marker-key merging" }, ["▼ merging"]),
+      el("span", { class: "item note" }, ["curve distance = datapath distance; hover a layer for values, click it for its feature maps"])
+    );
+    this.networkView.render({
+      graph: this.graph,
+      layerNames: manifest.layers.map((l) => l.name),
+      river,
+      expanded: this.expanded,
+      selectedLayer: this.state.layer ?? null,
+      onToggleGroup: (group) => {
+        this.expanded = toggleGroup(this.graph, this.expanded, group);
+        this.state.expanded = [...this.expanded].sort();
+        this.saveState();
+        this.drawNetwork();
+      },
+      onOpenLayer: (index) => {
+        this.state.layer = manifest.layers[index].name;
+        delete this.state.channel;
+        this.saveState();
+        this.drawNetwork();
+        void this.loadTreemap();
+      }
+    });
+  }
+  // ------------------------------------------------------------- layer level
+  exampleNames() {
+    return new Map((this.currentAnalysis()?.examples ?? []).map((e) => [e.index, e.name]));
+  }
+  exampleColors() {
+    const examples = this.currentAnalysis()?.examples ?? [];
+    const chosen = examples.filter((e) => (this.state.examples ?? []).includes(e.index));
+    const colors = pathColors(chosen.map((e) => e.role));
+    return new Map(chosen.map((e, k) => [e.index, colors[k]]));
+  }
+  async loadTreemap() {
+    const generation = this.generation;
+    const layer = this.state.layer;
+    const manifest = this.manifest;
+    const layerIndex = manifest.layers.findIndex((l) => l.name === layer);
+    this.treemapPanel.hidden = false;
+    clear(this.treemapHead);
+    if (layerIndex < 0) {
+      this.treemapView.element.replaceChildren(el("div", { class: "message error" }, [`Layer "${layer}" is not a gated layer of this analysis.`]));
+      return;
+    }
+    const examples = (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES);
+    const diff = this.state.diff ?? [examples[0], examples[1] ?? examples[0]];
+    const names = this.exampleNames();
+    const info = manifest.layers[layerIndex];
+    const diffOptions = examples.map((i) => ({ value: String(i), text: names.get(i) ?? `#${i}` }));
+    this.treemapHead.append(
+      el("h2", {}, [`Feature maps of ${layer}`]),
+      el("span", { class: "note" }, [`${info.channels} channels, ${info.height}×${info.width}`]),
+      select("Difference A", diffOptions, String(diff[0]), (v) => this.setDiff([Number(v), diff[1]]), "diff-a"),
+      select("minus B", diffOptions, String(diff[1]), (v) => this.setDiff([diff[0], Number(v)]), "diff-b"),
+      el("span", { class: "spacer" }),
+      this.button("Export SVG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "svg")),
+      this.button("Export PNG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "png")),
+      this.button("Close", () => {
+        delete this.state.layer;
+        delete this.state.channel;
+        this.saveState();
+        this.treemapPanel.hidden = true;
+        this.neuronPanel.hidden = true;
+        this.drawNetwork();
+      })
+    );
+    if ((this.state.examples ?? []).length > TREEMAP_MAX_EXAMPLES) {
+      this.treemapHead.appendChild(el("div", { class: "note" }, [`The treemap compares the first ${TREEMAP_MAX_EXAMPLES} chosen datapaths.`]));
+    }
+    const width = Math.max(360, Math.min(900, Math.floor(this.treemapPanel.getBoundingClientRect().width - 30) || 600));
+    this.treemapView.element.replaceChildren(el("div", { class: "note" }, ["Loading the treemap…"]));
+    let data;
+    try {
+      data = await getJson("treemap", {
+        ...this.analysisParams(),
+        layer,
+        examples: examples.join(","),
+        diff: diff.join(","),
+        width,
+        height: 360
+      });
+    } catch (err) {
+      if (generation !== this.generation || this.state.layer !== layer) return;
+      this.treemapView.element.replaceChildren(el("div", { class: "message error" }, [describeError(err)]));
+      return;
+    }
+    if (generation !== this.generation || this.state.layer !== layer) return;
+    this.treemapView.render({
+      data,
+      names,
+      colors: this.exampleColors(),
+      diff,
+      selectedChannel: this.state.channel ?? null,
+      onOpenChannel: (channel) => {
+        this.state.channel = channel;
+        this.saveState();
+        void this.loadTreemap();
+      }
+    });
+    if (data.cells.length === 0) {
+      this.treemapView.element.prepend(el("div", { class: "note" }, ["None of the chosen datapaths keeps a feature map of this layer."]));
+    }
+    if (this.state.channel !== void 0) void this.loadNeuron();
+    else this.neuronPanel.hidden = true;
+  }
+  setDiff(diff) {
+    this.state.diff = diff;
+    this.saveState();
+    void this.loadTreemap();
+  }
+  // ------------------------------------------------------------- neuron level
+  async loadNeuron() {
+    const generation = this.generation;
+    const layer = this.state.layer;
+    const channel = this.state.channel;
+    this.neuronPanel.hidden = false;
+    this.neuronView.element.replaceChildren(el("div", { class: "note" }, [`Loading feature map ${channel}…`]));
+    let data;
+    try {
+      data = await getJson("neuron", { ...this.analysisParams(), layer, channel });
+    } catch (err) {
+      if (generation !== this.generation) return;
+      this.neuronView.element.replaceChildren(el("div", { class: "message error" }, [describeError(err)]));
+      return;
+    }
+    if (generation !== this.generation || this.state.layer !== layer || this.state.channel !== channel) return;
+    const colors = this.exampleColors();
+    await this.neuronView.render({
+      data,
+      names: this.exampleNames(),
+      colors,
+      imageUrl: (example) => routeUrl("image", { ...this.analysisParams(), example })
+    });
+  }
+  // ------------------------------------------------------------- export
+  async exportView(what, name, format) {
+    const svg = what();
+    if (!svg) {
+      this.message("warning", "Nothing to export yet: the view is not drawn.");
+      return;
+    }
+    try {
+      if (format === "svg") await exportSvg(svg, name());
+      else await exportPng(svg, name());
+    } catch (err) {
+      this.message("error", `Export failed: ${describeError(err)}`);
+    }
+  }
+};
+
+// src/styles.ts
+var STYLES = `
+:root { color-scheme: light; }
+body { margin: 0; font-family: Roboto, "Helvetica Neue", Arial, sans-serif; font-size: 13px; color: #212121; background: #f5f5f5; }
+.aevis { padding: 12px 16px 32px; }
+.aevis h2 { font-size: 15px; font-weight: 500; margin: 0 0 8px; }
+.aevis h3 { font-size: 14px; font-weight: 500; margin: 4px 0 8px; }
+.aevis h4 { font-size: 13px; font-weight: 500; margin: 12px 0 6px; }
+.controls { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-end; margin-bottom: 8px; }
+.control { display: flex; flex-direction: column; gap: 2px; font-size: 11px; color: #616161; }
+.control select { font-size: 13px; padding: 3px 4px; min-width: 120px; }
+.datapaths { display: flex; flex-wrap: wrap; gap: 4px 12px; align-items: center; }
+.datapaths label { display: inline-flex; gap: 4px; align-items: center; font-size: 12px; color: #212121; }
+.swatch { display: inline-block; width: 14px; height: 4px; border-radius: 2px; background: #9e9e9e; border: 2px solid transparent; box-sizing: border-box; }
+.treemap-legend .swatch { height: 10px; background: transparent; }
+.messages > div { padding: 8px 12px; margin: 6px 0; border-radius: 4px; white-space: pre-wrap; }
+.message.error { background: #ffebee; color: #b71c1c; border: 1px solid #ef9a9a; }
+.message.warning { background: #fff8e1; color: #6d4c00; border: 1px solid #ffe082; }
+.message.info { background: #e3f2fd; color: #0d47a1; border: 1px solid #90caf9; }
+.panel { background: #fff; border-radius: 4px; box-shadow: 0 1px 3px rgba(0,0,0,0.15); padding: 10px 12px; margin-top: 10px; position: relative; }
+.panel-head { display: flex; align-items: center; gap: 8px; flex-wrap: wrap; margin-bottom: 6px; }
+.panel-head .spacer { flex: 1; }
+button { font: inherit; font-size: 12px; padding: 3px 9px; border: 1px solid #bdbdbd; border-radius: 3px; background: #fafafa; cursor: pointer; }
+button:hover { background: #eeeeee; }
+.legend { display: flex; flex-wrap: wrap; gap: 4px 14px; font-size: 12px; align-items: center; }
+.legend .item { display: inline-flex; gap: 5px; align-items: center; }
+.legend .marker-key { font-weight: 500; }
+.legend .marker-key.diverging { color: #c62828; }
+.legend .marker-key.merging { color: #2e7d32; }
+.network { position: relative; border: 1px solid #e0e0e0; border-radius: 3px; overflow: hidden; }
+.network-svg { display: block; cursor: grab; user-select: none; touch-action: none; }
+.minimap { position: absolute; right: 8px; bottom: 8px; border: 1px solid #bdbdbd; background: #fafafa; box-shadow: 0 1px 3px rgba(0,0,0,0.2); cursor: crosshair; }
+.graph-node:hover rect { filter: brightness(0.95); }
+.tooltip { position: absolute; z-index: 5; pointer-events: none; background: rgba(33,33,33,0.92); color: #fff; padding: 6px 8px; border-radius: 4px; font-size: 12px; max-width: 320px; }
+.tooltip table { border-collapse: collapse; margin-top: 4px; }
+.tooltip td, .tooltip th { padding: 1px 6px 1px 0; text-align: left; font-weight: normal; }
+.tooltip th { color: #bdbdbd; }
+.tooltip .num { text-align: right; font-variant-numeric: tabular-nums; }
+.tooltip-title { font-weight: 500; }
+.tooltip-hint { color: #bdbdbd; margin-top: 4px; }
+.tooltip-marker.diverging { color: #ef9a9a; }
+.tooltip-marker.merging { color: #a5d6a7; }
+.treemap-canvas { position: relative; display: inline-block; }
+.treemap-legend { font-size: 12px; margin-top: 6px; }
+.treemap-legend .set-list { margin: 4px 0 0; padding: 0; list-style: none; display: flex; flex-wrap: wrap; gap: 2px 14px; }
+.treemap-legend li { display: inline-flex; gap: 5px; align-items: center; }
+.fill-key { display: inline-block; width: 12px; height: 12px; margin-right: 5px; vertical-align: -2px; border: 1px solid #9e9e9e; }
+.fill-key.solid { background: #ff7f0e; opacity: 0.75; }
+.fill-key.dotted { background-image: radial-gradient(#37474f 1.1px, transparent 1.2px); background-size: 4px 4px; }
+.neuron-examples { display: flex; flex-wrap: wrap; gap: 10px; }
+.neuron-example { border: 1px solid #e0e0e0; border-top: 4px solid #9e9e9e; border-radius: 3px; padding: 6px; }
+.neuron-example .pair { display: flex; gap: 6px; }
+.neuron-example img, .activation-canvas { image-rendering: pixelated; border: 1px solid #eeeeee; }
+.card-title { font-weight: 500; margin-bottom: 4px; }
+.values, .readout, .range { font-size: 11px; color: #616161; margin-top: 3px; }
+.in-path { color: #2e7d32; }
+.out-path { color: #9e9e9e; }
+.learned-features { display: flex; flex-wrap: wrap; gap: 8px; }
+.learned-feature { margin: 0; font-size: 11px; text-align: center; }
+.legend-ramp .ramp { display: inline-block; width: 90px; height: 10px; vertical-align: -1px; background: linear-gradient(to right, rgb(247,252,245), rgb(199,233,192), rgb(116,196,118), rgb(35,139,69), rgb(0,68,27)); }
+.note { color: #757575; font-size: 12px; }
+.error { color: #b71c1c; }
+.summary { font-size: 12px; color: #424242; margin: 2px 0 6px; }
+`;
+
+// src/index.ts
+async function render() {
+  const style = document.createElement("style");
+  style.textContent = STYLES;
+  document.head.appendChild(style);
+  const root = document.createElement("div");
+  document.body.appendChild(root);
+  await new App(root).start();
+}
+export {
+  render
+};
