@@ -19,8 +19,11 @@ quantity ``f`` while being as small as possible and similar across the m example
   bounding box of the earlier-layer positions where the gradient of the selected
   target neurons (summed, all examples, all channels) is non-zero. Outside that
   rectangle the earlier maps pass unchanged.
-- :func:`prediction_contributions`: ``f`` is the softmax prediction ``(K,)``, as in
-  the datapath extraction (Eq. 5) but with gates on one layer only (merging analysis).
+- :func:`prediction_contributions`: ``f`` is the prediction, with gates on one layer
+  only (merging analysis). We preserve the centred logits ``l - mean(l)`` (the
+  log-probabilities up to their normaliser) rather than the softmax of Eq. 5: the
+  softmax of a confident prediction saturates, its Jacobian at ``z = 1`` nearly
+  vanishes, and the quadratic mode would then see no contribution at all.
 
 Scaling (method-notes Sec. 1): the fidelity is relative (divided by ``||f(x_i)||^2``)
 and the L1 term is a mean over the ``C`` gates, so ``lambda`` means the same for a
@@ -567,7 +570,7 @@ def prediction_contributions(
 ) -> ContributionResult:
     """Contribution of each feature map of ``layer`` to the final prediction.
 
-    The preserved quantity is the softmax of the model's logits (m, K), as in Eq. 5,
+    The preserved quantity is the centred logits (m, K) (see the module docstring),
     with gates on ``layer`` only; other arguments as in :func:`feature_map_contributions`.
     """
     start = time.perf_counter()
@@ -577,7 +580,7 @@ def prediction_contributions(
     def select_fn(out: torch.Tensor):
         if out.dim() != 2:
             raise ValueError(f"the model outputs shape {tuple(out.shape)}; contributions to the prediction need logits (B, K)")
-        return lambda o: torch.softmax(o, dim=1)
+        return lambda o: o - o.mean(dim=1, keepdim=True)
 
     gates, fidelity, _, earlier_shape = _contributions(
         model, images, layer, None, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, lambda *a: (None, None)

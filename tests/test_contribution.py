@@ -1,0 +1,225 @@
+"""Contribution analysis (Eq. 7 / 8) on constructed models where the answer is known."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from tensorboard_plugin_aevis import contribution
+from tensorboard_plugin_aevis.contribution import feature_map_contributions, prediction_contributions
+
+MODES = ("sgd", "quadratic")
+
+
+def _conv(in_ch, out_ch, weight, bias=0.0):
+    conv = nn.Conv2d(in_ch, out_ch, weight.shape[-1], padding=weight.shape[-1] // 2)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.fill_(bias)
+    return conv
+
+
+def one_wire_model():
+    """earlier: 4 random maps (ReLU); target channel 0 = 1.5 * earlier map 2 only."""
+    torch.manual_seed(0)
+    earlier = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    weight = torch.zeros(2, 4, 1, 1)
+    weight[0, 2] = 1.5
+    weight[1] = torch.rand(4, 1, 1)
+    return nn.Sequential(earlier, _conv(4, 2, weight), nn.ReLU())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_target_wired_to_one_map_ranks_it_first(mode):
+    model = one_wire_model()
+    images = torch.rand(2, 3, 12, 12)
+    result = feature_map_contributions(model, images, "1", 0, "0", mode=mode)
+    assert result.ranking[0] == 2
+    assert result.scores[2] > 0.5
+    others = [c for c in range(4) if c != 2]
+    assert np.all(result.scores[others] < 0.05)  # they do not reach the target: L1 removes them
+    assert result.gates.shape == (2, 4) and result.earlier_shape == (4, 12, 12)
+    assert np.all(result.fidelity < 0.25)
+
+
+def fig8_model_and_images():
+    """Three earlier maps copying the input channels; the target sums 3x3 means of all three.
+
+    FM0 and FM1 are large (5.0) over the left half of the image, outside the area of
+    interest; FM2 (the relevant one) is 1.0 only around the area (rows/cols 9..14).
+    """
+    copy = torch.eye(3).view(3, 3, 1, 1)
+    earlier = nn.Sequential(_conv(3, 3, copy), nn.ReLU())
+    target = _conv(3, 1, torch.full((1, 3, 3, 3), 1.0 / 9.0))
+    model = nn.Sequential(earlier, target, nn.ReLU())
+    images = torch.zeros(1, 3, 16, 16)
+    images[:, 0, :, :6] = 5.0
+    images[:, 1, :, :5] = 5.0
+    images[:, 2, 9:15, 9:15] = 1.0
+    return model, images
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fig8_area_ranks_relevant_map_first_where_whole_map_does_not(mode):
+    model, images = fig8_model_and_images()
+    area = (10, 10, 14, 14)  # 4x4 neurons; their receptive field (+1 each side) never reaches columns < 9
+    whole = feature_map_contributions(model, images, "1", 0, "0", mode=mode)
+    focused = feature_map_contributions(model, images, "1", 0, "0", area=area, mode=mode)
+    # independent check of the construction: the area's neurons see only FM2
+    with torch.no_grad():
+        per_map = [model(images * torch.eye(3)[k].view(1, 3, 1, 1))[0, 0, 10:14, 10:14].abs().sum() for k in range(3)]
+    assert per_map[0] == 0 and per_map[1] == 0 and per_map[2] > 0
+    assert whole.ranking[0] in (0, 1) and whole.ranking[1] in (0, 1) and whole.ranking[2] == 2
+    assert focused.ranking[0] == 2
+    assert focused.region == (9, 9, 15, 15)  # the area dilated by the 3x3 kernel
+    assert focused.area == area and focused.area_neurons == 16
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_area_as_boolean_mask_equals_rectangle(mode):
+    model, images = fig8_model_and_images()
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[10:14, 10:14] = True
+    by_mask = feature_map_contributions(model, images, "1", 0, "0", area=mask, mode=mode)
+    by_rect = feature_map_contributions(model, images, "1", 0, "0", area=(10, 10, 14, 14), mode=mode)
+    np.testing.assert_allclose(by_mask.gates, by_rect.gates, atol=1e-5)
+    assert by_mask.area is None and by_mask.area_neurons == 16
+
+
+def two_example_model():
+    """Target = map 0 + map 1 (1x1); example 0 activates only map 0, example 1 only map 1."""
+    earlier = nn.Sequential(_conv(2, 2, torch.eye(2).view(2, 2, 1, 1)), nn.ReLU())
+    model = nn.Sequential(earlier, _conv(2, 1, torch.ones(1, 2, 1, 1)))
+    images = torch.zeros(2, 2, 6, 6)
+    images[0, 0] = 1.0
+    images[1, 1] = 1.0
+    return model, images
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gamma_ties_the_datapaths_together(mode):
+    model, images = two_example_model()
+    free = feature_map_contributions(model, images, "1", 0, "0", mode=mode, gamma=0.0, steps=40)
+    assert free.gates[0, 0] > 0.5 and free.gates[0, 1] < 0.05
+    assert free.gates[1, 1] > 0.5 and free.gates[1, 0] < 0.05
+    tied = feature_map_contributions(model, images, "1", 0, "0", mode=mode, gamma=5.0, steps=40)
+    gap_free = np.abs(free.gates[0] - free.gates[1]).sum()
+    gap_tied = np.abs(tied.gates[0] - tied.gates[1]).sum()
+    assert gap_tied < 0.5 * gap_free
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_prediction_contributions_rank_the_map_the_logits_read(mode):
+    torch.manual_seed(0)
+    head = nn.Linear(3, 4)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[:, 1] = torch.tensor([6.0, -3.0, 0.0, -3.0])  # only map 1 reaches the logits
+        head.bias.zero_()
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU()), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    with torch.no_grad():
+        model[0][0].bias.fill_(0.5)  # every map active
+    result = prediction_contributions(model, torch.rand(1, 3, 8, 8), "0", mode=mode)
+    assert result.ranking[0] == 1 and result.target_layer is None
+    assert result.scores[1] > 0.5 and result.scores[0] < 0.05 and result.scores[2] < 0.05
+
+
+def test_quadratic_jacobian_matches_finite_differences_of_a_linear_path():
+    """For a target linear in the gates, J[:, k] = f(1) - f(1 - e_k) exactly."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU()), nn.Conv2d(5, 2, 3, padding=1))
+    images = torch.rand(2, 3, 7, 7)
+    forward = contribution._GatedForward(model, "0", "1")
+    with contribution._analysis_mode(model), forward.hooks():
+        with torch.no_grad():
+            forward.prepare(images, "0", "1")
+        select = lambda out: out[:, 1]
+        jac, _ = contribution._jacobian(forward, images, select, None, 5, max_rows=64, seed=0)
+        with torch.no_grad():
+            ones = torch.ones(2, 5)
+            base = select(forward.run(ones, None)).flatten(1)
+            for k in range(5):
+                dropped = ones.clone()
+                dropped[:, k] = 0
+                column = base - select(forward.run(dropped, None)).flatten(1)
+                torch.testing.assert_close(jac[:, :, k], column, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("earlier,target", [("layer2", "layer3.0"), ("layer1.1.conv2", "layer2.0"), ("layer3.1", "layer4")])
+def test_replay_between_layers_equals_a_full_gated_forward(earlier, target):
+    """The replay (only the part between the layers) against a plain hooked forward pass."""
+    torch.manual_seed(2)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    images = torch.rand(2, 3, 48, 48)
+    modules = dict(model.named_modules())
+    forward = contribution._GatedForward(model, earlier, target)
+    with contribution._analysis_mode(model), forward.hooks(), torch.no_grad():
+        forward.prepare(images, earlier, target)
+        channels = forward.gated.shape[1]
+        gates = torch.rand(2, channels)
+        replayed = forward.run(gates, None)
+    captured = {}
+    h1 = modules[earlier].register_forward_hook(lambda m, i, o: o * gates[:, :, None, None])
+    h2 = modules[target].register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    with torch.no_grad():
+        model(images)
+    h1.remove()
+    h2.remove()
+    torch.testing.assert_close(replayed, captured["out"], rtol=1e-4, atol=1e-5)
+
+
+def test_model_left_bit_identical():
+    model = torchvision.models.resnet18(num_classes=10)
+    model.train()
+    model.layer1.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    for mode in MODES:
+        feature_map_contributions(model, torch.rand(1, 3, 32, 32), "layer2.1", 3, "layer2.0", area=(0, 0, 2, 2), mode=mode, steps=3)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # BN running stats untouched
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(m.training for m in model.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(area=(0, 0, 20, 4)), "outside the 12x12 target map"),
+        (dict(area=(3, 3, 3, 5)), "outside the 12x12 target map or empty"),
+        (dict(area=np.zeros((5, 5), dtype=bool)), "mask has shape (5, 5)"),
+        (dict(area=np.zeros((12, 12), dtype=bool)), "selects no neuron"),
+        (dict(area="left"), "area must be a rectangle"),
+        (dict(channel=7), "channel 7 does not exist in target layer '1': it has 2 feature maps"),
+        (dict(earlier_layer="2"), "does not run before target layer '1'"),
+        (dict(earlier_layer="1"), "are both '1'"),
+        (dict(earlier_layer="nope"), "unknown earlier layer 'nope'"),
+        (dict(target_layer="0.9"), "unknown target layer '0.9'"),
+        (dict(mode="adam"), "unknown mode 'adam'"),
+        (dict(lambda_=-1.0), "lambda_ must be"),
+    ],
+)
+def test_bad_input_names_the_problem(kwargs, message):
+    model = one_wire_model()
+    args = dict(target_layer="1", channel=0, earlier_layer="0")
+    args.update(kwargs)
+    with pytest.raises(ValueError) as info:
+        feature_map_contributions(model, torch.rand(1, 3, 12, 12), **args)
+    assert message in str(info.value)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_dead_target_area_is_refused():
+    model, images = fig8_model_and_images()
+    with pytest.raises(ValueError, match="preserved neurons are all zero"):
+        feature_map_contributions(model, images, "1", 0, "0", area=(0, 12, 2, 16))
+
+
+def test_to_json_ranks_all_maps():
+    model = one_wire_model()
+    result = feature_map_contributions(model, torch.rand(1, 3, 12, 12), "1", 0, "0", mode="quadratic")
+    body = result.to_json(top=2)
+    assert [r["channel"] for r in body["ranking"]] == result.ranking[:2]
+    assert len(body["scores"]) == 4 and body["mode"] == "quadratic" and body["area"] is None
