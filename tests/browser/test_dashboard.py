@@ -1,0 +1,152 @@
+"""The dashboard in real headless Chromium against a real TensorBoard serving runs
+written by the real engine and writer (tests/run_fixtures.py)."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+
+from conftest import dashboard, screenshot, start_tensorboard
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory):
+    """One small run (3 datapaths, both methods, two steps) served by tensorboard."""
+    from run_fixtures import write_small_run
+
+    logdir = str(tmp_path_factory.mktemp("aevis-browser"))
+    written = write_small_run(logdir, run="small", name="cat->dog", steps=(0, 3), methods=("constrained", "dgr"))
+    tb = start_tensorboard(logdir, expect_runs=1)
+    yield tb, written
+    tb.close()
+
+
+def params(written, method="constrained", step=3):
+    return {"run": written.run, "analysis": written.name, "method": method, "step": step}
+
+
+def test_river_treemap_and_neuron_levels(served_run, page):
+    tb, written = served_run
+    frame = dashboard(page, tb)
+    frame.wait_for_selector("path.river-path", timeout=60_000)
+
+    # Network level: one river path per datapath, the datapaths the backend sent.
+    river = tb.aevis("river", **params(written), examples="0,1,2")
+    paths = frame.query_selector_all("path.river-path")
+    assert len(paths) == len(river["paths"]) == 3
+    assert sorted(int(p.get_attribute("data-example")) for p in paths) == sorted(p["example"] for p in river["paths"])
+    assert all(p.get_attribute("d").startswith("M") for p in paths)
+    # Constant width, one colour per role.
+    assert {p.get_attribute("stroke-width") for p in paths} == {"4"}
+    assert len({p.get_attribute("stroke") for p in paths}) == 3
+    # The last step is the default and the step selector lists both steps.
+    assert frame.eval_on_selector('select[name="step"]', "s => [...s.options].map(o => o.value)") == ["0", "3"]
+    assert frame.eval_on_selector('select[name="method"]', "s => [...s.options].map(o => o.value)") == ["constrained", "dgr"]
+    screenshot(page, "dashboard-network.png")
+
+    # Hover shows distances from the backend.
+    manifest = tb.aevis("analysis", **params(written))
+    first_layer = manifest["layers"][0]["name"]
+    hit = frame.locator(f'rect.layer-hit[data-layer="{first_layer}"]')
+    hit.hover()
+    tooltip = frame.locator(".network .tooltip")
+    tooltip.wait_for(state="visible")
+    assert first_layer in tooltip.inner_text()
+
+    # Layer level: clicking a layer opens its treemap with the cells the backend sent.
+    layer = manifest["layers"][-1]["name"]
+    frame.locator(f'rect.layer-hit[data-layer="{layer}"]').click()
+    frame.wait_for_selector("g.treemap-cell", timeout=60_000)
+    treemap = tb.aevis("treemap", **params(written), layer=layer, examples="0,1,2", diff="0,1")
+    assert frame.locator("g.treemap-cell").count() == len(treemap["cells"]) > 0
+    drawn_channels = sorted(int(c) for c in frame.eval_on_selector_all("g.treemap-cell", "cs => cs.map(c => c.dataset.channel)"))
+    assert drawn_channels == sorted(c["channel"] for c in treemap["cells"])
+    assert frame.locator("rect.treemap-set").count() == len(treemap["sets"])
+    assert "aevis.layer=" + urllib.parse.quote(layer, safe="") in page.evaluate("location.hash")
+
+    # Neuron level: clicking a feature map shows its activation map over each example.
+    channel = treemap["cells"][0]["channel"]
+    frame.locator(f'g.treemap-cell[data-channel="{channel}"]').click()
+    neuron = tb.aevis("neuron", **params(written), layer=layer, channel=channel)
+    with_maps = [e for e in neuron["examples"] if e["activation_map"]]
+    assert with_maps, "the backend sent no activation maps"
+    frame.wait_for_function(
+        "n => [...document.querySelectorAll('.activation-map canvas')].filter(c => c.width > 1).length === n",
+        arg=len(with_maps), timeout=60_000,
+    )
+    shape = next(l for l in manifest["layers"] if l["name"] == layer)
+    sizes = frame.eval_on_selector_all(".activation-map canvas", "cs => cs.map(c => [c.height, c.width])")
+    assert all(s == [shape["height"], shape["width"]] for s in sizes)
+    values = frame.locator(".neuron-example .values").all_inner_texts()
+    assert len(values) == len(neuron["examples"])
+    screenshot(page, "dashboard-neuron.png")
+    screenshot(page, "dashboard.png")  # the one copied to docs/screenshots/
+    assert page.aevis_errors == []
+
+
+def test_state_in_hash_reopens_view(served_run, page):
+    tb, written = served_run
+    manifest = tb.aevis("analysis", **params(written, "dgr", 0))
+    layer = manifest["layers"][1]["name"]
+    treemap = tb.aevis("treemap", **params(written, "dgr", 0), layer=layer, examples="0,2", diff="2,0")
+    channel = treemap["cells"][0]["channel"]
+    state = {"aevis.run": written.run, "aevis.analysis": written.name, "aevis.method": "dgr", "aevis.step": "0",
+             "aevis.examples": "0,2", "aevis.layer": layer, "aevis.channel": str(channel), "aevis.diff": "2,0"}
+    frame = dashboard(page, tb, "&" + urllib.parse.urlencode(state, quote_via=urllib.parse.quote))
+    frame.wait_for_selector("path.river-path")
+    assert frame.locator("path.river-path").count() == 2
+    assert frame.eval_on_selector('select[name="method"]', "s => s.value") == "dgr"
+    assert frame.eval_on_selector('select[name="step"]', "s => s.value") == "0"
+    frame.wait_for_selector("g.treemap-cell")
+    assert frame.locator("g.treemap-cell").count() == len(treemap["cells"])
+    frame.wait_for_selector(".neuron h3")
+    assert frame.locator(".neuron h3").inner_text() == f"Feature map {channel} of {layer}"
+
+
+def test_export_svg_and_png(served_run, page, tmp_path):
+    tb, written = served_run
+    frame = dashboard(page, tb)
+    frame.wait_for_selector("path.river-path")
+    with page.expect_download() as info:
+        frame.locator(".network-panel button", has_text="Export SVG").click()
+    svg_path = tmp_path / "view.svg"
+    info.value.save_as(svg_path)
+    text = svg_path.read_text(encoding="utf-8")
+    assert text.startswith("<?xml") and 'xmlns="http://www.w3.org/2000/svg"' in text
+    assert text.count('class="river-path"') == 3
+    with page.expect_download() as info:
+        frame.locator(".network-panel button", has_text="Export PNG").click()
+    png_path = tmp_path / "view.png"
+    info.value.save_as(png_path)
+    data = png_path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png_path) as im:
+        width, height = im.size
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert width > 400 and height > 200
+    assert len(colours) > 10  # a drawing, not a blank canvas
+
+
+def test_collapsed_group_expands(served_run, page):
+    tb, written = served_run
+    graph = tb.aevis("graph", **params(written))
+    if not graph["groups"]:
+        pytest.skip("the small model's graph has no layer groups")
+    frame = dashboard(page, tb)
+    frame.wait_for_selector("path.river-path")
+    # Small models open fully; collapse a top-level group, then expand it again.
+    top = next(g["id"] for g in graph["groups"] if not g["parent"])
+    before = frame.locator("g.graph-node").count()
+    frame.locator(f'g.expanded-group[data-group="{top}"] .toggle').click()
+    frame.wait_for_selector(f'g.graph-node.group[data-id="{top}"]')
+    inside = [n for n in graph["nodes"] if n["group"] and (n["group"] == top or n["group"].startswith(top + "."))]
+    assert frame.locator("g.graph-node").count() == before - len(inside) + 1
+    assert frame.locator("path.river-path").count() == 3
+    frame.locator(f'g.graph-node.group[data-id="{top}"] .toggle').click()
+    frame.wait_for_selector(f'g.expanded-group[data-group="{top}"]')
+    assert frame.locator("g.graph-node").count() == before
