@@ -263,11 +263,13 @@ def sanitise_program_json(program: Any) -> Dict[str, Any]:
 
 def _check_string(key: str, value: str) -> None:
     if key == "target":
-        ok = value.startswith(_ALLOWED_TARGET_PREFIXES) and bool(_NAME.match(value)) or value in _ALLOWED_TARGETS
-    elif key == "expr_str":
+        if not (value.startswith(_ALLOWED_TARGET_PREFIXES) and _NAME.match(value) or value in _ALLOWED_TARGETS):
+            raise ModelArtifactError(f"{PROGRAM_FILE} calls {value[:80]!r}, which is not a tensor operator; refused")
+        return
+    if key == "expr_str":
         check_sym_expr(value)
         return
-    elif key in ("in_spec", "out_spec"):
+    if key in ("in_spec", "out_spec"):
         ok = _pytree_spec_is_plain(value)
     elif key == "nn_module_stack":
         ok = bool(_MODULE_STACK.match(value))
@@ -278,7 +280,8 @@ def _check_string(key: str, value: str) -> None:
     else:
         ok = bool(_NAME.match(value))
     if not ok:
-        raise ModelArtifactError(f"{PROGRAM_FILE} has a disallowed {key} {value[:80]!r}; refused")
+        what = "name" if key not in ("in_spec", "out_spec", "nn_module_stack", "torch_version") else key
+        raise ModelArtifactError(f"{PROGRAM_FILE} has a disallowed {what} {value[:80]!r} (in {key!r}); refused")
 
 
 def _pytree_spec_is_plain(spec: str) -> bool:

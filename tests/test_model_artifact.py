@@ -1,0 +1,203 @@
+"""The model artifact: exported, reloaded without the user's code, never unpickled unsafely."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from tensorboard_plugin_aevis import model_artifact
+from tensorboard_plugin_aevis.model_artifact import ModelArtifactError, artifact_dir, load_model_artifact, save_model_artifact
+from tensorboard_plugin_aevis.models import ClassifierWrapper
+
+
+class Block(nn.Module):
+    """A residual block: the skip connection must survive export."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)) + x)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), Block(8), nn.MaxPool2d(2), Block(8),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    model = ClassifierWrapper(net, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), class_names=[f"c{i}" for i in range(5)]).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        model.model[2].bn.running_mean.uniform_(-0.5, 0.5)
+        model.model[2].bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = tiny_model()
+    directory = artifact_dir(str(tmp_path_factory.mktemp("run")), "cat->dog")
+    save_model_artifact(model, torch.rand(3, 16, 16), directory, step=12, gated_layers=["model.2", "model.4"])
+    return model, directory
+
+
+def test_reloaded_model_matches_original_at_any_batch_size(saved):
+    model, directory = saved
+    restored = load_model_artifact(directory)
+    for batch in (1, 3, 7):
+        x = torch.rand(batch, 3, 16, 16)
+        torch.testing.assert_close(restored(x), model(x), rtol=1e-5, atol=1e-5)
+    assert restored.class_names == [f"c{i}" for i in range(5)]
+    assert restored.input_shape == (3, 16, 16) and restored.step == 12
+    assert restored.gated_layers == ["model.2", "model.4"]
+    assert not any(p.requires_grad for p in restored.parameters())
+
+
+def test_gate_hooks_work_on_the_reloaded_model_by_module_path(saved):
+    """Gated forward passes: the same gates on the same module paths give the same logits."""
+    from tensorboard_plugin_aevis.gating import GateHooks
+
+    model, directory = saved
+    restored = load_model_artifact(directory)
+    x = torch.rand(2, 3, 16, 16)
+    gates = [torch.rand(2, 8, requires_grad=True), torch.rand(2, 8)]
+    outputs = []
+    for net in (model, restored):
+        with GateHooks(net, ["model.2", "model.4"], record=True) as hooks:
+            hooks.gates = gates
+            outputs.append(net(x))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    (grad,) = torch.autograd.grad(outputs[1].sum(), gates[0])  # gates are differentiable through it
+    assert grad.abs().sum() > 0
+    ungated = model(x)
+    assert not torch.allclose(outputs[0], ungated)
+
+
+def test_artifact_dir_is_one_safe_path_part(tmp_path):
+    for name in ("a/b", "..", ".", "../../etc", "x\\y"):
+        path = artifact_dir(str(tmp_path), name)
+        assert os.path.dirname(path) == os.path.join(str(tmp_path), "plugins", "aevis", "models")
+        assert os.path.basename(path) not in ("", ".", "..")
+
+
+def _copy(directory, tmp_path):
+    target = tmp_path / "copy"
+    target.mkdir()
+    for name in os.listdir(directory):
+        (target / name).write_bytes(open(os.path.join(directory, name), "rb").read())
+    return target
+
+
+class Evil:
+    """Unpickling this creates a marker file (a stand-in for running any code)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+@pytest.mark.parametrize("victim", [model_artifact.WEIGHTS_FILE, model_artifact.CONSTANTS_FILE])
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_malicious_pickle_is_not_executed(saved, tmp_path, victim, writer):
+    _, directory = saved
+    copy = _copy(directory, tmp_path)
+    marker = str(tmp_path / "pwned")
+    payload = {"model.0.weight": Evil(marker)}
+    if writer == "pickle":
+        (copy / victim).write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, str(copy / victim))
+    with pytest.raises(ModelArtifactError, match="not a plain tensor file"):
+        load_model_artifact(str(copy))
+    assert not os.path.exists(marker)
+
+
+def test_program_replaced_by_a_pickle_is_refused(saved, tmp_path):
+    _, directory = saved
+    copy = _copy(directory, tmp_path)
+    marker = str(tmp_path / "pwned")
+    (copy / model_artifact.PROGRAM_FILE).write_bytes(pickle.dumps(Evil(marker)))
+    with pytest.raises(ModelArtifactError, match="not valid JSON"):
+        load_model_artifact(str(copy))
+    assert not os.path.exists(marker)
+
+
+def _tamper(directory, tmp_path, edit):
+    copy = _copy(directory, tmp_path)
+    program = json.loads((copy / model_artifact.PROGRAM_FILE).read_text())
+    edit(program)
+    (copy / model_artifact.PROGRAM_FILE).write_text(json.dumps(program))
+    return copy
+
+
+def _first_node(program):
+    return program["graph_module"]["graph"]["nodes"][0]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: _first_node(p).__setitem__("target", "torch.hub.load"), "not a tensor operator"),
+    (lambda p: p["range_constraints"].__setitem__("__import__('os').system('touch pwned')", {}), "disallowed key"),
+    (lambda p: p.__setitem__("guards_code", ["__import__('os').makedirs('pwned')"]), None),
+    (lambda p: _first_node(p)["outputs"][0]["as_tensor"].__setitem__("name", 'x"); import os; os.makedirs("pwned'), "disallowed name"),
+])
+def test_tampered_program_json_runs_nothing(saved, tmp_path, monkeypatch, edit, message):
+    _, directory = saved
+    copy = _tamper(directory, tmp_path, edit)
+    monkeypatch.chdir(tmp_path)
+    if message is None:  # guards (Python source) are dropped, the model still loads
+        load_model_artifact(str(copy))
+    else:
+        with pytest.raises(ModelArtifactError, match=message):
+            load_model_artifact(str(copy))
+    assert not os.path.exists(tmp_path / "pwned")
+
+
+def test_symbolic_expressions_are_checked():
+    model_artifact.check_sym_expr("Symbol('s77', positive=True, integer=True)")
+    model_artifact.check_sym_expr("2*s0 + FloorDiv(s1, 2)")
+    for bad in ("__import__('os').system('id')", "s0.__class__", "exec('x')", "Symbol('s0'); x"):
+        with pytest.raises(ModelArtifactError):
+            model_artifact.check_sym_expr(bad)
+
+
+def test_missing_or_newer_artifact_is_a_clear_error(saved, tmp_path):
+    with pytest.raises(ModelArtifactError, match="save_model=True"):
+        load_model_artifact(str(tmp_path / "nothing"))
+    _, directory = saved
+    copy = _copy(directory, tmp_path)
+    meta = json.loads((copy / model_artifact.META_FILE).read_text())
+    (copy / model_artifact.META_FILE).write_text(json.dumps({**meta, "artifact_version": 99}))
+    with pytest.raises(ModelArtifactError, match="upgrade"):
+        load_model_artifact(str(copy))
+
+
+def test_unexportable_model_names_the_opt_out(tmp_path):
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            if x.mean() > 0.5:  # data-dependent control flow: torch.export refuses it
+                return x.flatten(1)[:, :3]
+            return -x.flatten(1)[:, :3]
+
+    with pytest.raises(ModelArtifactError, match="save_model=False"):
+        save_model_artifact(DataDependent(), torch.rand(3, 4, 4), str(tmp_path / "m"))
+    assert not os.path.exists(tmp_path / "m")
+
+
+def test_resave_replaces_the_artifact(tmp_path):
+    directory = str(tmp_path / "m")
+    save_model_artifact(tiny_model(0), torch.rand(3, 16, 16), directory, step=1)
+    second = tiny_model(1)
+    save_model_artifact(second, torch.rand(3, 16, 16), directory, step=2)
+    restored = load_model_artifact(directory)
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(restored(x), second(x), rtol=1e-5, atol=1e-5)
+    assert restored.step == 2
+    assert sorted(os.listdir(tmp_path)) == ["m"]  # no staging or old copies left behind
