@@ -1,0 +1,150 @@
+"""``aevis analyze`` end to end on a user's module:factory model, and once on EfficientNet-Lite0."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tensorboard_plugin_aevis.cli import main
+from tensorboard_plugin_aevis.sample_images import load_image_file, load_photo
+
+USER_MODEL = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(8 * 8 * 8, 4),
+        )
+""")
+MODULE = "aevis_cli_test_cnn"
+SIZE = 32
+
+
+@pytest.fixture
+def user_model(tmp_path, monkeypatch):
+    (tmp_path / f"{MODULE}.py").write_text(USER_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield f"{MODULE}:make", tmp_path
+    sys.modules.pop(MODULE, None)
+
+
+def predict(path_or_tensor) -> int:
+    """The user model's prediction, computed here without the CLI's code path (no wrapper, no loader)."""
+    net = importlib.import_module(MODULE).make().eval()
+    x = load_image_file(path_or_tensor, SIZE) if isinstance(path_or_tensor, str) else path_or_tensor
+    with torch.no_grad():
+        return int(net(x.unsqueeze(0)).argmax(1))
+
+
+def run_json(capsys, argv):
+    code = main(["analyze", *argv, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_targeted_attack_report_matches_the_model(user_model, capsys):
+    spec, tmp_path = user_model
+    adv_png = str(tmp_path / "adv.png")
+    source_label = predict(load_photo("chelsea", SIZE))
+    target = (source_label + 1) % 4
+    report = run_json(capsys, ["--model", spec, "--photo", "chelsea", "--size", str(SIZE), "--eps", "32",
+                               "--target-class", str(target), "--save-adversarial", adv_png, "--steps", "15"])
+    assert report["source"]["label"] == source_label
+    assert report["adversarial"]["label"] == target and report["adversarial"]["succeeded"] is True
+    saved = load_image_file(adv_png, SIZE)
+    assert (saved - load_photo("chelsea", SIZE)).abs().max() <= 32 / 255 + 1 / 255
+    assert predict(adv_png) == target  # the 8-bit file still fools the model
+    (analysis,) = report["analyses"]
+    assert analysis["method"] == "constrained"
+    assert [e["role"] for e in analysis["examples"]] == ["adversarial", "source"]
+    assert [e["label"] for e in analysis["examples"]] == [target, source_label]
+    assert all(0 <= e["kept_fraction"] <= 1 for e in analysis["examples"])
+    assert analysis["representative_target"] is None
+    assert any("no target images" in w for w in report["warnings"])
+
+
+def test_given_adversarial_with_targets_picks_the_identical_target(user_model, capsys):
+    spec, tmp_path = user_model
+    photo = (load_photo("coffee", SIZE).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "adv.png")
+    noise = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    adv_path = str(tmp_path / "adv.png")
+    # target 1 is the adversarial image itself: its datapath must be the closest
+    report = run_json(capsys, ["--model", spec, "--photo", "chelsea", "--size", str(SIZE), "--adversarial", adv_path,
+                               "--targets", str(tmp_path / "noise.png"), adv_path, "--method", "both", "--r", "1"])
+    assert report["adversarial"]["label"] == predict(adv_path)
+    assert [a["method"] for a in report["analyses"]] == ["constrained", "dgr"]
+    for analysis in report["analyses"]:
+        names = [e["name"] for e in analysis["examples"]]
+        assert names == ["chelsea (adversarial)", "chelsea", "noise", "adv"]
+        assert [e["label"] for e in analysis["examples"]] == [predict(adv_path), predict(load_photo("chelsea", SIZE)),
+                                                              predict(str(tmp_path / "noise.png")), predict(adv_path)]
+        assert analysis["representative_target"] == 3
+        assert len(analysis["diff_curve"]) == len(analysis["layers"])
+        for kind in ("diverging_layer", "merging_layer"):
+            ref = analysis[kind]
+            assert ref is None or analysis["layers"][ref["index"]] == ref["name"]
+
+
+def test_logdir_logs_an_analysis(user_model, capsys):
+    spec, tmp_path = user_model
+    logdir = tmp_path / "run"
+    report = run_json(capsys, ["--model", spec, "--photo", "chelsea", "--size", str(SIZE), "--steps", "5",
+                               "--target-photos", "coffee", "--logdir", str(logdir), "--no-save-model"])
+    assert report["logdir"] == str(logdir)
+    events = [f for f in os.listdir(logdir) if f.startswith("events.out.tfevents")]
+    assert events and os.path.getsize(logdir / events[0]) > 1000
+    assert not (logdir / "plugins" / "aevis" / "models").exists()
+
+
+def test_text_output_through_the_console_script(user_model):
+    spec, tmp_path = user_model
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    aevis = os.path.join(os.path.dirname(sys.executable), "aevis")
+    result = subprocess.run([aevis, "analyze", "--model", spec, "--photo", "chelsea", "--size", str(SIZE),
+                             "--attack", "fgsm", "--steps", "5"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "source       chelsea: class" in result.stdout and "[constrained]" in result.stdout
+    assert "fgsm, eps 16/255, untargeted" in result.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "resnet5", "--photo", "chelsea"], "unknown model 'resnet5'"),
+    (["--model", "{spec}", "--image", "/no/such.png"], "does not exist"),
+    (["--model", "{spec}", "--photo", "kitten"], "bundled photos"),
+    (["--model", "{spec}", "--photo", "chelsea", "--size", "32", "--target-class", "espresso"], "neither a class index"),
+    (["--model", "{spec}", "--photo", "chelsea", "--size", "32", "--target-class", "9"], "out of range"),
+    (["--model", "{spec}", "--photo", "chelsea", "--size", "48"], "pass the size it expects with --size"),
+    (["--model", "{spec}", "--photo", "chelsea", "--eps", "0"], "--eps"),
+    (["--model", "{spec}", "--photo", "chelsea", "--device", "tpu"], "--device"),
+])
+def test_bad_input_exits_2_with_a_clear_message(user_model, capsys, argv, message):
+    spec, _ = user_model
+    code = main(["analyze", *[a.replace("{spec}", spec) for a in argv]])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_cat_to_espresso(capsys):
+    report = run_json(capsys, ["--model", "efficientnet-lite0", "--photo", "chelsea", "--target-class", "espresso",
+                               "--target-photos", "coffee", "--steps", "20"])
+    assert report["source"]["class_name"] == "Egyptian cat"
+    assert report["adversarial"]["class_name"] == "espresso" and report["adversarial"]["succeeded"]
+    (analysis,) = report["analyses"]
+    assert [e["class_name"] for e in analysis["examples"]] == ["espresso", "Egyptian cat", "espresso"]
+    assert analysis["representative_target"] == 2
+    assert len(analysis["diff_curve"]) == len(analysis["layers"]) > 5
