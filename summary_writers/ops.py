@@ -150,7 +150,7 @@ def add_analysis(
     save_model: bool = True,
     *,
     max_map_size: int = payloads.DEFAULT_MAX_MAP_SIZE,
-    top_k: int = 5,
+    top_k: int = 3,
 ) -> None:
     """Log a whole analysis at ``step`` under ``name``.
 

@@ -2,14 +2,21 @@
 
 ``writer`` in every op is either a ``torch.utils.tensorboard.SummaryWriter`` (events go
 through ``writer._get_file_writer().add_summary``, so they land in the user's own event
-file) or a logdir path (``str`` / ``os.PathLike``: TensorBoard's own ``EventFileWriter``
-opens a new event file there for the duration of one op and closes it after).
+file) or a logdir path (``str`` / ``os.PathLike``: TensorBoard's own ``EventFileWriter``,
+one per directory and process, opened on first use and kept open so all of a process's
+analyses go to one event file; closed at exit). Every op flushes when it is done.
+
+One event file per path matters: TensorBoard reads a run's event files in name order
+and, while reloading, ignores a new file whose name sorts before the one it is reading
+(``...<pid>.10`` sorts before ``...<pid>.9``).
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
+import threading
 import time
 import uuid
 import weakref
@@ -30,6 +37,29 @@ class WriterState:
 
 
 _STATES: "weakref.WeakKeyDictionary[object, WriterState]" = weakref.WeakKeyDictionary()
+_PATH_WRITERS: "dict[str, tuple]" = {}  # absolute logdir -> (EventFileWriter, WriterState)
+_PATH_WRITERS_LOCK = threading.Lock()
+
+
+def _path_writer(logdir: str):
+    """The process's EventFileWriter and WriterState for ``logdir`` (opened on first use)."""
+    key = os.path.abspath(logdir)
+    with _PATH_WRITERS_LOCK:
+        if key in _PATH_WRITERS and not os.path.isdir(key):  # the run directory was deleted
+            _PATH_WRITERS.pop(key)[0].close()
+        if key not in _PATH_WRITERS:
+            os.makedirs(key, exist_ok=True)
+            _PATH_WRITERS[key] = (EventFileWriter(key), WriterState())
+        return _PATH_WRITERS[key]
+
+
+@atexit.register
+def close_path_writers() -> None:
+    """Flush and close every event file opened for a logdir path."""
+    with _PATH_WRITERS_LOCK:
+        for event_writer, _ in _PATH_WRITERS.values():
+            event_writer.close()
+        _PATH_WRITERS.clear()
 
 
 @dataclasses.dataclass
@@ -49,10 +79,8 @@ class EventSink:
             self.logdir = os.fspath(writer)
             if not self.logdir:
                 raise ValueError("logdir path is empty; pass the run directory, e.g. 'runs/demo'")
-            os.makedirs(self.logdir, exist_ok=True)
-            self._event_writer = EventFileWriter(self.logdir)
+            self._event_writer, self.state = _path_writer(self.logdir)
             self._file_writer = None
-            self.state = WriterState()
         elif hasattr(writer, "_get_file_writer") and hasattr(writer, "get_logdir"):
             self.logdir = writer.get_logdir()
             self._event_writer = None
@@ -75,14 +103,8 @@ class EventSink:
     def flush(self) -> None:
         (self._file_writer or self._event_writer).flush()
 
-    def close(self) -> None:
-        """Flush; close the event file when this sink opened it (logdir paths)."""
-        self.flush()
-        if self._event_writer is not None:
-            self._event_writer.close()
-
     def __enter__(self) -> "EventSink":
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self.flush()

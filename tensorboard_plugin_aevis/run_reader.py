@@ -96,7 +96,9 @@ class LoadedAnalysis:
     ``analysis``: the Analysis (images decoded from PNG, within 1/510; gates and max
     activations exact; ``activation_maps`` None: see ``activation_maps``).
     ``manifest``: the logged JSON (``distances``, ``diff_curve``, ``diverging_merging``,
-    ``kept_fraction``, ``has_model``, ``model_step`` ...).
+    ``kept_fraction``, ``has_model``, ``model_step`` ...). ``learned_features``:
+    ``{layer: {channel: [(reference image index, activation, (y0, x0, y1, x1)), ...]}}``
+    (crops of ``reference_image(index)``), or None.
     """
 
     run: str
@@ -108,7 +110,7 @@ class LoadedAnalysis:
     image_pngs: List[bytes]
     activation_maps: Optional[ActivationMaps]
     graph: Optional[Dict[str, Any]]
-    learned_features: Optional[Any]
+    learned_features: Optional[Dict[str, Dict[int, List[Tuple[int, float, Tuple[int, int, int, int]]]]]]
     reference_image_pngs: List[bytes]
     model_artifact: Optional[str]
     warnings: List[str]
@@ -255,6 +257,8 @@ def load_analysis(
     graph = _read_json_part(data_provider, ctx, experiment_id, run, _nearest(by_kind[metadata.KIND_GRAPH], step), warnings, "model graph")
     lf_part = exact(metadata.KIND_LEARNED_FEATURES)
     learned = _read_json_part(data_provider, ctx, experiment_id, run, (lf_part, step) if lf_part else None, warnings, "learned features")
+    if learned is not None:
+        learned = _learned_features_from_json(learned)
     ref_part = _nearest(by_kind[metadata.KIND_REFERENCE_IMAGES], step)
     references = _read_blobs(data_provider, ctx, experiment_id, run, ref_part[0].tag, ref_part[1]) if ref_part else []
     artifact = _artifact_path(manifest, logdir, run, name, step, warnings)
@@ -312,6 +316,15 @@ def _read_json_part(data_provider, ctx, experiment_id, run, found, warnings, wha
     except (ValueError, UnicodeDecodeError) as exc:
         warnings.append(f"the {what} of analysis {part.meta['analysis_name']!r} is damaged ({exc}); re-log the analysis")
         return None
+
+
+def _learned_features_from_json(value: Dict[str, Any]) -> Dict[str, Dict[int, List[Tuple[int, float, Tuple[int, int, int, int]]]]]:
+    """JSON of ``learned_features.learned_features`` output -> its original form:
+    ``{layer: {channel: [(reference image index, activation, (y0, x0, y1, x1)), ...]}}``."""
+    return {
+        layer: {int(channel): [(int(i), float(a), tuple(int(v) for v in box)) for i, a, box in hits] for channel, hits in channels.items()}
+        for layer, channels in value.items()
+    }
 
 
 def _as_bytes(value: Any) -> bytes:
