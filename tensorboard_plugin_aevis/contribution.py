@@ -122,6 +122,15 @@ class ContributionResult:
         }
 
 
+class ContributionTimeout(TimeoutError):
+    """The computation passed its ``deadline`` (a ``time.monotonic()`` value)."""
+
+
+def _check_deadline(deadline: Optional[float]) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise ContributionTimeout("the contribution analysis ran past its time limit; use mode='quadratic', fewer steps or fewer examples")
+
+
 class _StopForward(Exception):
     """Raised by the target hook: nothing after the target layer is needed."""
 
@@ -387,10 +396,11 @@ def _relative_error(preserved: torch.Tensor, reference: torch.Tensor, norms: tor
     return ((preserved - reference) ** 2).flatten(1).sum(1) / norms
 
 
-def _fit_sgd(forward: _GatedForward, images, select, reference, norms, region, channels, lambda_, gamma, steps, lr) -> torch.Tensor:
+def _fit_sgd(forward: _GatedForward, images, select, reference, norms, region, channels, lambda_, gamma, steps, lr, deadline) -> torch.Tensor:
     z = torch.ones(images.shape[0], channels, requires_grad=True)
     optimizer = torch.optim.Adam([z], lr=lr)
     for _ in range(steps):
+        _check_deadline(deadline)
         optimizer.zero_grad()
         preserved = select(forward.run(z, region))
         loss = _relative_error(preserved, reference, norms).sum() + _penalties(z, lambda_, gamma)
@@ -417,12 +427,13 @@ def _jacobian(forward: _GatedForward, images, select, region, channels, max_rows
     return rows.permute(1, 0, 2).contiguous(), preserved.detach()  # rows: (R, m, C)
 
 
-def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma: float, steps: int) -> torch.Tensor:
+def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma: float, steps: int, deadline: Optional[float]) -> torch.Tensor:
     """Minimise sum_i ||J_i (1 - z_i)||^2 / n_i + penalties over z in [0, 1]^(m x C)."""
     m, _, c = jac.shape
     jac64 = jac.double().numpy() / np.sqrt(norms.double().numpy())[:, None, None]
 
     def objective(flat: np.ndarray) -> Tuple[float, np.ndarray]:
+        _check_deadline(deadline)
         z = flat.reshape(m, c)
         residual = np.einsum("irc,ic->ir", jac64, 1.0 - z)
         value = float((residual**2).sum())
@@ -441,7 +452,7 @@ def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma
 
 # ----------------------------------------------------------------------- engine
 def _contributions(
-    model, images, earlier_layer, target_layer, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, region_mask_fn,
+    model, images, earlier_layer, target_layer, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, region_mask_fn, deadline,
 ):
     """Shared driver: returns (gates (m, C), fidelity (m,), region rectangle, earlier shape)."""
     forward = _GatedForward(model, earlier_layer, target_layer)
@@ -459,14 +470,16 @@ def _contributions(
                 f"the preserved neurons are all zero for example(s) {zero}: nothing to explain; "
                 "select an area where the target map is active on every example"
             )
+        _check_deadline(deadline)
         region, rectangle = region_mask_fn(forward, select, earlier_shape)
         channels = earlier_shape[0]
         if mode == "sgd":
             with torch.enable_grad():
-                gates = _fit_sgd(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps, lr)
+                gates = _fit_sgd(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps, lr, deadline)
         else:
+            _check_deadline(deadline)
             jac, _ = _jacobian(forward, images, select, region, channels, max_jacobian_rows, seed)
-            gates = _fit_quadratic(jac, norms, lambda_, gamma, steps)
+            gates = _fit_quadratic(jac, norms, lambda_, gamma, steps, deadline)
         with torch.no_grad():
             fidelity = _relative_error(select(forward.run(gates, region)), reference, norms)
     return gates.numpy(), fidelity.numpy(), rectangle, earlier_shape
@@ -513,6 +526,7 @@ def feature_map_contributions(
     lr: float = DEFAULT_LR,
     max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS,
     seed: int = 0,
+    deadline: Optional[float] = None,
 ) -> ContributionResult:
     """Contribution of each feature map of ``earlier_layer`` to map ``channel`` of ``target_layer``.
 
@@ -521,8 +535,10 @@ def feature_map_contributions(
     (whole target map) or, for Eq. 8, a half-open rectangle ``(y0, x0, y1, x1)`` in
     target-map neuron coordinates or an ``(H_t, W_t)`` boolean neuron mask.
     ``steps``: optimiser steps (SGD) or a tenth of the L-BFGS-B iteration cap
-    (quadratic). Raises ValueError for an unknown layer or channel, an area outside
-    the map, or an earlier layer that does not run before the target.
+    (quadratic). ``deadline``: a ``time.monotonic()`` value after which
+    :class:`ContributionTimeout` is raised (checked between steps). Raises ValueError
+    for an unknown layer or channel, an area outside the map, or an earlier layer that
+    does not run before the target.
     """
     start = time.perf_counter()
     images = _check_images(images)
@@ -549,7 +565,7 @@ def feature_map_contributions(
         return _receptive_field(forward, images, select, earlier_shape[0])
 
     gates, fidelity, region, earlier_shape = _contributions(
-        model, images, earlier_layer, target_layer, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, region_mask_fn
+        model, images, earlier_layer, target_layer, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, region_mask_fn, deadline
     )
     params = {"lambda": lambda_, "gamma": gamma, "steps": steps, "lr": lr, "max_jacobian_rows": max_jacobian_rows, "seed": seed}
     area_out = area_info.get("rectangle")
@@ -567,6 +583,7 @@ def prediction_contributions(
     lr: float = DEFAULT_LR,
     max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS,
     seed: int = 0,
+    deadline: Optional[float] = None,
 ) -> ContributionResult:
     """Contribution of each feature map of ``layer`` to the final prediction.
 
@@ -583,7 +600,7 @@ def prediction_contributions(
         return lambda o: o - o.mean(dim=1, keepdim=True)
 
     gates, fidelity, _, earlier_shape = _contributions(
-        model, images, layer, None, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, lambda *a: (None, None)
+        model, images, layer, None, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, lambda *a: (None, None), deadline
     )
     params = {"lambda": lambda_, "gamma": gamma, "steps": steps, "lr": lr, "max_jacobian_rows": max_jacobian_rows, "seed": seed}
     return _result(gates, fidelity, layer, None, None, None, 0, mode, None, earlier_shape, params, start)

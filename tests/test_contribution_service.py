@@ -1,0 +1,183 @@
+"""ContributionService against real runs (real writer, saved model artifact, real DataProvider)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from tensorboard import context
+from tensorboard.backend.event_processing import data_ingester, data_provider, plugin_event_multiplexer
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from run_fixtures import TinyCNN, write_small_run  # noqa: E402
+
+from tensorboard_plugin_aevis import contribution, run_reader  # noqa: E402
+from tensorboard_plugin_aevis.contribution_service import ContributionService, RequestError, parse_body  # noqa: E402
+
+CTX = context.RequestContext()
+
+
+def provider_for(logdir):
+    mux = plugin_event_multiplexer.EventMultiplexer(
+        size_guidance=data_ingester.DEFAULT_SIZE_GUIDANCE, tensor_size_guidance=dict(data_ingester.DEFAULT_TENSOR_SIZE_GUIDANCE)
+    )
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    return data_provider.MultiplexerDataProvider(mux, str(logdir))
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("contribution_runs")
+    small = write_small_run(str(root), run="small", seed=0)
+    write_small_run(str(root), run="nomodel", with_model=False, seed=1)
+    return str(root), small
+
+
+@pytest.fixture(scope="module")
+def provider(logdir):
+    return provider_for(logdir[0])
+
+
+def request(small, **overrides):
+    analysis = small.analyses[("constrained", 0)]
+    params = {
+        "run": "small", "analysis": small.name, "method": "constrained", "step": 0,
+        "target_layer": analysis.layers[-1].name, "channel": 1, "earlier_layer": analysis.layers[1].name,
+        "area": [0, 0, 2, 2], "mode": "quadratic",
+    }
+    params.update(overrides)
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, provider):
+    root, small = logdir
+    service = ContributionService(provider, root, max_concurrent=2, timeout_s=120)
+    params = request(small, examples=[1, 0])
+    status, body = service.handle(params, CTX, "")
+    assert status == 200, body
+    assert body["cached"] is False and body["examples"] == [1, 0] and body["area"] == [0, 0, 2, 2]
+    # independent computation: the user's original model on the images read back from the run
+    loaded = run_reader.load_analysis(provider, CTX, "", "small", small.name, "constrained", 0, logdir=root)
+    images = torch.from_numpy(loaded.analysis.images[[1, 0]].astype(np.float32))
+    expected = contribution.feature_map_contributions(
+        TinyCNN(0).eval(), images, params["target_layer"], 1, params["earlier_layer"], area=(0, 0, 2, 2), mode="quadratic"
+    )
+    np.testing.assert_allclose(body["scores"], expected.scores, atol=1e-4)
+    assert [r["channel"] for r in body["ranking"]] == expected.ranking[:20]
+
+    status, again = service.handle(dict(params), CTX, "")
+    assert status == 200 and again["cached"] is True and again["scores"] == body["scores"]
+    status, other = service.handle(dict(params, mode="sgd", steps=5), CTX, "")
+    assert status == 200 and other["cached"] is False and other["mode"] == "sgd"
+
+
+def test_area_in_another_grid_maps_onto_the_target_map(logdir, provider):
+    root, small = logdir
+    service = ContributionService(provider, root)
+    layer = small.analyses[("constrained", 0)].layers[-1]
+    status, native = service.handle(request(small), CTX, "")
+    assert status == 200, native
+    # the same neurons brushed on an image 4x the map's size hit the same cache entry
+    grid = [4 * layer.height, 4 * layer.width]
+    status, scaled = service.handle(request(small, area="0,0,8,8", area_grid=grid), CTX, "")
+    assert status == 200 and scaled["cached"] is True and scaled["area"] == [0, 0, 2, 2]
+    mask = np.zeros((layer.height, layer.width), dtype=int)
+    mask[0:2, 0:2] = 1
+    status, by_mask = service.handle(request(small, area=None, area_mask=mask.tolist()), CTX, "")
+    assert status == 200 and by_mask["area_neurons"] == 4
+    np.testing.assert_allclose(by_mask["scores"], native["scores"], atol=1e-5)
+
+
+def test_prediction_target(logdir, provider):
+    root, small = logdir
+    service = ContributionService(provider, root)
+    status, body = service.handle(request(small, target="prediction", target_layer=None, channel=None, area=None), CTX, "")
+    assert status == 200, body
+    assert body["target_layer"] is None and len(body["scores"]) == small.analyses[("constrained", 0)].layers[1].channels
+
+
+class BlockingProvider:
+    """The real provider; ``read_tensors`` waits until ``release`` is set (holds a job in flight)."""
+
+    def __init__(self, inner):
+        self.inner, self.entered, self.release = inner, threading.Event(), threading.Event()
+
+    def read_tensors(self, *args, **kwargs):
+        self.entered.set()
+        assert self.release.wait(60)
+        return self.inner.read_tensors(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_429_when_all_slots_are_busy_then_serving_again(logdir, provider):
+    root, small = logdir
+    blocking = BlockingProvider(provider)
+    service = ContributionService(blocking, root, max_concurrent=1, timeout_s=120)
+    answers = {}
+    worker = threading.Thread(target=lambda: answers.setdefault("first", service.handle(request(small, channel=2), CTX, "")))
+    worker.start()
+    assert blocking.entered.wait(30)
+    status, body = service.handle(request(small), CTX, "")
+    assert status == 429 and "already running" in body["error"]
+    blocking.release.set()
+    worker.join(60)
+    assert answers["first"][0] == 200
+    assert service.handle(request(small, channel=3), CTX, "")[0] == 200
+
+
+def test_timeout_answers_503(logdir, provider):
+    root, small = logdir
+    service = ContributionService(provider, root, timeout_s=1e-6)
+    status, body = service.handle(request(small, channel=0, mode="sgd"), CTX, "")
+    assert status == 503 and "longer than" in body["error"]
+
+
+@pytest.mark.parametrize(
+    "overrides,status,message",
+    [
+        (dict(run=None), 400, "missing parameter 'run'"),
+        (dict(step="zero"), 400, "'step' must be an integer"),
+        (dict(mode="newton"), 400, "'mode' must be one of"),
+        (dict(target="logits"), 400, "'target' must be"),
+        (dict(area=[0, 0, 99, 2]), 400, "outside the"),
+        (dict(area="1,2"), 400, "'area' must be 4 integers"),
+        (dict(area_mask=[[1]]), 400, "give either 'area'"),
+        (dict(area=None, area_mask=[[0, 0], [0, 0]], area_grid=[2, 2]), 400, "selects no neuron"),
+        (dict(steps=10_000), 400, "'steps' must be between"),
+        (dict(run="nope"), 404, "no analysis"),
+        (dict(step=7), 404, "no analysis"),
+        (dict(examples=[0, 9]), 404, "must be distinct indices"),
+        (dict(channel=999), 404, "channel 999 does not exist"),
+        (dict(earlier_layer="features.99"), 404, "unknown earlier layer 'features.99'"),
+        (dict(run="nomodel"), 409, "has no saved model"),
+    ],
+)
+def test_bad_requests_get_clear_errors(logdir, provider, overrides, status, message):
+    root, small = logdir
+    service = ContributionService(provider, root)
+    got, body = service.handle(request(small, **overrides), CTX, "")
+    assert got == status, body
+    assert message in body["error"]
+
+
+def test_earlier_layer_that_is_not_earlier(logdir, provider):
+    root, small = logdir
+    service = ContributionService(provider, root)
+    layers = small.analyses[("constrained", 0)].layers
+    status, body = service.handle(request(small, target_layer=layers[0].name, earlier_layer=layers[-1].name, area=None), CTX, "")
+    assert status == 400 and "does not run before" in body["error"]
+    assert service.handle(request(small), CTX, "")[0] == 200  # still serving
+
+
+def test_parse_body():
+    assert parse_body(b'{"run": "a"}') == {"run": "a"}
+    with pytest.raises(RequestError, match="not valid JSON"):
+        parse_body(b"{run")
+    with pytest.raises(RequestError, match="JSON object"):
+        parse_body(b"[1, 2]")
