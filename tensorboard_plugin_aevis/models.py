@@ -30,8 +30,6 @@ import torch
 from torch import nn
 
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TFLITE_MEAN = (127.0 / 255.0,) * 3
 TFLITE_STD = (128.0 / 255.0,) * 3
 
