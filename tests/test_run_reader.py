@@ -354,3 +354,36 @@ def test_real_extraction_with_model_graph_learned_features_and_artifact(tmp_path
     x = torch.rand(2, 3, 16, 16)
     torch.testing.assert_close(restored(x), model(x))
     assert loaded.warnings == []
+
+
+def test_round_trip_through_the_rust_data_server(tmp_path):
+    """TensorBoard's default data server (``--load_fast=true``) sees the same analyses."""
+    import time
+
+    from tensorboard.data import server_ingester
+    from tensorboard.util import grpc_util
+
+    written = {}
+    with SummaryWriter(str(tmp_path / "train")) as writer:
+        for step in range(12):  # more steps than the server's default blob sampling (10)
+            written[step] = make_analysis(seed=step, map_size=(6, 56, 3) if step == 11 else (2, 2, 2))
+            add_analysis(writer, "cat->dog", written[step], step)
+    ingester = server_ingester.SubprocessServerDataIngester(
+        server_ingester.get_server_binary(), str(tmp_path), reload_interval=0,
+        channel_creds_type=grpc_util.ChannelCredsType.LOCAL)
+    ingester.start()
+    try:
+        dp = ingester.data_provider
+        deadline = time.monotonic() + 60
+        index = None
+        while time.monotonic() < deadline:
+            index = run_reader.index_runs(dp, CTX, EID)
+            if index.analyses.get("train") and len(index.analyses["train"][0].steps) == 12:
+                break
+            time.sleep(0.5)
+        assert index.analyses == {"train": [AnalysisKey("cat->dog", "constrained", tuple(range(12)))]}
+        assert index.warnings == []
+        for step in (0, 11):
+            assert_same_analysis(written[step], run_reader.load_analysis(dp, CTX, EID, "train", "cat->dog", "constrained", step))
+    finally:
+        ingester._stdin_handle.close()  # the Rust data server exits when its stdin closes
