@@ -173,36 +173,38 @@ def add_analysis(
         raise ValueError("reference_images need the model to compute learned features: pass model=... as well")
     references = None if reference_images is None else _as_image_array(reference_images, "reference images")
 
+    # Serialise everything that can fail on bad input before touching the run.
+    maxima, maps = _maps_and_maxima(analysis, model)
+    records = [payloads.arrays_record(name, analysis, step, maxima, maps, max_map_size)]
+    extras: Dict[str, Any] = {"has_model": False, "model_step": None, "max_map_size": max_map_size}
+    example_input = torch.from_numpy(np.asarray(analysis.images[:1], dtype=np.float32))
+    gated = [layer.name for layer in analysis.layers]
+    if references is not None:
+        from tensorboard_plugin_aevis.learned_features import learned_features
+
+        channels = [c.tolist() for c in payloads.datapath_channels(analysis)]
+        boxes = learned_features(model, gated, channels, torch.from_numpy(references), top_k)
+        records.append(payloads.learned_features_record(name, analysis.method, step, boxes))
+
     with EventSink(writer) as sink:
         state = sink.state
-        maxima, maps = _maps_and_maxima(analysis, model)
-        records = [payloads.arrays_record(name, analysis, step, maxima, maps, max_map_size)]
-        extras: Dict[str, Any] = {"has_model": False, "model_step": None, "max_map_size": max_map_size}
-        example_input = torch.from_numpy(np.asarray(analysis.images[:1], dtype=np.float32))
-        gated = [layer.name for layer in analysis.layers]
         if model is not None and name not in state.graphs_logged:
             from tensorboard_plugin_aevis.model_graph import build_model_graph
 
             records.append(payloads.graph_record(name, build_model_graph(model, example_input, gated), step))
-        if references is not None:
-            from tensorboard_plugin_aevis.learned_features import learned_features
-
-            channels = [c.tolist() for c in payloads.datapath_channels(analysis)]
-            boxes = learned_features(model, gated, channels, torch.from_numpy(references), top_k)
-            records.append(payloads.learned_features_record(name, analysis.method, step, boxes))
-            if name not in state.reference_images_logged:
-                records.append(payloads.reference_images_record(name, references, step))
-        staged = None
+        if references is not None and name not in state.reference_images_logged:
+            records.append(payloads.reference_images_record(name, references, step))
         if model is not None and save_model:
-            final = model_artifact.artifact_dir(sink.logdir, name)
-            staged = os.path.join(os.path.dirname(final), f".pending-{uuid.uuid4().hex}")
-            model_artifact.save_model_artifact(model, example_input, staged, step=step, gated_layers=gated)
             extras.update(has_model=True, model_step=int(step))
         sequence = state.manifests_logged + 1
         manifest = payloads.manifest_record(name, analysis, step, extras, state.writer_id, sequence)
-
-        # Everything is computed: now write. Parts first, the manifest last.
+        staged = None
         try:
+            if model is not None and save_model:
+                final = model_artifact.artifact_dir(sink.logdir, name)
+                staged = os.path.join(os.path.dirname(final), f".pending-{uuid.uuid4().hex}")
+                model_artifact.save_model_artifact(model, example_input, staged, step=step, gated_layers=gated)
+            # Everything is computed: now write. Parts first, the manifest last.
             for record in records:
                 sink.write(record, step)
             if staged is not None:
