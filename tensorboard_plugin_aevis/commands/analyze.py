@@ -53,7 +53,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--method", choices=sorted(METHODS), default="constrained", help="extraction method")
     parser.add_argument("--layers", default="auto", help="'auto' or comma-separated module paths to gate")
     parser.add_argument("--steps", type=int, help="extraction steps per example (default: the method's)")
-    parser.add_argument("--r", type=int, help="diverging-merging window r of Eq. 10 (default: the engine's)")
+    parser.add_argument("--r", type=int, help="diverging-merging window r of Eq. 10 (default: 8, capped at the gated layers - 1)")
     parser.add_argument("--size", type=int, help="image side in pixels (default: the model's input size, else 224)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--logdir", help="also log each analysis for TensorBoard into this run folder")
@@ -123,6 +123,8 @@ def run_analyze(args) -> int:
             analysis = _extract(model, batch, roles, example_names, method, layers, args)
             for example, score in zip(analysis.examples, scores):
                 example.adversarial_score = score
+            if args.r is not None:
+                analysis.params["r"] = args.r  # the writer's manifest detects with the same r
             summary = _summarise(analysis, args.r)
             summary["seconds"] = round(time.perf_counter() - started, 2)
             report["analyses"].append(summary)
@@ -318,14 +320,16 @@ def _summarise(analysis, r: Optional[int]) -> Dict[str, Any]:
 
     representative = int(metrics.representative_target(analysis, adversarial, targets))
     diff = metrics.diff_curve(analysis, adversarial, source, representative)
-    found = metrics.detect_diverging_merging(diff, r) if r is not None else metrics.detect_diverging_merging(diff)
+    summary.update(representative_target=representative, diff_curve=[round(float(v), 5) for v in diff])
+    try:
+        found = metrics.detect_diverging_merging(diff, r)
+    except ValueError as e:
+        raise UserError(f"diverging/merging detection: {e} (--r)") from None
     summary.update(
-        representative_target=representative,
-        diff_curve=[round(float(v), 5) for v in diff],
-        detected=bool(found["detected"]),
-        r=found.get("r", r),
-        diverging_layer=_layer_ref(found.get("diverging_layer"), layer_names),
-        merging_layer=_layer_ref(found.get("merging_layer"), layer_names),
+        detected=bool(found.detected),
+        r=int(found.r),
+        diverging_layer=_layer_ref(found.diverging_layer, layer_names),
+        merging_layer=_layer_ref(found.merging_layer, layer_names),
     )
     return summary
 
