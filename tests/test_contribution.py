@@ -125,8 +125,9 @@ def test_prediction_contributions_rank_the_map_the_logits_read(mode):
     assert result.scores[1] > 0.5 and result.scores[0] < 0.05 and result.scores[2] < 0.05
 
 
-def test_quadratic_jacobian_matches_finite_differences_of_a_linear_path():
-    """For a target linear in the gates, J[:, k] = f(1) - f(1 - e_k) exactly."""
+@pytest.mark.parametrize("max_rows", [64, 10])
+def test_quadratic_jacobian_matches_finite_differences_of_a_linear_path(max_rows):
+    """For a target linear in the gates, J[:, k] = f(1) - f(1 - e_k) exactly (sketched: D J)."""
     torch.manual_seed(1)
     model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU()), nn.Conv2d(5, 2, 3, padding=1))
     images = torch.rand(2, 3, 7, 7)
@@ -135,14 +136,16 @@ def test_quadratic_jacobian_matches_finite_differences_of_a_linear_path():
         with torch.no_grad():
             forward.prepare(images, "0", "1")
         select = lambda out: out[:, 1]
-        jac, _ = contribution._jacobian(forward, images, select, None, 5, max_rows=64, seed=0)
+        ones = torch.ones(2, 5)
+        jac, at_ones, directions = contribution._jacobian(forward, ones, select, None, max_rows=max_rows, seed=0)
+        assert directions.shape == ((49, 49) if max_rows == 64 else (10, 49))
         with torch.no_grad():
-            ones = torch.ones(2, 5)
             base = select(forward.run(ones, None)).flatten(1)
+            torch.testing.assert_close(at_ones, base)
             for k in range(5):
                 dropped = ones.clone()
                 dropped[:, k] = 0
-                column = base - select(forward.run(dropped, None)).flatten(1)
+                column = (base - select(forward.run(dropped, None)).flatten(1)) @ directions.T
                 torch.testing.assert_close(jac[:, :, k], column, rtol=1e-4, atol=1e-5)
 
 
@@ -215,6 +218,12 @@ def test_dead_target_area_is_refused():
     model, images = fig8_model_and_images()
     with pytest.raises(ValueError, match="preserved neurons are all zero"):
         feature_map_contributions(model, images, "1", 0, "0", area=(0, 12, 2, 16))
+
+
+def test_deadline_stops_the_computation():
+    model = one_wire_model()
+    with pytest.raises(contribution.ContributionTimeout, match="time limit"):
+        feature_map_contributions(model, torch.rand(1, 3, 12, 12), "1", 0, "0", deadline=0.0)
 
 
 def test_to_json_ranks_all_maps():
