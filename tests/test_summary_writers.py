@@ -188,3 +188,23 @@ def test_model_of_another_analysis_is_refused_before_writing(tmp_path):
     assert run_reader.list_analyses(provider_for(tmp_path), CTX, EID) == {}
     with pytest.raises(TypeError, match="Analysis"):
         add_analysis(str(tmp_path / "run"), "m", {"gates": []}, 0)
+
+
+class DataDependentNet(SmallNet):
+    def forward(self, x):
+        logits = super().forward(x)
+        return logits if x.mean() > 0.5 else -logits  # torch.export refuses data-dependent branches
+
+
+def test_unexportable_model_raises_before_anything_is_logged(tmp_path):
+    from tensorboard_plugin_aevis.model_artifact import ModelArtifactError
+
+    _, analysis = small_model_and_analysis()
+    model = ClassifierWrapper(DataDependentNet(), (0.5,) * 3, (0.5,) * 3).eval()
+    with pytest.raises(ModelArtifactError, match="save_model=False"):
+        add_analysis(str(tmp_path / "run"), "m", analysis, 0, model=model)
+    assert run_reader.list_analyses(provider_for(tmp_path), CTX, EID) == {}
+    models = os.path.dirname(artifact_dir(str(tmp_path / "run"), "m"))
+    assert not os.path.exists(models) or os.listdir(models) == []
+    add_analysis(str(tmp_path / "run"), "m", analysis, 0, model=model, save_model=False)  # the opt-out works
+    assert run_reader.list_analyses(provider_for(tmp_path), CTX, EID) == {"run": [run_reader.AnalysisKey("m", "constrained", (0,))]}
