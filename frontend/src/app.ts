@@ -15,9 +15,8 @@ import { NetworkView } from "./networkView";
 import { NeuronView } from "./neuronView";
 import { formatValue } from "./scales";
 import { TreemapView } from "./treemapView";
-import type {
-  AnalysisListing, AnalysisManifest, ExampleRef, GraphData, NeuronData, RiverData, RunListing, RunsResponse, TreemapData,
-} from "./types";
+import { groupAnalyses, resolveDiff, resolveExamples, resolveSelection, type AnalysisChoice } from "./selection";
+import type { AnalysisManifest, ExampleManifest, GraphData, NeuronData, RiverData, RunListing, RunsResponse, TreemapData } from "./types";
 
 /** Visible-node budget of the graph on first view; larger models start with groups collapsed. */
 export const GRAPH_NODE_BUDGET = 80;
@@ -55,6 +54,8 @@ export class App {
   private state: ViewState;
   private runs: RunListing[] = [];
   private manifest: AnalysisManifest | null = null;
+  /** analysisKey() of the loaded manifest. */
+  private manifestKey = "";
   private graph: GraphData | null = null;
   private river: RiverData | null = null;
   private expanded = new Set<string>();
@@ -152,31 +153,16 @@ export class App {
     return this.runs.find((r) => r.run === this.state.run);
   }
 
-  private currentAnalysis(): AnalysisListing | undefined {
-    return this.currentRun()?.analyses.find((a) => a.name === this.state.analysis);
+  private currentAnalysis(): AnalysisChoice | undefined {
+    const run = this.currentRun();
+    return run ? groupAnalyses(run).find((a) => a.name === this.state.analysis) : undefined;
   }
 
-  /** Fill the state with valid choices, keeping what the hash asked for where it exists. */
+  /** Repair the state to valid choices, telling the user what was not found. */
   private resolveSelection(): void {
-    const s = this.state;
-    if (s.run !== undefined && !this.runs.some((r) => r.run === s.run)) {
-      this.message("warning", `Run "${s.run}" has no AEVis data (it is not in this logdir, or it logged no add_analysis summaries); showing another run.`);
-      s.run = undefined;
-    }
-    const run = this.currentRun() ?? this.runs.find((r) => r.analyses.length > 0) ?? this.runs[0];
-    s.run = run.run;
-    const analysis = run.analyses.find((a) => a.name === s.analysis) ?? run.analyses[0];
-    if (!analysis) return;
-    if (s.analysis !== undefined && s.analysis !== analysis.name) {
-      this.message("warning", `Analysis "${s.analysis}" is not in run "${run.run}"; showing "${analysis.name}".`);
-    }
-    s.analysis = analysis.name;
-    if (!s.method || !analysis.methods.includes(s.method)) s.method = analysis.methods.includes("constrained") ? "constrained" : analysis.methods[0];
-    if (s.step === undefined || !analysis.steps.includes(s.step)) s.step = analysis.steps[analysis.steps.length - 1];
-    const known = new Set(analysis.examples.map((e) => e.index));
-    const chosen = (s.examples ?? []).filter((i) => known.has(i));
-    s.examples = chosen.length >= 2 ? chosen : analysis.examples.map((e) => e.index);
-    if (s.diff && !(s.examples.includes(s.diff[0]) && s.examples.includes(s.diff[1]) && s.diff[0] !== s.diff[1])) s.diff = undefined;
+    const { state, warnings } = resolveSelection(this.runs, this.state);
+    this.state = state;
+    for (const warning of warnings) this.message("warning", warning);
   }
 
   private saveState(): void {
@@ -211,22 +197,23 @@ export class App {
     this.controls.appendChild(select("Run", this.runs.map((r) => ({ value: r.run, text: r.analyses.length ? r.run : `${r.run} (no AEVis data)` })), this.state.run ?? "",
       (v) => this.change({ run: v }, resetBelowRun), "run"));
     if (!run || !analysis) return;
-    this.controls.appendChild(select("Analysis", run.analyses.map((a) => ({ value: a.name, text: a.name })), analysis.name,
+    this.controls.appendChild(select("Analysis", groupAnalyses(run).map((a) => ({ value: a.name, text: a.name })), analysis.name,
       (v) => this.change({ analysis: v }, resetBelowRun.slice(1)), "analysis"));
     this.controls.appendChild(select("Method", analysis.methods.map((m) => ({ value: m, text: m === "dgr" ? "DGR (baseline)" : m })), this.state.method ?? "",
-      (v) => this.change({ method: v }, ["layer", "channel"]), "method"));
-    if (analysis.steps.length > 1) {
-      this.controls.appendChild(select("Step", analysis.steps.map((s) => ({ value: String(s), text: String(s) })), String(this.state.step),
+      (v) => this.change({ method: v }, ["step", "layer", "channel"]), "method"));
+    const steps = analysis.steps[this.state.method ?? ""] ?? [];
+    if (steps.length > 1) {
+      this.controls.appendChild(select("Step", steps.map((s) => ({ value: String(s), text: String(s) })), String(this.state.step),
         (v) => this.change({ step: Number(v) }, ["layer", "channel"]), "step"));
     }
-    this.controls.appendChild(this.datapathPicker(analysis.examples));
+    if (this.manifest && this.manifestKey === this.analysisKey()) this.controls.appendChild(this.datapathPicker(this.manifest.examples));
   }
 
-  private datapathPicker(examples: ExampleRef[]): HTMLElement {
+  private datapathPicker(examples: ExampleManifest[]): HTMLElement {
     const chosen = new Set(this.state.examples ?? []);
     const box = el("div", { class: "datapaths", role: "group", "aria-label": "datapaths to compare" });
-    const colors = pathColors(examples.map((e) => e.role));
-    examples.forEach((e, k) => {
+    const colors = this.exampleColors();
+    examples.forEach((e) => {
       const input = el("input", { type: "checkbox", name: "datapath", value: e.index });
       input.checked = chosen.has(e.index);
       input.addEventListener("change", () => {
@@ -238,9 +225,14 @@ export class App {
         }
         this.change({ examples: next }, ["diff"]);
       });
-      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors[k]}` }), `${e.name} (${e.role})`]));
+      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors.get(e.index) ?? "#bdbdbd"}` }), `${e.name} (${e.role})`]));
     });
     return el("div", { class: "control" }, [el("span", {}, ["Datapaths"]), box]);
+  }
+
+  /** Identity of the analysis the state names (run, analysis, method, step). */
+  private analysisKey(): string {
+    return JSON.stringify([this.state.run, this.state.analysis, this.state.method, this.state.step]);
   }
 
   private analysisParams(): Record<string, string | number | undefined> {
@@ -261,24 +253,33 @@ export class App {
       this.message("info", `Run "${run.run}" has no AEVis data: it logged no add_analysis summaries.`);
       return;
     }
-    if ((this.state.examples ?? []).length < 2) {
-      this.message("info", "This analysis has a single datapath; the river compares two or more. Its treemap is still available per layer.");
-    }
     const params = this.analysisParams();
     const loading = this.message("info", "Loading the analysis…");
     let manifest: AnalysisManifest;
     let river: RiverData;
     let graph: GraphData | null;
+    const riverFor = (examples: number[] | undefined) => getJson<RiverData>("river", { ...params, examples: examples?.join(",") });
     try {
-      const graphRequest = getJson<GraphData>("graph", params).catch((err) => {
-        if (generation === this.generation) this.message("warning", `${describeError(err)} — drawing the gated layers as a chain instead.`);
+      const graphRequest = getJson<GraphData>("graph", params).catch((err: unknown) => {
+        if (generation === this.generation) {
+          const missing = err instanceof ApiError && err.status === 404;
+          this.message(missing ? "info" : "warning", `${describeError(err)} — the river is drawn along the gated layers as a chain instead.`);
+        }
         return null;
       });
-      [manifest, river, graph] = await Promise.all([
-        getJson<AnalysisManifest>("analysis", params),
-        getJson<RiverData>("river", { ...params, examples: this.state.examples?.join(",") }),
-        graphRequest,
-      ]);
+      // The river is asked for in parallel with the manifest; an example list from a
+      // link that does not fit this analysis is repaired and asked for again.
+      const asked = this.state.examples;
+      const riverRequest = riverFor(asked).catch((err: unknown) => {
+        if (asked === undefined) throw err;
+        return null;
+      });
+      [manifest, graph] = await Promise.all([getJson<AnalysisManifest>("analysis", params), graphRequest]);
+      const examples = resolveExamples(asked, manifest.examples.map((e) => e.index));
+      const first = await riverRequest;
+      const same = first !== null && JSON.stringify(first.paths.map((p) => p.example).sort()) === JSON.stringify([...examples].sort());
+      river = same ? first! : await riverFor(examples);
+      this.state.examples = examples;
     } catch (err) {
       if (generation !== this.generation) return;
       loading.remove();
@@ -287,7 +288,15 @@ export class App {
     }
     if (generation !== this.generation) return;
     loading.remove();
+    for (const warning of manifest.warnings ?? []) this.message("warning", warning);
     this.manifest = manifest;
+    this.manifestKey = this.analysisKey();
+    this.state.diff = this.state.diff && resolveDiff(this.state.diff, this.state.examples!);
+    this.renderControls();
+    this.saveState();
+    if (manifest.examples.length < 2) {
+      this.message("info", "This analysis has a single datapath; the river compares two or more. Its treemap is still available per layer.");
+    }
     this.river = river;
     this.graph = graph ?? chainGraph(manifest.layers.map((l) => l.name));
     if (this.state.expanded) {
@@ -323,21 +332,22 @@ export class App {
     const river = this.river!;
     const manifest = this.manifest!;
     clear(this.legend);
-    const colors = pathColors(river.paths.map((p) => p.role));
-    river.paths.forEach((p, k) => {
+    const colors = this.exampleColors();
+    river.paths.forEach((p) => {
       this.legend.appendChild(el("span", { class: "item", "data-example": p.example }, [
-        el("span", { class: "swatch", style: `background:${colors[k]};width:22px` }), `${p.name} — ${ROLE_LABELS[p.role] ?? p.role}`,
+        el("span", { class: "swatch", style: `background:${colors.get(p.example) ?? "#757575"};width:22px` }), `${p.name} — ${ROLE_LABELS[p.role] ?? p.role}`,
       ]));
     });
     this.legend.append(
-      el("span", { class: "item marker-key diverging" }, ["▼ diverging"]),
-      el("span", { class: "item marker-key merging" }, ["▼ merging"]),
+      el("span", { class: "item marker-key diverging" }, ["▲ diverging"]),
+      el("span", { class: "item marker-key merging" }, ["▲ merging"]),
       el("span", { class: "item note" }, ["curve distance = datapath distance; hover a layer for values, click it for its feature maps"]),
     );
     this.networkView.render({
       graph: this.graph!,
       layerNames: manifest.layers.map((l) => l.name),
       river,
+      colors,
       expanded: this.expanded,
       selectedLayer: this.state.layer ?? null,
       onToggleGroup: (group) => {
@@ -358,11 +368,12 @@ export class App {
 
   // ------------------------------------------------------------- layer level
   private exampleNames(): Map<number, string> {
-    return new Map((this.currentAnalysis()?.examples ?? []).map((e) => [e.index, e.name]));
+    return new Map((this.manifest?.examples ?? []).map((e) => [e.index, e.name]));
   }
 
+  /** Colour of each compared datapath, as in the river (role colour, ranked within the role). */
   private exampleColors(): Map<number, string> {
-    const examples = this.currentAnalysis()?.examples ?? [];
+    const examples = this.manifest?.examples ?? [];
     const chosen = examples.filter((e) => (this.state.examples ?? []).includes(e.index));
     const colors = pathColors(chosen.map((e) => e.role));
     return new Map(chosen.map((e, k) => [e.index, colors[k]]));
@@ -380,7 +391,7 @@ export class App {
       return;
     }
     const examples = (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES);
-    const diff = this.state.diff ?? [examples[0], examples[1] ?? examples[0]];
+    const diff = resolveDiff(this.state.diff, examples);
     const names = this.exampleNames();
     const info = manifest.layers[layerIndex];
     const diffOptions = examples.map((i) => ({ value: String(i), text: names.get(i) ?? `#${i}` }));

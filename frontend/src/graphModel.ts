@@ -9,6 +9,7 @@ import type { GraphData } from "./types";
 export interface VisibleNode {
   id: string;
   kind: "op" | "group";
+  /** A module's type (Conv2d), else the op's label (add); groups: their module path. */
   label: string;
   /** Indices into the manifest's layers of the gated layers this node shows, ascending. */
   gatedLayers: number[];
@@ -59,7 +60,7 @@ export function visibleGraph(graph: GraphData, expanded: ReadonlySet<string>): V
       const group = groupsById.get(rep);
       visible = group
         ? { id: rep, kind: "group", label: group.id, gatedLayers: [], size: 0 }
-        : { id: rep, kind: "op", label: node.label, gatedLayers: [], size: 0 };
+        : { id: rep, kind: "op", label: node.module_type || node.label, gatedLayers: [], size: 0 };
       nodes.set(rep, visible);
     }
     visible.size += 1;

@@ -4,7 +4,6 @@
  * zoom, and a mini-map when the graph is wider than the view.
  */
 
-import { pathColors } from "./colors";
 import { layoutDag, type Layout } from "./dagLayout";
 import { clear, el, svgEl, svgTitle } from "./dom";
 import { groupChain, layerToOpen, visibleGraph, type VisibleNode } from "./graphModel";
@@ -18,6 +17,8 @@ export interface NetworkInput {
   /** Gated-layer names of the manifest, in order (index = `gated_layer`). */
   layerNames: string[];
   river: RiverData;
+  /** Colour of each datapath by example index. */
+  colors: Map<number, string>;
   expanded: ReadonlySet<string>;
   selectedLayer: string | null;
   onToggleGroup: (group: string) => void;
@@ -90,9 +91,11 @@ export class NetworkView {
     const layout = layoutDag(
       visible.nodes.map((n) => ({ id: n.id, ...sizes.get(n.id)! })),
       visible.edges,
-      { rankGap: 36, rowGap: BAND_WIDTH + 20 },
+      { rankGap: 36, rowGap: BAND_WIDTH + 28 },
     );
     this.layout = layout;
+    // Short graphs get a shorter view; tall ones scroll inside it.
+    this.svg.setAttribute("height", String(Math.round(Math.max(240, Math.min(VIEW_HEIGHT, layout.height + 2 * BAND_WIDTH + 80)))));
 
     const groupsLayer = svgEl("g", { class: "expanded-groups" });
     const edgesLayer = svgEl("g", { class: "edges" });
@@ -112,13 +115,13 @@ export class NetworkView {
     // River: manifest layer index of each river layer, anchored on the visible graph.
     const manifestIndex = input.river.layers.map((name) => input.layerNames.indexOf(name));
     const boxes = new Map<string, Box>();
-    for (const [id, p] of layout.nodes) boxes.set(id, { x: p.x, y: p.y, width: p.width * 0.8, height: p.height });
+    // The river runs in a band just below the row of the node showing each layer.
+    for (const [id, p] of layout.nodes) boxes.set(id, { x: p.x, y: p.y + p.height / 2 + 6 + BAND_WIDTH / 2, width: p.width * 0.8, height: p.height });
     const anchors = layerAnchors(input.river.layers.length, (i) => {
       const anchor = visible.gatedAnchor.get(manifestIndex[i]);
       return anchor === undefined ? undefined : boxes.get(anchor);
     });
-    const colors = pathColors(input.river.paths.map((p) => p.role));
-    input.river.paths.forEach((path, k) => {
+    input.river.paths.forEach((path) => {
       const points = riverPoints(anchors, path.y, BAND_WIDTH);
       riverLayer.appendChild(
         svgEl("path", {
@@ -127,7 +130,7 @@ export class NetworkView {
           "data-role": path.role,
           d: smoothPath(points),
           fill: "none",
-          stroke: colors[k],
+          stroke: input.colors.get(path.example) ?? "#757575",
           "stroke-width": RIVER_STROKE,
           "stroke-linecap": "round",
           "stroke-opacity": 0.9,
@@ -227,12 +230,13 @@ export class NetworkView {
       const a = anchors[marker.layer];
       if (!a) continue;
       const color = marker.kind === "diverging" ? "#c62828" : "#2e7d32";
-      const top = a[1] - BAND_WIDTH / 2 - 14;
-      layer.appendChild(svgEl("g", { class: `marker ${marker.kind}`, "data-layer": marker.layer }, [
-        svgEl("line", { x1: a[0], x2: a[0], y1: top, y2: a[1] + BAND_WIDTH / 2 + 6, stroke: color, "stroke-width": 1.5, "stroke-dasharray": "3 2" }),
-        svgEl("path", { d: `M${a[0] - 6},${top - 9} L${a[0] + 6},${top - 9} L${a[0]},${top} z`, fill: color }),
-        svgEl("text", { x: a[0], y: top - 12, "text-anchor": "middle", "font-size": 11, fill: color, "font-family": "Roboto, sans-serif" }, [marker.kind]),
-        svgTitle(`${marker.kind} point at ${river.layers[marker.layer]}`),
+      const confirmed = marker.detected !== false;
+      const bottom = a[1] + BAND_WIDTH / 2 + 4;
+      layer.appendChild(svgEl("g", { class: `marker ${marker.kind}`, "data-layer": marker.layer, opacity: confirmed ? 1 : 0.45 }, [
+        svgEl("line", { x1: a[0], x2: a[0], y1: a[1] - BAND_WIDTH / 2, y2: bottom, stroke: color, "stroke-width": 1.5, "stroke-dasharray": "3 2" }),
+        svgEl("path", { d: `M${a[0] - 6},${bottom + 9} L${a[0] + 6},${bottom + 9} L${a[0]},${bottom} z`, fill: color }),
+        svgEl("text", { x: a[0], y: bottom + 21, "text-anchor": "middle", "font-size": 11, fill: color, "font-family": "Roboto, sans-serif" }, [confirmed ? marker.kind : `${marker.kind}?`]),
+        svgTitle(`${marker.kind} point at ${river.layers[marker.layer]}${confirmed ? "" : " (candidate: the detection did not confirm the pattern)"}`),
       ]));
     }
   }

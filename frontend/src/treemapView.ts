@@ -47,7 +47,6 @@ export class TreemapView {
       ]),
       svgEl("rect", { x: 0, y: 0, width: data.width, height: data.height, fill: "#ffffff" }),
     ]);
-    const setColor = (members: number[]) => (members.length === 1 ? input.colors.get(members[0]) ?? "#616161" : "#424242");
     const cellsLayer = svgEl("g", { class: "cells" });
     for (const cell of data.cells) {
       const g = svgEl("g", { class: "treemap-cell", "data-channel": cell.channel, "data-members": membersKey(cell.members), cursor: "pointer" });
@@ -81,22 +80,32 @@ export class TreemapView {
       cellsLayer.appendChild(g);
     }
     svg.appendChild(cellsLayer);
-    const setsLayer = svgEl("g", { class: "sets", "pointer-events": "none" });
+    // Outlines: each datapath's container in its colour, shared regions dashed inside.
+    const outlines = svgEl("g", { class: "sets", "pointer-events": "none" });
     for (const set of data.sets) {
-      setsLayer.appendChild(svgEl("rect", {
+      if (!set.shared) continue;
+      outlines.appendChild(svgEl("rect", {
         class: "treemap-set", "data-members": membersKey(set.members), x: set.x, y: set.y, width: set.dx, height: set.dy,
-        fill: "none", stroke: setColor(set.members), "stroke-width": set.members.length === 1 ? 2.5 : 1.5,
-        "stroke-dasharray": set.members.length === 1 ? "" : "5 3",
+        fill: "none", stroke: "#424242", "stroke-width": 1.5, "stroke-dasharray": "5 3",
+      }, [svgTitle(set.label)]));
+    }
+    for (const box of data.containers) {
+      outlines.appendChild(svgEl("rect", {
+        class: "treemap-container", "data-example": box.example, x: box.x + 1, y: box.y + 1, width: Math.max(0, box.dx - 2), height: Math.max(0, box.dy - 2),
+        fill: "none", stroke: input.colors.get(box.example) ?? "#616161", "stroke-width": 2.5,
       }));
     }
-    svg.appendChild(setsLayer);
+    svg.appendChild(outlines);
     this.svg = svg;
 
-    const setRows = data.sets.map((set) =>
+    const containerRows = data.containers.map((box) =>
       el("li", {}, [
-        el("span", { class: "swatch", style: `border-color:${setColor(set.members)};${set.members.length > 1 ? "border-style:dashed" : ""}` }),
-        `${set.label}: ${set.size} feature map${set.size === 1 ? "" : "s"}`,
+        el("span", { class: "swatch", style: `border-color:${input.colors.get(box.example) ?? "#616161"}` }),
+        `${box.label}: ${box.set_size} feature map${box.set_size === 1 ? "" : "s"} in its datapath`,
       ]),
+    );
+    const sharedRows = data.sets.filter((set) => set.shared).map((set) =>
+      el("li", {}, [el("span", { class: "swatch", style: "border-color:#424242;border-style:dashed" }), `${set.label}: ${set.size} shared`]),
     );
     const legend = el("div", { class: "treemap-legend" }, [
       el("div", {}, [
@@ -107,7 +116,7 @@ export class TreemapView {
         el("span", { class: "fill-key dotted" }),
         maxContribution > 0 ? `dotted fill: contribution (full = ${formatValue(maxContribution)})` : "dotted fill: contribution (none computed for this layer)",
       ]),
-      el("ul", { class: "set-list" }, setRows),
+      el("ul", { class: "set-list" }, [...containerRows, ...sharedRows]),
     ]);
     this.element.append(el("div", { class: "treemap-canvas" }, [svg, this.tooltip]), legend);
     return data.cells.length;

@@ -2,22 +2,16 @@
 
 export type Role = "source" | "adversarial" | "target";
 
-export interface ExampleRef {
-  index: number;
+/** One (analysis name, method) of a run, with the steps it was logged at. */
+export interface AnalysisEntry {
   name: string;
-  role: Role;
-}
-
-export interface AnalysisListing {
-  name: string;
-  methods: string[];
+  method: string;
   steps: number[];
-  examples: ExampleRef[];
 }
 
 export interface RunListing {
   run: string;
-  analyses: AnalysisListing[];
+  analyses: AnalysisEntry[];
 }
 
 export interface RunsResponse {
@@ -26,6 +20,7 @@ export interface RunsResponse {
 }
 
 export interface ExampleManifest {
+  index: number;
   name: string;
   role: Role;
   label: number;
@@ -69,6 +64,10 @@ export interface AnalysisManifest {
   diff_curve?: number[] | null;
   diverging_merging?: DivergingMerging | null;
   has_model: boolean;
+  has_graph?: boolean;
+  has_activation_maps?: boolean;
+  has_learned_features?: boolean;
+  warnings?: string[];
 }
 
 export interface GraphNode {
@@ -108,25 +107,45 @@ export interface RiverPath {
 export interface RiverMarker {
   kind: "diverging" | "merging";
   layer: number;
+  /** False when the logged detection did not confirm the pattern (drawn as a candidate). */
+  detected?: boolean;
 }
 
 export interface RiverData {
   layers: string[];
   layout: "rule" | "least_squares";
+  /** Fraction of the band per unit of datapath distance. */
+  scale?: number;
+  /** Example indices top to bottom. */
+  order?: number[];
   paths: RiverPath[];
   distances: Record<string, number[]>;
   markers: RiverMarker[];
 }
 
-export interface TreemapSet {
-  members: number[];
+/** The region of one example's datapath (the shared parts it holds lie inside it). */
+export interface TreemapContainer {
+  example: number;
   label: string;
   size: number;
+  set_size: number;
   x: number;
   y: number;
   dx: number;
   dy: number;
-  parent: number[] | null;
+}
+
+/** The channels kept by exactly the datapaths `members`, inside container `parent`. */
+export interface TreemapSet {
+  members: number[];
+  label: string;
+  size: number;
+  parent: number;
+  shared: boolean;
+  x: number;
+  y: number;
+  dx: number;
+  dy: number;
 }
 
 export interface TreemapCell {
@@ -141,8 +160,12 @@ export interface TreemapCell {
 }
 
 export interface TreemapData {
+  layer: string;
   width: number;
   height: number;
+  examples: number[];
+  diff: [number, number] | null;
+  containers: TreemapContainer[];
   sets: TreemapSet[];
   cells: TreemapCell[];
   max_abs_activation_diff: number;
@@ -159,11 +182,15 @@ export interface NeuronExample {
 export interface LearnedFeature {
   rank: number;
   activation: number;
+  reference_image: number;
+  /** Receptive-field box in the reference image: [y0, x0, y1, x1]. */
+  box: [number, number, number, number];
   url: string;
 }
 
 export interface NeuronData {
   layer: string;
+  layer_index: number;
   channel: number;
   examples: NeuronExample[];
   learned_features: LearnedFeature[];

@@ -256,7 +256,7 @@ function visibleGraph(graph, expanded) {
     let visible = nodes.get(rep);
     if (!visible) {
       const group = groupsById.get(rep);
-      visible = group ? { id: rep, kind: "group", label: group.id, gatedLayers: [], size: 0 } : { id: rep, kind: "op", label: node.label, gatedLayers: [], size: 0 };
+      visible = group ? { id: rep, kind: "group", label: group.id, gatedLayers: [], size: 0 } : { id: rep, kind: "op", label: node.module_type || node.label, gatedLayers: [], size: 0 };
       nodes.set(rep, visible);
     }
     visible.size += 1;
@@ -692,9 +692,10 @@ var NetworkView = class {
     const layout = layoutDag(
       visible.nodes.map((n) => ({ id: n.id, ...sizes.get(n.id) })),
       visible.edges,
-      { rankGap: 36, rowGap: BAND_WIDTH + 20 }
+      { rankGap: 36, rowGap: BAND_WIDTH + 28 }
     );
     this.layout = layout;
+    this.svg.setAttribute("height", String(Math.round(Math.max(240, Math.min(VIEW_HEIGHT, layout.height + 2 * BAND_WIDTH + 80)))));
     const groupsLayer = svgEl("g", { class: "expanded-groups" });
     const edgesLayer = svgEl("g", { class: "edges" });
     const nodesLayer = svgEl("g", { class: "nodes" });
@@ -710,13 +711,12 @@ var NetworkView = class {
     for (const node of visible.nodes) nodesLayer.appendChild(this.drawNode(node, layout, input, selectedIndex));
     const manifestIndex = input.river.layers.map((name) => input.layerNames.indexOf(name));
     const boxes = /* @__PURE__ */ new Map();
-    for (const [id, p] of layout.nodes) boxes.set(id, { x: p.x, y: p.y, width: p.width * 0.8, height: p.height });
+    for (const [id, p] of layout.nodes) boxes.set(id, { x: p.x, y: p.y + p.height / 2 + 6 + BAND_WIDTH / 2, width: p.width * 0.8, height: p.height });
     const anchors = layerAnchors(input.river.layers.length, (i) => {
       const anchor = visible.gatedAnchor.get(manifestIndex[i]);
       return anchor === void 0 ? void 0 : boxes.get(anchor);
     });
-    const colors = pathColors(input.river.paths.map((p) => p.role));
-    input.river.paths.forEach((path, k) => {
+    input.river.paths.forEach((path) => {
       const points = riverPoints(anchors, path.y, BAND_WIDTH);
       riverLayer.appendChild(
         svgEl("path", {
@@ -725,7 +725,7 @@ var NetworkView = class {
           "data-role": path.role,
           d: smoothPath(points),
           fill: "none",
-          stroke: colors[k],
+          stroke: input.colors.get(path.example) ?? "#757575",
           "stroke-width": RIVER_STROKE,
           "stroke-linecap": "round",
           "stroke-opacity": 0.9
@@ -832,12 +832,13 @@ var NetworkView = class {
       const a = anchors[marker.layer];
       if (!a) continue;
       const color = marker.kind === "diverging" ? "#c62828" : "#2e7d32";
-      const top = a[1] - BAND_WIDTH / 2 - 14;
-      layer.appendChild(svgEl("g", { class: `marker ${marker.kind}`, "data-layer": marker.layer }, [
-        svgEl("line", { x1: a[0], x2: a[0], y1: top, y2: a[1] + BAND_WIDTH / 2 + 6, stroke: color, "stroke-width": 1.5, "stroke-dasharray": "3 2" }),
-        svgEl("path", { d: `M${a[0] - 6},${top - 9} L${a[0] + 6},${top - 9} L${a[0]},${top} z`, fill: color }),
-        svgEl("text", { x: a[0], y: top - 12, "text-anchor": "middle", "font-size": 11, fill: color, "font-family": "Roboto, sans-serif" }, [marker.kind]),
-        svgTitle(`${marker.kind} point at ${river.layers[marker.layer]}`)
+      const confirmed = marker.detected !== false;
+      const bottom = a[1] + BAND_WIDTH / 2 + 4;
+      layer.appendChild(svgEl("g", { class: `marker ${marker.kind}`, "data-layer": marker.layer, opacity: confirmed ? 1 : 0.45 }, [
+        svgEl("line", { x1: a[0], x2: a[0], y1: a[1] - BAND_WIDTH / 2, y2: bottom, stroke: color, "stroke-width": 1.5, "stroke-dasharray": "3 2" }),
+        svgEl("path", { d: `M${a[0] - 6},${bottom + 9} L${a[0] + 6},${bottom + 9} L${a[0]},${bottom} z`, fill: color }),
+        svgEl("text", { x: a[0], y: bottom + 21, "text-anchor": "middle", "font-size": 11, fill: color, "font-family": "Roboto, sans-serif" }, [confirmed ? marker.kind : `${marker.kind}?`]),
+        svgTitle(`${marker.kind} point at ${river.layers[marker.layer]}${confirmed ? "" : " (candidate: the detection did not confirm the pattern)"}`)
       ]));
     }
   }
@@ -1131,7 +1132,6 @@ var TreemapView = class {
       ]),
       svgEl("rect", { x: 0, y: 0, width: data.width, height: data.height, fill: "#ffffff" })
     ]);
-    const setColor = (members) => members.length === 1 ? input.colors.get(members[0]) ?? "#616161" : "#424242";
     const cellsLayer = svgEl("g", { class: "cells" });
     for (const cell of data.cells) {
       const g = svgEl("g", { class: "treemap-cell", "data-channel": cell.channel, "data-members": membersKey(cell.members), cursor: "pointer" });
@@ -1169,9 +1169,10 @@ var TreemapView = class {
       cellsLayer.appendChild(g);
     }
     svg.appendChild(cellsLayer);
-    const setsLayer = svgEl("g", { class: "sets", "pointer-events": "none" });
+    const outlines = svgEl("g", { class: "sets", "pointer-events": "none" });
     for (const set of data.sets) {
-      setsLayer.appendChild(svgEl("rect", {
+      if (!set.shared) continue;
+      outlines.appendChild(svgEl("rect", {
         class: "treemap-set",
         "data-members": membersKey(set.members),
         x: set.x,
@@ -1179,18 +1180,34 @@ var TreemapView = class {
         width: set.dx,
         height: set.dy,
         fill: "none",
-        stroke: setColor(set.members),
-        "stroke-width": set.members.length === 1 ? 2.5 : 1.5,
-        "stroke-dasharray": set.members.length === 1 ? "" : "5 3"
+        stroke: "#424242",
+        "stroke-width": 1.5,
+        "stroke-dasharray": "5 3"
+      }, [svgTitle(set.label)]));
+    }
+    for (const box of data.containers) {
+      outlines.appendChild(svgEl("rect", {
+        class: "treemap-container",
+        "data-example": box.example,
+        x: box.x + 1,
+        y: box.y + 1,
+        width: Math.max(0, box.dx - 2),
+        height: Math.max(0, box.dy - 2),
+        fill: "none",
+        stroke: input.colors.get(box.example) ?? "#616161",
+        "stroke-width": 2.5
       }));
     }
-    svg.appendChild(setsLayer);
+    svg.appendChild(outlines);
     this.svg = svg;
-    const setRows = data.sets.map(
-      (set) => el("li", {}, [
-        el("span", { class: "swatch", style: `border-color:${setColor(set.members)};${set.members.length > 1 ? "border-style:dashed" : ""}` }),
-        `${set.label}: ${set.size} feature map${set.size === 1 ? "" : "s"}`
+    const containerRows = data.containers.map(
+      (box) => el("li", {}, [
+        el("span", { class: "swatch", style: `border-color:${input.colors.get(box.example) ?? "#616161"}` }),
+        `${box.label}: ${box.set_size} feature map${box.set_size === 1 ? "" : "s"} in its datapath`
       ])
+    );
+    const sharedRows = data.sets.filter((set) => set.shared).map(
+      (set) => el("li", {}, [el("span", { class: "swatch", style: "border-color:#424242;border-style:dashed" }), `${set.label}: ${set.size} shared`])
     );
     const legend = el("div", { class: "treemap-legend" }, [
       el("div", {}, [
@@ -1201,7 +1218,7 @@ var TreemapView = class {
         el("span", { class: "fill-key dotted" }),
         maxContribution > 0 ? `dotted fill: contribution (full = ${formatValue(maxContribution)})` : "dotted fill: contribution (none computed for this layer)"
       ]),
-      el("ul", { class: "set-list" }, setRows)
+      el("ul", { class: "set-list" }, [...containerRows, ...sharedRows])
     ]);
     this.element.append(el("div", { class: "treemap-canvas" }, [svg, this.tooltip]), legend);
     return data.cells.length;
@@ -1219,6 +1236,74 @@ var TreemapView = class {
     return this.svg ? this.svg.cloneNode(true) : null;
   }
 };
+
+// src/selection.ts
+function groupAnalyses(run) {
+  const byName = /* @__PURE__ */ new Map();
+  for (const entry of run.analyses) {
+    let choice = byName.get(entry.name);
+    if (!choice) {
+      choice = { name: entry.name, methods: [], steps: {} };
+      byName.set(entry.name, choice);
+    }
+    if (!choice.methods.includes(entry.method)) choice.methods.push(entry.method);
+    choice.steps[entry.method] = [.../* @__PURE__ */ new Set([...choice.steps[entry.method] ?? [], ...entry.steps])].sort((a, b) => a - b);
+  }
+  return [...byName.values()];
+}
+function resolveSelection(runs, asked) {
+  const state = { ...asked };
+  const warnings = [];
+  let run = runs.find((r) => r.run === state.run);
+  if (state.run !== void 0 && !run) {
+    warnings.push(`Run "${state.run}" has no AEVis data (it is not in this logdir, or it logged no add_analysis summaries); showing another run.`);
+  }
+  run = run ?? runs.find((r) => r.analyses.length > 0) ?? runs[0];
+  if (state.run !== void 0 && state.run !== run.run) dropBelow(state, "run");
+  state.run = run.run;
+  const analyses = groupAnalyses(run);
+  if (analyses.length === 0) {
+    dropBelow(state, "run");
+    return { state, warnings };
+  }
+  let analysis = analyses.find((a) => a.name === state.analysis);
+  if (state.analysis !== void 0 && !analysis) warnings.push(`Analysis "${state.analysis}" is not in run "${run.run}"; showing "${analyses[0].name}".`);
+  analysis = analysis ?? analyses[0];
+  if (state.analysis !== void 0 && state.analysis !== analysis.name) dropBelow(state, "analysis");
+  state.analysis = analysis.name;
+  if (state.method === void 0 || !analysis.methods.includes(state.method)) {
+    if (state.method !== void 0) warnings.push(`Method "${state.method}" was not logged for "${analysis.name}"; showing ${defaultMethod(analysis)}.`);
+    state.method = defaultMethod(analysis);
+    delete state.layer;
+    delete state.channel;
+  }
+  const steps = analysis.steps[state.method] ?? [];
+  if (state.step === void 0 || !steps.includes(state.step)) {
+    if (state.step !== void 0) warnings.push(`Step ${state.step} was not logged for "${analysis.name}" (${state.method}); showing step ${steps[steps.length - 1]}.`);
+    state.step = steps[steps.length - 1];
+  }
+  return { state, warnings };
+}
+function defaultMethod(analysis) {
+  return analysis.methods.includes("constrained") ? "constrained" : analysis.methods[0];
+}
+var BELOW = {
+  run: ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded"],
+  analysis: ["method", "step", "examples", "layer", "channel", "diff", "expanded"]
+};
+function dropBelow(state, level) {
+  for (const key of BELOW[level]) delete state[key];
+}
+var MAX_RIVER_DATAPATHS = 16;
+function resolveExamples(asked, available) {
+  const known = new Set(available);
+  const chosen = [...new Set((asked ?? []).filter((i) => known.has(i)))].slice(0, MAX_RIVER_DATAPATHS);
+  return chosen.length >= 2 ? chosen : available.slice(0, MAX_RIVER_DATAPATHS);
+}
+function resolveDiff(asked, examples) {
+  if (asked && asked[0] !== asked[1] && examples.includes(asked[0]) && examples.includes(asked[1])) return asked;
+  return [examples[0], examples[1] ?? examples[0]];
+}
 
 // src/app.ts
 var GRAPH_NODE_BUDGET = 80;
@@ -1246,6 +1331,8 @@ var App = class {
   constructor(root) {
     this.runs = [];
     this.manifest = null;
+    /** analysisKey() of the loaded manifest. */
+    this.manifestKey = "";
     this.graph = null;
     this.river = null;
     this.expanded = /* @__PURE__ */ new Set();
@@ -1334,29 +1421,14 @@ var App = class {
     return this.runs.find((r) => r.run === this.state.run);
   }
   currentAnalysis() {
-    return this.currentRun()?.analyses.find((a) => a.name === this.state.analysis);
+    const run = this.currentRun();
+    return run ? groupAnalyses(run).find((a) => a.name === this.state.analysis) : void 0;
   }
-  /** Fill the state with valid choices, keeping what the hash asked for where it exists. */
+  /** Repair the state to valid choices, telling the user what was not found. */
   resolveSelection() {
-    const s = this.state;
-    if (s.run !== void 0 && !this.runs.some((r) => r.run === s.run)) {
-      this.message("warning", `Run "${s.run}" has no AEVis data (it is not in this logdir, or it logged no add_analysis summaries); showing another run.`);
-      s.run = void 0;
-    }
-    const run = this.currentRun() ?? this.runs.find((r) => r.analyses.length > 0) ?? this.runs[0];
-    s.run = run.run;
-    const analysis = run.analyses.find((a) => a.name === s.analysis) ?? run.analyses[0];
-    if (!analysis) return;
-    if (s.analysis !== void 0 && s.analysis !== analysis.name) {
-      this.message("warning", `Analysis "${s.analysis}" is not in run "${run.run}"; showing "${analysis.name}".`);
-    }
-    s.analysis = analysis.name;
-    if (!s.method || !analysis.methods.includes(s.method)) s.method = analysis.methods.includes("constrained") ? "constrained" : analysis.methods[0];
-    if (s.step === void 0 || !analysis.steps.includes(s.step)) s.step = analysis.steps[analysis.steps.length - 1];
-    const known = new Set(analysis.examples.map((e) => e.index));
-    const chosen = (s.examples ?? []).filter((i) => known.has(i));
-    s.examples = chosen.length >= 2 ? chosen : analysis.examples.map((e) => e.index);
-    if (s.diff && !(s.examples.includes(s.diff[0]) && s.examples.includes(s.diff[1]) && s.diff[0] !== s.diff[1])) s.diff = void 0;
+    const { state, warnings } = resolveSelection(this.runs, this.state);
+    this.state = state;
+    for (const warning of warnings) this.message("warning", warning);
   }
   saveState() {
     const hash = writeViewState(this.host.location.hash, this.state, TAB);
@@ -1394,7 +1466,7 @@ var App = class {
     if (!run || !analysis) return;
     this.controls.appendChild(select(
       "Analysis",
-      run.analyses.map((a) => ({ value: a.name, text: a.name })),
+      groupAnalyses(run).map((a) => ({ value: a.name, text: a.name })),
       analysis.name,
       (v) => this.change({ analysis: v }, resetBelowRun.slice(1)),
       "analysis"
@@ -1403,25 +1475,26 @@ var App = class {
       "Method",
       analysis.methods.map((m) => ({ value: m, text: m === "dgr" ? "DGR (baseline)" : m })),
       this.state.method ?? "",
-      (v) => this.change({ method: v }, ["layer", "channel"]),
+      (v) => this.change({ method: v }, ["step", "layer", "channel"]),
       "method"
     ));
-    if (analysis.steps.length > 1) {
+    const steps = analysis.steps[this.state.method ?? ""] ?? [];
+    if (steps.length > 1) {
       this.controls.appendChild(select(
         "Step",
-        analysis.steps.map((s) => ({ value: String(s), text: String(s) })),
+        steps.map((s) => ({ value: String(s), text: String(s) })),
         String(this.state.step),
         (v) => this.change({ step: Number(v) }, ["layer", "channel"]),
         "step"
       ));
     }
-    this.controls.appendChild(this.datapathPicker(analysis.examples));
+    if (this.manifest && this.manifestKey === this.analysisKey()) this.controls.appendChild(this.datapathPicker(this.manifest.examples));
   }
   datapathPicker(examples) {
     const chosen = new Set(this.state.examples ?? []);
     const box = el("div", { class: "datapaths", role: "group", "aria-label": "datapaths to compare" });
-    const colors = pathColors(examples.map((e) => e.role));
-    examples.forEach((e, k) => {
+    const colors = this.exampleColors();
+    examples.forEach((e) => {
       const input = el("input", { type: "checkbox", name: "datapath", value: e.index });
       input.checked = chosen.has(e.index);
       input.addEventListener("change", () => {
@@ -1433,9 +1506,13 @@ var App = class {
         }
         this.change({ examples: next }, ["diff"]);
       });
-      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors[k]}` }), `${e.name} (${e.role})`]));
+      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors.get(e.index) ?? "#bdbdbd"}` }), `${e.name} (${e.role})`]));
     });
     return el("div", { class: "control" }, [el("span", {}, ["Datapaths"]), box]);
+  }
+  /** Identity of the analysis the state names (run, analysis, method, step). */
+  analysisKey() {
+    return JSON.stringify([this.state.run, this.state.analysis, this.state.method, this.state.step]);
   }
   analysisParams() {
     return { run: this.state.run, analysis: this.state.analysis, method: this.state.method, step: this.state.step };
@@ -1454,24 +1531,31 @@ var App = class {
       this.message("info", `Run "${run.run}" has no AEVis data: it logged no add_analysis summaries.`);
       return;
     }
-    if ((this.state.examples ?? []).length < 2) {
-      this.message("info", "This analysis has a single datapath; the river compares two or more. Its treemap is still available per layer.");
-    }
     const params = this.analysisParams();
     const loading = this.message("info", "Loading the analysis…");
     let manifest;
     let river;
     let graph;
+    const riverFor = (examples) => getJson("river", { ...params, examples: examples?.join(",") });
     try {
       const graphRequest = getJson("graph", params).catch((err) => {
-        if (generation === this.generation) this.message("warning", `${describeError(err)} — drawing the gated layers as a chain instead.`);
+        if (generation === this.generation) {
+          const missing = err instanceof ApiError && err.status === 404;
+          this.message(missing ? "info" : "warning", `${describeError(err)} — the river is drawn along the gated layers as a chain instead.`);
+        }
         return null;
       });
-      [manifest, river, graph] = await Promise.all([
-        getJson("analysis", params),
-        getJson("river", { ...params, examples: this.state.examples?.join(",") }),
-        graphRequest
-      ]);
+      const asked = this.state.examples;
+      const riverRequest = riverFor(asked).catch((err) => {
+        if (asked === void 0) throw err;
+        return null;
+      });
+      [manifest, graph] = await Promise.all([getJson("analysis", params), graphRequest]);
+      const examples = resolveExamples(asked, manifest.examples.map((e) => e.index));
+      const first = await riverRequest;
+      const same = first !== null && JSON.stringify(first.paths.map((p) => p.example).sort()) === JSON.stringify([...examples].sort());
+      river = same ? first : await riverFor(examples);
+      this.state.examples = examples;
     } catch (err) {
       if (generation !== this.generation) return;
       loading.remove();
@@ -1480,7 +1564,15 @@ var App = class {
     }
     if (generation !== this.generation) return;
     loading.remove();
+    for (const warning of manifest.warnings ?? []) this.message("warning", warning);
     this.manifest = manifest;
+    this.manifestKey = this.analysisKey();
+    this.state.diff = this.state.diff && resolveDiff(this.state.diff, this.state.examples);
+    this.renderControls();
+    this.saveState();
+    if (manifest.examples.length < 2) {
+      this.message("info", "This analysis has a single datapath; the river compares two or more. Its treemap is still available per layer.");
+    }
     this.river = river;
     this.graph = graph ?? chainGraph(manifest.layers.map((l) => l.name));
     if (this.state.expanded) {
@@ -1514,22 +1606,23 @@ var App = class {
     const river = this.river;
     const manifest = this.manifest;
     clear(this.legend);
-    const colors = pathColors(river.paths.map((p) => p.role));
-    river.paths.forEach((p, k) => {
+    const colors = this.exampleColors();
+    river.paths.forEach((p) => {
       this.legend.appendChild(el("span", { class: "item", "data-example": p.example }, [
-        el("span", { class: "swatch", style: `background:${colors[k]};width:22px` }),
+        el("span", { class: "swatch", style: `background:${colors.get(p.example) ?? "#757575"};width:22px` }),
         `${p.name} — ${ROLE_LABELS[p.role] ?? p.role}`
       ]));
     });
     this.legend.append(
-      el("span", { class: "item marker-key diverging" }, ["▼ diverging"]),
-      el("span", { class: "item marker-key merging" }, ["▼ merging"]),
+      el("span", { class: "item marker-key diverging" }, ["▲ diverging"]),
+      el("span", { class: "item marker-key merging" }, ["▲ merging"]),
       el("span", { class: "item note" }, ["curve distance = datapath distance; hover a layer for values, click it for its feature maps"])
     );
     this.networkView.render({
       graph: this.graph,
       layerNames: manifest.layers.map((l) => l.name),
       river,
+      colors,
       expanded: this.expanded,
       selectedLayer: this.state.layer ?? null,
       onToggleGroup: (group) => {
@@ -1549,10 +1642,11 @@ var App = class {
   }
   // ------------------------------------------------------------- layer level
   exampleNames() {
-    return new Map((this.currentAnalysis()?.examples ?? []).map((e) => [e.index, e.name]));
+    return new Map((this.manifest?.examples ?? []).map((e) => [e.index, e.name]));
   }
+  /** Colour of each compared datapath, as in the river (role colour, ranked within the role). */
   exampleColors() {
-    const examples = this.currentAnalysis()?.examples ?? [];
+    const examples = this.manifest?.examples ?? [];
     const chosen = examples.filter((e) => (this.state.examples ?? []).includes(e.index));
     const colors = pathColors(chosen.map((e) => e.role));
     return new Map(chosen.map((e, k) => [e.index, colors[k]]));
@@ -1569,7 +1663,7 @@ var App = class {
       return;
     }
     const examples = (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES);
-    const diff = this.state.diff ?? [examples[0], examples[1] ?? examples[0]];
+    const diff = resolveDiff(this.state.diff, examples);
     const names = this.exampleNames();
     const info = manifest.layers[layerIndex];
     const diffOptions = examples.map((i) => ({ value: String(i), text: names.get(i) ?? `#${i}` }));
