@@ -232,3 +232,25 @@ def test_to_json_ranks_all_maps():
     body = result.to_json(top=2)
     assert [r["channel"] for r in body["ranking"]] == result.ranking[:2]
     assert len(body["scores"]) == 4 and body["mode"] == "quadratic" and body["area"] is None
+
+
+def test_cli_json_matches_the_engine_and_refuses_a_bad_area(capsys, monkeypatch):
+    import json
+
+    from tensorboard_plugin_aevis import cli
+    from tensorboard_plugin_aevis.models import load_model
+    from tensorboard_plugin_aevis.sample_images import load_photo
+
+    monkeypatch.syspath_prepend(__file__.rsplit("/", 1)[0])  # run_fixtures:TinyCNN as a module:factory spec
+    common = ["contribution", "--model", "run_fixtures:TinyCNN", "--photo", "chelsea", "--size", "24",
+              "--target-layer", "model.features.6", "--channel", "3", "--earlier-layer", "model.features.3", "--mode", "quadratic"]
+    assert cli.main(common + ["--area", "2,2,6,6", "--json", "--top", "3"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    expected = feature_map_contributions(load_model("run_fixtures:TinyCNN"), load_photo("chelsea", 24)[None], "model.features.6", 3,
+                                         "model.features.3", area=(2, 2, 6, 6), mode="quadratic")
+    assert [r["channel"] for r in body["ranking"]] == expected.ranking[:3]
+    np.testing.assert_allclose(body["scores"], expected.scores, atol=1e-5)
+    assert cli.main(common + ["--area", "2,2,60,6"]) == 2
+    assert "outside the 12x12 target map" in capsys.readouterr().err
+    assert cli.main(common + ["--area", "2,2"]) == 2
+    assert "four integers" in capsys.readouterr().err
