@@ -93,10 +93,11 @@ def datapath_summary(analysis: Analysis) -> Dict[str, Any]:
         adv, src = adversarial[0], sources[0]
         tar = targets[0] if len(targets) == 1 else int(datapath_metrics.representative_target(analysis, adv, targets))
         diff = np.asarray(datapath_metrics.diff_curve(analysis, adv, src, tar), dtype=np.float64)
-        r = int(analysis.params.get("r", max(1, min(8, len(analysis.layers) - 1))))
-        detected = to_jsonable(datapath_metrics.detect_diverging_merging(diff, r))
+        r = analysis.params.get("r")
+        r = int(r) if r is not None else datapath_metrics.default_r(len(analysis.layers))
+        detected = datapath_metrics.detect_diverging_merging(diff, r).to_json()
         summary["diff_curve"] = diff.tolist()
-        summary["diverging_merging"] = {"adversarial": adv, "source": src, "target": tar, "diff": diff.tolist(), "r": r, **detected}
+        summary["diverging_merging"] = {"adversarial": adv, "source": src, "target": tar, "diff": diff.tolist(), **detected}
     return to_jsonable(summary)
 
 

@@ -136,7 +136,11 @@ def test_diff_curve_and_diverging_merging_follow_eq_9(tmp_path):
     dm = loaded.diverging_merging
     assert (dm["adversarial"], dm["source"], dm["target"]) == (0, 1, 2)
     np.testing.assert_allclose(dm["diff"], expected, rtol=1e-5, atol=1e-6)
-    assert "detected" in dm and "diverging_layer" in dm and "merging_layer" in dm
+    r = 2  # 3 layers: r = min(8, L - 1)
+    rises = sum(expected[i] > expected[i - 1] for i in range(len(expected) - r, len(expected)))
+    assert (dm["r"], dm["n_l"]) == (r, rises)
+    assert dm["detected"] == (rises == r and int(np.argmax(expected)) == len(expected) - 1)
+    assert "diverging_layer" in dm and "merging_layer" in dm
 
 
 def test_default_sampling_drops_no_step(tmp_path):
