@@ -267,9 +267,13 @@ def _auto_layers(trace: ModelTrace) -> List[str]:
 def _explicit_layers(trace: ModelTrace, layers: LayerSpec) -> List[str]:
     all_names = [n for n, _ in trace.model.named_modules() if n]
     if callable(layers):
-        wanted = [n for n, m in trace.model.named_modules() if n and layers(n, m)]
+        eligible = {c.name for c in trace.feature_map_calls() if trace.runs_once(c.name)}
+        wanted = [n for n, m in trace.model.named_modules() if n in eligible and layers(n, m)]
         if not wanted:
-            raise ValueError("the layer predicate selected no module; it is called as predicate(name, module) for every named module")
+            raise ValueError(
+                "the layer predicate selected no module with a 4-D output that runs once per forward pass; "
+                "it is called as predicate(name, module) for each such module"
+            )
     else:
         wanted = list(layers)
         if not wanted:
@@ -305,7 +309,8 @@ def select_layers(model: nn.Module, example_input: torch.Tensor, layers: LayerSp
 
     ``example_input``: (B, C, H, W) images the model accepts (one is enough).
     ``layers``: ``"auto"`` (the rule in the module docstring), a list of module names
-    (``model.named_modules()`` paths) or a predicate ``(name, module) -> bool``.
+    (``model.named_modules()`` paths) or a predicate ``(name, module) -> bool``
+    (asked only about modules that output one 4-D tensor and run once per forward).
     Raises ValueError when the model has no 4-D feature maps or a name is unknown.
     """
     return select_layers_and_blocks(model, example_input, layers)[0]
