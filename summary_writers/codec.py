@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from typing import Dict, Tuple
 
 import numpy as np
@@ -30,9 +31,15 @@ def encode_npz(arrays: Dict[str, np.ndarray]) -> bytes:
 
 
 def decode_npz(data: bytes) -> Dict[str, np.ndarray]:
-    """Inverse of :func:`encode_npz`; never unpickles (``allow_pickle=False``)."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
+    """Inverse of :func:`encode_npz`; never unpickles (``allow_pickle=False``).
+
+    Raises ValueError for bytes that are not such an archive (or hold object arrays).
+    """
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise ValueError(f"not a valid .npz archive ({exc})") from exc
 
 
 def encode_png(image: np.ndarray) -> bytes:

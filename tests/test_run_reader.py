@@ -178,6 +178,30 @@ def test_lost_manifest_is_reported_with_the_fix(tmp_path):
     assert "1 logged analyses are not loaded" in warning and "--samples_per_plugin=aevis=0" in warning
 
 
+def test_manifest_without_arrays_and_garbled_arrays(tmp_path):
+    with SummaryWriter(str(tmp_path / "run")) as writer:
+        for step in (0, 1, 2):
+            add_analysis(writer, "x", make_analysis(seed=step, map_size=(2, 2, 2)), step)
+    (path,) = glob.glob(str(tmp_path / "run" / "events.*"))
+    _rewrite_without(path, lambda e: e.step == 1 and any(v.tag.endswith("/arrays") for v in e.summary.value))
+    events = [event_pb2.Event.FromString(record) for record in RawEventFileLoader(path).Load()]
+    with open(path, "wb") as f:  # step 2: valid records whose npz bytes are garbage
+        writer = RecordWriter(f)
+        for event in events:
+            for value in event.summary.value:
+                if event.step == 2 and value.tag.endswith("/arrays"):
+                    value.tensor.string_val[0] = b"PK\x03\x04 not really a zip"
+            writer.write(event.SerializeToString())
+    dp = provider_for(tmp_path)
+    index = run_reader.index_runs(dp, CTX, EID)
+    assert index.analyses == {"run": [AnalysisKey("x", "constrained", (0, 2))]}
+    (warning,) = index.warnings
+    assert "1 analyses have a manifest but no arrays" in warning
+    with pytest.raises(run_reader.AnalysisReadError, match="is damaged"):
+        run_reader.load_analysis(dp, CTX, EID, "run", "x", "constrained", 2)
+    assert_same_analysis(make_analysis(seed=0, map_size=(2, 2, 2)), run_reader.load_analysis(dp, CTX, EID, "run", "x", "constrained", 0))
+
+
 @pytest.mark.parametrize("breakage, message", [
     (lambda a: a.gates[1].__setitem__((0, 0), np.nan), "NaN"),
     (lambda a: a.gates.__setitem__(0, np.zeros((4, 5), np.float32)), "expected (4, 8)"),
