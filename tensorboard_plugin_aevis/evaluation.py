@@ -197,7 +197,7 @@ def score_analysis(analysis: Analysis, r: int, ks: Sequence[int]) -> Dict[str, A
     for t in targets:
         diff = diff_curve(analysis, 0, 1, t)
         curves.append([float(v) for v in diff])
-        detected.append(bool(detect_diverging_merging(diff, r)["detected"]))
+        detected.append(bool(detect_diverging_merging(diff, r).detected))
         distances.append(float(datapath_distance(analysis, 0, t)))
     return {
         "distances": distances,
@@ -298,6 +298,7 @@ def run_shard(model: nn.Module, data: EvalData, config: EvalConfig, logdir: str,
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, RESULTS_FILE)
     existing = _read_jsonl(path)
+    _drop_torn_tail(path)
     if existing and existing[0].get("fingerprint") != fingerprint:
         raise EvaluationError(f"{path} holds results made with other settings; pass a new --logdir (or delete {run_dir}) "
                               "to evaluate with these settings")
@@ -325,6 +326,16 @@ def run_shard(model: nn.Module, data: EvalData, config: EvalConfig, logdir: str,
     if bar is not None:
         bar.close()
     return path
+
+
+def _drop_torn_tail(path: str) -> None:
+    """Cut a half-written last line (the process died while writing it) so appends stay valid JSON lines."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def _append(f, record: Dict[str, Any]) -> None:
@@ -380,7 +391,7 @@ def _detections(rows: List[Dict[str, Any]], r: int) -> List[List[bool]]:
     """Per source row, per target: a diverging-merging pattern of length ``r`` in its diff curve."""
     from .datapath_metrics import detect_diverging_merging
 
-    return [[bool(detect_diverging_merging(np.asarray(c), r)["detected"]) for c in row["diff_curves"]] for row in rows]
+    return [[bool(detect_diverging_merging(np.asarray(c), r).detected) for c in row["diff_curves"]] for row in rows]
 
 
 def _method_scores(rows: List[Dict[str, Any]], r: int, ks: Sequence[int]) -> List[Dict[int, int]]:
