@@ -10,6 +10,7 @@ Layouts are computed here (``layouts/``); the dashboard only draws.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib
 import io
 import json
@@ -63,9 +64,23 @@ class HttpError(Exception):
 
 
 def json_text(value: Any) -> str:
-    """JSON with ``<``, ``>``, ``&`` escaped too, so no user string can read as markup."""
-    text = json.dumps(value, ensure_ascii=True, allow_nan=False)
+    """JSON with ``<``, ``>``, ``&`` escaped too, so no user string can read as markup;
+    non-finite numbers (possible in a hand-edited logdir) become null."""
+    try:
+        text = json.dumps(value, ensure_ascii=True, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(value), ensure_ascii=True, allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def json_response(request: wrappers.Request, value: Any, status: int = 200, headers=None):
@@ -308,14 +323,14 @@ class AEVisPlugin(base_plugin.TBPlugin):
             kept = m.get("kept_fraction") or a.kept_fraction().tolist()
             examples = []
             for i, e in enumerate(a.examples):
-                record = {"index": i, **json.loads(json.dumps(e.__dict__)), "label_preserved": e.label_preserved,
+                record = {"index": i, **dataclasses.asdict(e), "label_preserved": e.label_preserved,
                           "kept_fraction": kept[i]}
                 examples.append(record)
             return json_text({
                 "run": key[1], "analysis": key[2], "method": key[3], "step": key[4],
                 "format_version": m["analysis"].get("format_version"),
                 "params": a.params, "threshold": a.threshold, "examples": examples,
-                "layers": [l.__dict__ for l in a.layers],
+                "layers": [dataclasses.asdict(l) for l in a.layers],
                 "distances": loaded.distances, "diff_curve": loaded.diff_curve,
                 "diverging_merging": loaded.diverging_merging,
                 "has_model": loaded.model_artifact is not None,
