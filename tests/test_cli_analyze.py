@@ -12,6 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from tensorboard import context
+from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+
+from tensorboard_plugin_aevis import run_reader
 from tensorboard_plugin_aevis.cli import main
 from tensorboard_plugin_aevis.sample_images import load_image_file, load_photo
 
@@ -99,15 +103,29 @@ def test_given_adversarial_with_targets_picks_the_identical_target(user_model, c
             assert ref is None or analysis["layers"][ref["index"]] == ref["name"]
 
 
-def test_logdir_logs_an_analysis(user_model, capsys):
+def test_logdir_logs_what_the_report_says(user_model, capsys):
     spec, tmp_path = user_model
     logdir = tmp_path / "run"
-    report = run_json(capsys, ["--model", spec, "--photo", "chelsea", "--size", str(SIZE), "--steps", "5",
-                               "--target-photos", "coffee", "--logdir", str(logdir), "--no-save-model"])
+    report = run_json(capsys, ["--model", spec, "--photo", "chelsea", "--size", str(SIZE), "--steps", "5", "--r", "1",
+                               "--target-photos", "coffee", "rocket", "--logdir", str(logdir), "--no-save-model",
+                               "--name", "cat"])
     assert report["logdir"] == str(logdir)
-    events = [f for f in os.listdir(logdir) if f.startswith("events.out.tfevents")]
-    assert events and os.path.getsize(logdir / events[0]) > 1000
-    assert not (logdir / "plugins" / "aevis" / "models").exists()
+    assert not (logdir / "plugins" / "aevis" / "models").exists()  # --no-save-model
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    loaded = run_reader.load_analysis(provider, context.RequestContext(), "", ".", "cat", "constrained", 0)
+    (summary,) = report["analyses"]
+    assert [e.label for e in loaded.analysis.examples] == [e["label"] for e in summary["examples"]]
+    assert [e.adversarial_score for e in loaded.analysis.examples] == [e["adversarial_score"] for e in summary["examples"]]
+    np.testing.assert_allclose(loaded.analysis.kept_fraction(), [e["kept_fraction"] for e in summary["examples"]], atol=1e-4)
+    found = loaded.diverging_merging
+    assert found["target"] == summary["representative_target"] and found["r"] == 1
+    np.testing.assert_allclose(found["diff"], summary["diff_curve"], atol=1e-4)
+    for kind in ("diverging_layer", "merging_layer"):
+        assert found[kind] == (summary[kind]["index"] if summary[kind] else None)
+    assert loaded.graph is not None and loaded.learned_features is not None
 
 
 def test_text_output_through_the_console_script(user_model):
@@ -141,7 +159,7 @@ def test_bad_input_exits_2_with_a_clear_message(user_model, capsys, argv, messag
 @pytest.mark.slow
 def test_efficientnet_lite0_cat_to_espresso(capsys):
     report = run_json(capsys, ["--model", "efficientnet-lite0", "--photo", "chelsea", "--target-class", "espresso",
-                               "--target-photos", "coffee", "--steps", "20"])
+                               "--target-photos", "coffee", "--steps", "10"])
     assert report["source"]["class_name"] == "Egyptian cat"
     assert report["adversarial"]["class_name"] == "espresso" and report["adversarial"]["succeeded"]
     (analysis,) = report["analyses"]
