@@ -1,10 +1,11 @@
 """The backend side of contribution analysis: one request in, ``(status, JSON body)`` out.
 
 :class:`ContributionService` validates the request parameters, reads the analysis
-(its example images) through the DataProvider with :mod:`run_reader`, loads the
-model artifact the writer saved (:func:`model_artifact.load_model_artifact`: weights
-with ``weights_only=True``, a checked ``torch.export`` program; nothing from the
-logdir is executed) and runs :mod:`contribution` with bounded work:
+(its example images) through a ``load(run, analysis, method, step)`` callable (the
+plugin's, or :func:`provider_loader` over a DataProvider, both :mod:`run_reader`),
+loads the model artifact the writer saved (:func:`model_artifact.load_model_artifact`:
+weights with ``weights_only=True``, a checked ``torch.export`` program; nothing from
+the logdir is executed) and runs :mod:`contribution` with bounded work:
 
 - at most ``max_concurrent`` jobs at a time; a request beyond that is answered 429
   at once (it does not queue);
@@ -15,6 +16,9 @@ logdir is executed) and runs :mod:`contribution` with bounded work:
 
 Loaded models are pooled per artifact: a job takes an instance no other job is using
 (or loads one), so two jobs never put hooks on the same module.
+
+:func:`handle_contribution` is the plugin's ``POST contribution`` extension point
+(``aevis_plugin.AEVisPlugin.contribution_handler``): one process-wide service.
 
 Request parameters (a dict, e.g. the JSON body of ``POST contribution``):
 
@@ -41,12 +45,11 @@ Request parameters (a dict, e.g. the JSON body of ``POST contribution``):
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -191,20 +194,37 @@ class _ModelPool:
 
 
 # ----------------------------------------------------------------------- service
-class ContributionService:
-    """Answers contribution requests for the runs a DataProvider serves.
+Loader = Callable[[str, str, str, int], run_reader.LoadedAnalysis]
 
-    ``data_provider``: TensorBoard's DataProvider; ``logdir``: TensorBoard's
-    ``--logdir`` (where the model artifacts are). ``handle(params, ctx, experiment_id)``
-    -> ``(status, body)``; never raises for bad input.
+
+def provider_loader(data_provider, logdir: Optional[str], ctx=None, experiment_id: str = "") -> Loader:
+    """``load(run, analysis, method, step)`` over a DataProvider; ``logdir`` locates model artifacts."""
+
+    def load(run: str, name: str, method: str, step: int) -> run_reader.LoadedAnalysis:
+        try:
+            return run_reader.load_analysis(data_provider, ctx, experiment_id, run, name, method, step, logdir=logdir)
+        except run_reader.AnalysisNotFoundError as exc:
+            raise RequestError(404, str(exc)) from exc
+        except run_reader.AnalysisReadError as exc:
+            raise RequestError(409, str(exc)) from exc
+
+    return load
+
+
+class ContributionService:
+    """Answers contribution requests; ``handle(params, load) -> (status, body)``.
+
+    ``load(run, analysis, method, step)`` returns a ``run_reader.LoadedAnalysis``; an
+    exception it raises that carries an HTTP ``status`` (4xx, like the plugin's
+    HttpError or :class:`RequestError`) is answered with that status. ``handle`` never
+    raises for bad input.
     """
 
-    def __init__(self, data_provider, logdir: Optional[str], max_concurrent: int = 2, timeout_s: float = 30.0, cache_size: int = 64):
+    def __init__(self, max_concurrent: int = 2, timeout_s: float = 30.0, cache_size: int = 64):
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        self.data_provider, self.logdir = data_provider, logdir
         self.max_concurrent, self.timeout_s = max_concurrent, float(timeout_s)
         self._slots = threading.BoundedSemaphore(max_concurrent)
         self._cache: "collections.OrderedDict[Tuple, Dict[str, Any]]" = collections.OrderedDict()
@@ -212,14 +232,14 @@ class ContributionService:
         self._cache_lock = threading.Lock()
         self._models = _ModelPool(per_artifact=max_concurrent)
 
-    def handle(self, params: Dict[str, Any], ctx=None, experiment_id: str = "") -> Tuple[int, Dict[str, Any]]:
+    def handle(self, params: Dict[str, Any], load: Loader) -> Tuple[int, Dict[str, Any]]:
         """Validate, compute (or take from the cache) and answer one request."""
         if not isinstance(params, dict):
             return 400, {"error": "the request body must be a JSON object of parameters"}
         if not self._slots.acquire(blocking=False):
             return 429, {"error": f"{self.max_concurrent} contribution analyses are already running; retry in a few seconds"}
         try:
-            return 200, self._answer(params, ctx, experiment_id, time.monotonic() + self.timeout_s)
+            return 200, self._answer(params, load, time.monotonic() + self.timeout_s)
         except RequestError as exc:
             return exc.status, {"error": str(exc)}
         except contribution.ContributionTimeout:
@@ -231,7 +251,7 @@ class ContributionService:
             self._slots.release()
 
     # ------------------------------------------------------------------ work
-    def _answer(self, params: Dict[str, Any], ctx, experiment_id: str, deadline: float) -> Dict[str, Any]:
+    def _answer(self, params: Dict[str, Any], load: Loader, deadline: float) -> Dict[str, Any]:
         run, name = _string(params, "run"), _string(params, "analysis")
         method, step = _string(params, "method"), _integer(params, "step", 0, 2**63 - 1)
         target = _string(params, "target", "feature_map")
@@ -246,7 +266,7 @@ class ContributionService:
         steps = _integer(params, "steps", 1, MAX_STEPS, contribution.DEFAULT_STEPS)
         top = _integer(params, "top", 1, 100_000, 20)
 
-        loaded = self._load_analysis(ctx, experiment_id, run, name, method, step)
+        loaded = self._load_analysis(load, run, name, method, step)
         analysis = loaded.analysis
         examples = _int_list(params, "examples") or list(range(analysis.num_examples))
         bad = [i for i in examples if not 0 <= i < analysis.num_examples]
@@ -303,13 +323,17 @@ class ContributionService:
                 self._cache.popitem(last=False)
         return dict(body, cached=False, ranking=body["ranking"][:top])
 
-    def _load_analysis(self, ctx, experiment_id, run, name, method, step) -> run_reader.LoadedAnalysis:
+    @staticmethod
+    def _load_analysis(load: Loader, run: str, name: str, method: str, step: int) -> run_reader.LoadedAnalysis:
         try:
-            return run_reader.load_analysis(self.data_provider, ctx, experiment_id, run, name, method, step, logdir=self.logdir)
-        except run_reader.AnalysisNotFoundError as exc:
-            raise RequestError(404, str(exc)) from exc
-        except run_reader.AnalysisReadError as exc:
-            raise RequestError(409, str(exc)) from exc
+            return load(run, name, method, step)
+        except RequestError:
+            raise
+        except Exception as exc:  # the loader's own HTTP-style refusals (e.g. the plugin's HttpError 404)
+            status = getattr(exc, "status", None)
+            if isinstance(status, int) and 400 <= status < 500:
+                raise RequestError(status, str(exc)) from exc
+            raise
 
     def _artifact_key(self, loaded: run_reader.LoadedAnalysis, run: str, name: str) -> Tuple[str, float]:
         path = loaded.model_artifact
@@ -318,7 +342,6 @@ class ContributionService:
             raise RequestError(
                 409, f"analysis {name!r} in run {run!r} has no saved model, so contributions cannot be computed"
                 f"{': ' + detail if detail else ''}; log it with add_analysis(..., model=model, save_model=True)"
-                + ("" if self.logdir else " and start TensorBoard with --logdir")
             )
         try:
             mtime = os.path.getmtime(os.path.join(path, model_artifact.META_FILE))
@@ -327,12 +350,19 @@ class ContributionService:
         return path, mtime
 
 
-def parse_body(data: bytes) -> Dict[str, Any]:
-    """A POST body (JSON object) -> params; raises RequestError(400) when it is not one."""
-    try:
-        value = json.loads(data.decode("utf-8")) if data else {}
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise RequestError(400, "the request body must be a JSON object of parameters")
-    return value
+_default_service: Optional[ContributionService] = None
+_default_lock = threading.Lock()
+
+
+def handle_contribution(payload: Dict[str, Any], load: Loader) -> Dict[str, Any]:
+    """The plugin's ``POST contribution`` handler: the answer body, or the plugin's HttpError."""
+    from tensorboard_plugin_aevis.aevis_plugin import HttpError
+
+    global _default_service
+    with _default_lock:
+        if _default_service is None:
+            _default_service = ContributionService()
+    status, body = _default_service.handle(payload, load)
+    if status != 200:
+        raise HttpError(status, body["error"])
+    return body

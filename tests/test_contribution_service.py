@@ -15,7 +15,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from run_fixtures import TinyCNN, write_small_run  # noqa: E402
 
 from tensorboard_plugin_aevis import contribution, run_reader  # noqa: E402
-from tensorboard_plugin_aevis.contribution_service import ContributionService, RequestError, parse_body  # noqa: E402
+from tensorboard_plugin_aevis.contribution_service import ContributionService, provider_loader  # noqa: E402
 
 CTX = context.RequestContext()
 
@@ -42,6 +42,11 @@ def provider(logdir):
     return provider_for(logdir[0])
 
 
+@pytest.fixture(scope="module")
+def load(logdir, provider):
+    return provider_loader(provider, logdir[0], CTX, "")
+
+
 def request(small, **overrides):
     analysis = small.analyses[("constrained", 0)]
     params = {
@@ -53,11 +58,11 @@ def request(small, **overrides):
     return {k: v for k, v in params.items() if v is not None}
 
 
-def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, provider):
+def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, provider, load):
     root, small = logdir
-    service = ContributionService(provider, root, max_concurrent=2, timeout_s=120)
+    service = ContributionService(max_concurrent=2, timeout_s=120)
     params = request(small, examples=[1, 0])
-    status, body = service.handle(params, CTX, "")
+    status, body = service.handle(params, load)
     assert status == 200, body
     assert body["cached"] is False and body["examples"] == [1, 0] and body["area"] == [0, 0, 2, 2]
     # independent computation: the user's original model on the images read back from the run
@@ -69,33 +74,33 @@ def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, p
     np.testing.assert_allclose(body["scores"], expected.scores, atol=1e-4)
     assert [r["channel"] for r in body["ranking"]] == expected.ranking[:20]
 
-    status, again = service.handle(dict(params), CTX, "")
+    status, again = service.handle(dict(params), load)
     assert status == 200 and again["cached"] is True and again["scores"] == body["scores"]
-    status, other = service.handle(dict(params, mode="sgd", steps=5), CTX, "")
+    status, other = service.handle(dict(params, mode="sgd", steps=5), load)
     assert status == 200 and other["cached"] is False and other["mode"] == "sgd"
 
 
-def test_area_in_another_grid_maps_onto_the_target_map(logdir, provider):
+def test_area_in_another_grid_maps_onto_the_target_map(logdir, load):
     root, small = logdir
-    service = ContributionService(provider, root)
+    service = ContributionService()
     layer = small.analyses[("constrained", 0)].layers[-1]
-    status, native = service.handle(request(small), CTX, "")
+    status, native = service.handle(request(small), load)
     assert status == 200, native
     # the same neurons brushed on an image 4x the map's size hit the same cache entry
     grid = [4 * layer.height, 4 * layer.width]
-    status, scaled = service.handle(request(small, area="0,0,8,8", area_grid=grid), CTX, "")
+    status, scaled = service.handle(request(small, area="0,0,8,8", area_grid=grid), load)
     assert status == 200 and scaled["cached"] is True and scaled["area"] == [0, 0, 2, 2]
     mask = np.zeros((layer.height, layer.width), dtype=int)
     mask[0:2, 0:2] = 1
-    status, by_mask = service.handle(request(small, area=None, area_mask=mask.tolist()), CTX, "")
+    status, by_mask = service.handle(request(small, area=None, area_mask=mask.tolist()), load)
     assert status == 200 and by_mask["area_neurons"] == 4
     np.testing.assert_allclose(by_mask["scores"], native["scores"], atol=1e-5)
 
 
-def test_prediction_target(logdir, provider):
+def test_prediction_target(logdir, load):
     root, small = logdir
-    service = ContributionService(provider, root)
-    status, body = service.handle(request(small, target="prediction", target_layer=None, channel=None, area=None), CTX, "")
+    service = ContributionService()
+    status, body = service.handle(request(small, target="prediction", target_layer=None, channel=None, area=None), load)
     assert status == 200, body
     assert body["target_layer"] is None and len(body["scores"]) == small.analyses[("constrained", 0)].layers[1].channels
 
@@ -118,23 +123,24 @@ class BlockingProvider:
 def test_429_when_all_slots_are_busy_then_serving_again(logdir, provider):
     root, small = logdir
     blocking = BlockingProvider(provider)
-    service = ContributionService(blocking, root, max_concurrent=1, timeout_s=120)
+    load = provider_loader(blocking, root, CTX, "")
+    service = ContributionService(max_concurrent=1, timeout_s=120)
     answers = {}
-    worker = threading.Thread(target=lambda: answers.setdefault("first", service.handle(request(small, area=None), CTX, "")))
+    worker = threading.Thread(target=lambda: answers.setdefault("first", service.handle(request(small, area=None), load)))
     worker.start()
     assert blocking.entered.wait(30)
-    status, body = service.handle(request(small), CTX, "")
+    status, body = service.handle(request(small), load)
     assert status == 429 and "already running" in body["error"]
     blocking.release.set()
     worker.join(60)
     assert answers["first"][0] == 200, answers["first"]
-    assert service.handle(request(small, area=None, examples=[0]), CTX, "")[0] == 200
+    assert service.handle(request(small, area=None, examples=[0]), load)[0] == 200
 
 
-def test_timeout_answers_503(logdir, provider):
+def test_timeout_answers_503(logdir, load):
     root, small = logdir
-    service = ContributionService(provider, root, timeout_s=1e-6)
-    status, body = service.handle(request(small, area=None, mode="sgd"), CTX, "")
+    service = ContributionService(timeout_s=1e-6)
+    status, body = service.handle(request(small, area=None, mode="sgd"), load)
     assert status == 503 and "longer than" in body["error"]
 
 
@@ -158,26 +164,48 @@ def test_timeout_answers_503(logdir, provider):
         (dict(run="nomodel"), 409, "has no saved model"),
     ],
 )
-def test_bad_requests_get_clear_errors(logdir, provider, overrides, status, message):
+def test_bad_requests_get_clear_errors(logdir, load, overrides, status, message):
     root, small = logdir
-    service = ContributionService(provider, root)
-    got, body = service.handle(request(small, **overrides), CTX, "")
+    service = ContributionService()
+    got, body = service.handle(request(small, **overrides), load)
     assert got == status, body
     assert message in body["error"]
 
 
-def test_earlier_layer_that_is_not_earlier(logdir, provider):
+def test_earlier_layer_that_is_not_earlier(logdir, load):
     root, small = logdir
-    service = ContributionService(provider, root)
+    service = ContributionService()
     layers = small.analyses[("constrained", 0)].layers
-    status, body = service.handle(request(small, target_layer=layers[0].name, earlier_layer=layers[-1].name, area=None), CTX, "")
+    status, body = service.handle(request(small, target_layer=layers[0].name, earlier_layer=layers[-1].name, area=None), load)
     assert status == 400 and "does not run before" in body["error"]
-    assert service.handle(request(small), CTX, "")[0] == 200  # still serving
+    assert service.handle(request(small), load)[0] == 200  # still serving
 
 
-def test_parse_body():
-    assert parse_body(b'{"run": "a"}') == {"run": "a"}
-    with pytest.raises(RequestError, match="not valid JSON"):
-        parse_body(b"{run")
-    with pytest.raises(RequestError, match="JSON object"):
-        parse_body(b"[1, 2]")
+def test_post_route_of_the_real_plugin(logdir):
+    """The plugin's POST contribution (its default handler is handle_contribution) in TensorBoard's WSGI app."""
+    import json
+
+    from run_fixtures import tensorboard_app
+    from werkzeug.test import Client
+
+    root, small = logdir
+    app, close = tensorboard_app(root)
+    try:
+        client = Client(app)
+        url = "/data/plugin/aevis/contribution"
+
+        def post(**overrides):
+            response = client.post(url, data=json.dumps(request(small, **overrides)), content_type="application/json")
+            return response.status_code, json.loads(response.get_data(as_text=True))
+
+        status, body = post(area=None)
+        assert status == 200 and body["ranking"] and len(body["scores"]) == small.analyses[("constrained", 0)].layers[1].channels
+        status, body = post(area=[0, 0, 99, 2])
+        assert status == 400 and "outside the" in body["error"]
+        status, body = post(run="nomodel")
+        assert status == 409 and "has no saved model" in body["error"]
+        status, body = post(run="missing")
+        assert status == 404
+        assert client.get("/data/plugin/aevis/runs").status_code == 200  # still serving
+    finally:
+        close()
