@@ -59,8 +59,10 @@ export function resolveSelection(runs: RunListing[], asked: ViewState): Resolved
   analysis = analysis ?? analyses[0];
   if (state.analysis !== undefined && state.analysis !== analysis.name) dropBelow(state, "analysis");
   state.analysis = analysis.name;
-  if (state.method === undefined || !analysis.methods.includes(state.method)) {
-    if (state.method !== undefined) warnings.push(`Method "${state.method}" was not logged for "${analysis.name}"; showing ${defaultMethod(analysis)}.`);
+  if (state.method === undefined) {
+    state.method = defaultMethod(analysis);
+  } else if (!analysis.methods.includes(state.method)) {
+    warnings.push(`Method "${state.method}" was not logged for "${analysis.name}"; showing ${defaultMethod(analysis)}.`);
     state.method = defaultMethod(analysis);
     delete state.layer;
     delete state.channel;

@@ -46,6 +46,12 @@ test("unknown names are replaced and reported; lower levels are dropped", () => 
   assert.match(s.warnings[0], /Step 4 was not logged/);
 });
 
+test("a link naming only a layer and channel keeps them under the default choices", () => {
+  assert.deepEqual(resolveSelection(runs, { layer: "l1", channel: 3 }).state, {
+    run: "demo", analysis: "cat->dog", method: "constrained", step: 10, layer: "l1", channel: 3,
+  });
+});
+
 test("a run without analyses keeps only the run", () => {
   assert.deepEqual(resolveSelection([runs[0]], { analysis: "x", step: 1 }).state, { run: "empty" });
 });

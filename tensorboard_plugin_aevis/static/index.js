@@ -750,12 +750,19 @@ var NetworkView = class {
     }
     const depth = (g) => groupChain(input.graph, g).length;
     const ordered = [...members.keys()].sort((a, b) => depth(a) - depth(b));
+    const inner = new Map(ordered.map((g) => [g, 0]));
+    for (const g of ordered) {
+      for (const ancestor of groupChain(input.graph, g)) {
+        if (ancestor !== g && inner.has(ancestor)) inner.set(ancestor, Math.max(inner.get(ancestor), depth(g) - depth(ancestor)));
+      }
+    }
     for (const group of ordered) {
       const placed = members.get(group).map((id) => layout.nodes.get(id));
-      const pad = 10 + 4 * (4 - Math.min(depth(group), 4));
+      const levels = inner.get(group);
+      const pad = 8 + 6 * levels;
       const x0 = Math.min(...placed.map((p) => p.x - p.width / 2)) - pad;
       const x1 = Math.max(...placed.map((p) => p.x + p.width / 2)) + pad;
-      const y0 = Math.min(...placed.map((p) => p.y - p.height / 2)) - pad - 14;
+      const y0 = Math.min(...placed.map((p) => p.y - p.height / 2)) - 20 - 16 * levels;
       const y1 = Math.max(...placed.map((p) => p.y + p.height / 2)) + pad;
       const box = svgEl("g", { class: "expanded-group", "data-group": group }, [
         svgEl("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, rx: 8, fill: "rgba(63,81,181,0.04)", stroke: "#9fa8da", "stroke-dasharray": "4 3" }),
@@ -974,11 +981,16 @@ var NetworkView = class {
     const nodes = nodesLayer.cloneNode(true);
     nodes.querySelectorAll("text, title, .toggle").forEach((n) => n.remove());
     const river = riverLayer.cloneNode(true);
+    river.querySelectorAll("title").forEach((n) => n.remove());
     river.querySelectorAll("path").forEach((p) => {
-      p.removeAttribute("class");
       p.setAttribute("vector-effect", "non-scaling-stroke");
       p.setAttribute("stroke-width", "2");
     });
+    for (const copy of [nodes, river]) {
+      for (const node of [copy, ...copy.querySelectorAll("*")]) {
+        for (const name of node.getAttributeNames()) if (name === "class" || name.startsWith("data-")) node.removeAttribute(name);
+      }
+    }
     this.minimap.append(svgEl("rect", { x: -pad, y: -pad, width: vbW, height: vbH, fill: "#fafafa" }), nodes, river, this.minimapView);
     this.setTransform(this.transform);
   }
@@ -1271,8 +1283,10 @@ function resolveSelection(runs, asked) {
   analysis = analysis ?? analyses[0];
   if (state.analysis !== void 0 && state.analysis !== analysis.name) dropBelow(state, "analysis");
   state.analysis = analysis.name;
-  if (state.method === void 0 || !analysis.methods.includes(state.method)) {
-    if (state.method !== void 0) warnings.push(`Method "${state.method}" was not logged for "${analysis.name}"; showing ${defaultMethod(analysis)}.`);
+  if (state.method === void 0) {
+    state.method = defaultMethod(analysis);
+  } else if (!analysis.methods.includes(state.method)) {
+    warnings.push(`Method "${state.method}" was not logged for "${analysis.name}"; showing ${defaultMethod(analysis)}.`);
     state.method = defaultMethod(analysis);
     delete state.layer;
     delete state.channel;

@@ -98,7 +98,7 @@ def test_markup_in_user_strings_is_not_interpreted(served_run, page):
 
 
 def deep_cnn():
-    """A real deep model, random weights: 3 stages x 6 conv blocks (> 80 graph nodes), (B,3,H,W) -> (B,5)."""
+    """A real deep model, random weights: 4 stages x 6 conv blocks (> 80 graph nodes), (B,3,H,W) -> (B,5)."""
     import torch
     from torch import nn
 
@@ -111,7 +111,7 @@ def deep_cnn():
         def __init__(self):
             super().__init__()
             self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-            self.stages = nn.Sequential(*[nn.Sequential(*[block(8) for _ in range(6)]) for _ in range(3)])
+            self.stages = nn.Sequential(*[nn.Sequential(*[block(8) for _ in range(6)]) for _ in range(4)])
             self.head = nn.Linear(8, 5)
             self.class_names = [f"class{i}" for i in range(5)]
 

@@ -56,21 +56,44 @@ def test_river_treemap_and_neuron_levels(served_run, page):
     tooltip.wait_for(state="visible")
     assert first_layer in tooltip.inner_text()
 
-    # Layer level: clicking a layer opens its treemap with the cells the backend sent.
-    layer = manifest["layers"][-1]["name"]
+    # Layer level: switch to the method whose datapaths keep the most feature maps
+    # (random weights), then click the layer with the most cells.
+    best = max(
+        ((method, l["name"], tb.aevis("treemap", **params(written, method), layer=l["name"], examples="0,1,2", diff="0,1"))
+         for method in ("constrained", "dgr") for l in manifest["layers"]),
+        key=lambda t: len(t[2]["cells"]),
+    )
+    method, layer, treemap = best
+    assert treemap["cells"], "no datapath keeps any feature map: the treemap cannot be checked"
+    if method != "constrained":
+        frame.select_option('select[name="method"]', method)
+        frame.wait_for_selector("path.river-path")
+        assert "aevis.method=" + method in page.evaluate("location.hash")
+    manifest = tb.aevis("analysis", **params(written, method))
     frame.locator(f'rect.layer-hit[data-layer="{layer}"]').click()
     frame.wait_for_selector("g.treemap-cell", timeout=60_000)
-    treemap = tb.aevis("treemap", **params(written), layer=layer, examples="0,1,2", diff="0,1")
-    assert frame.locator("g.treemap-cell").count() == len(treemap["cells"]) > 0
+    # The same request the dashboard made (its own pixel size).
+    size = frame.eval_on_selector("svg.treemap-svg", "s => [s.getAttribute('width'), s.getAttribute('height')]")
+    treemap = tb.aevis("treemap", **params(written, method), layer=layer, examples="0,1,2", diff="0,1", width=size[0], height=size[1])
+    assert frame.locator("g.treemap-cell").count() == len(treemap["cells"])
     drawn_channels = sorted(int(c) for c in frame.eval_on_selector_all("g.treemap-cell", "cs => cs.map(c => c.dataset.channel)"))
     assert drawn_channels == sorted(c["channel"] for c in treemap["cells"])
-    assert frame.locator("rect.treemap-set").count() == len(treemap["sets"])
+    assert frame.locator("rect.treemap-container").count() == len(treemap["containers"])
+    assert frame.locator("rect.treemap-set").count() == sum(1 for s in treemap["sets"] if s["shared"])
+    # Solid fills: one per cell with a non-zero activation difference, height in proportion.
+    nonzero = [c for c in treemap["cells"] if c["activation_diff"]]
+    assert frame.locator("rect.fill-activation").count() == len(nonzero)
+    if nonzero:
+        cell = max(nonzero, key=lambda c: abs(c["activation_diff"]))
+        height = float(frame.get_attribute(f'g.treemap-cell[data-channel="{cell["channel"]}"] rect.fill-activation', "height"))
+        expected = abs(cell["activation_diff"]) / treemap["max_abs_activation_diff"] * (cell["dy"] - 2)
+        assert abs(height - expected) < 0.5
     assert "aevis.layer=" + urllib.parse.quote(layer, safe="") in page.evaluate("location.hash")
 
     # Neuron level: clicking a feature map shows its activation map over each example.
-    channel = treemap["cells"][0]["channel"]
+    channel = max(treemap["cells"], key=lambda c: abs(c["activation_diff"] or 0))["channel"]
     frame.locator(f'g.treemap-cell[data-channel="{channel}"]').click()
-    neuron = tb.aevis("neuron", **params(written), layer=layer, channel=channel)
+    neuron = tb.aevis("neuron", **params(written, method), layer=layer, channel=channel)
     with_maps = [e for e in neuron["examples"] if e["activation_map"]]
     assert with_maps, "the backend sent no activation maps"
     frame.wait_for_function(
@@ -83,6 +106,8 @@ def test_river_treemap_and_neuron_levels(served_run, page):
     values = frame.locator(".neuron-example .values").all_inner_texts()
     assert len(values) == len(neuron["examples"])
     screenshot(page, "dashboard-neuron.png")
+    page.set_viewport_size({"width": 1400, "height": 1900})  # the iframe shows all three levels
+    frame.wait_for_selector(".activation-map canvas")
     screenshot(page, "dashboard.png")  # the one copied to docs/screenshots/
     assert page.aevis_errors == []
 
@@ -90,8 +115,12 @@ def test_river_treemap_and_neuron_levels(served_run, page):
 def test_state_in_hash_reopens_view(served_run, page):
     tb, written = served_run
     manifest = tb.aevis("analysis", **params(written, "dgr", 0))
-    layer = manifest["layers"][1]["name"]
-    treemap = tb.aevis("treemap", **params(written, "dgr", 0), layer=layer, examples="0,2", diff="2,0")
+    layer, treemap = max(
+        ((l["name"], tb.aevis("treemap", **params(written, "dgr", 0), layer=l["name"], examples="0,2", diff="2,0"))
+         for l in manifest["layers"]),
+        key=lambda t: len(t[1]["cells"]),
+    )
+    assert treemap["cells"], "no datapath keeps any feature map"
     channel = treemap["cells"][0]["channel"]
     state = {"aevis.run": written.run, "aevis.analysis": written.name, "aevis.method": "dgr", "aevis.step": "0",
              "aevis.examples": "0,2", "aevis.layer": layer, "aevis.channel": str(channel), "aevis.diff": "2,0"}
@@ -100,6 +129,7 @@ def test_state_in_hash_reopens_view(served_run, page):
     assert frame.locator("path.river-path").count() == 2
     assert frame.eval_on_selector('select[name="method"]', "s => s.value") == "dgr"
     assert frame.eval_on_selector('select[name="step"]', "s => s.value") == "0"
+    assert frame.eval_on_selector('select[name="diff-a"]', "s => s.value") == "2"
     frame.wait_for_selector("g.treemap-cell")
     assert frame.locator("g.treemap-cell").count() == len(treemap["cells"])
     frame.wait_for_selector(".neuron h3")
