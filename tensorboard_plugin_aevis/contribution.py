@@ -469,38 +469,6 @@ def _fit_linearised(forward: _GatedForward, images, select, reference, norms, re
 
 
 # ----------------------------------------------------------------------- engine
-def _contributions(
-    model, images, earlier_layer, target_layer, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, region_mask_fn, deadline,
-):
-    """Shared driver: returns (gates (m, C), fidelity (m,), region rectangle, earlier shape)."""
-    forward = _GatedForward(model, earlier_layer, target_layer)
-    with _analysis_mode(model), forward.hooks():
-        with torch.no_grad():
-            out = forward.prepare(images, earlier_layer, target_layer)
-        earlier_shape = tuple(forward.gated.shape[1:])
-        select = select_fn(out)
-        with torch.no_grad():
-            reference = select(out)
-        norms = reference.flatten(1).pow(2).sum(1)
-        if not bool((norms > 0).all()):
-            zero = [int(i) for i in torch.nonzero(norms == 0).flatten()]
-            raise ValueError(
-                f"the preserved neurons are all zero for example(s) {zero}: nothing to explain; "
-                "select an area where the target map is active on every example"
-            )
-        _check_deadline(deadline)
-        region, rectangle = region_mask_fn(forward, select, earlier_shape)
-        channels = earlier_shape[0]
-        if mode == "sgd":
-            with torch.enable_grad():
-                gates = _fit_sgd(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps, lr, deadline)
-        else:
-            gates = _fit_linearised(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps, max_jacobian_rows, seed, deadline)
-        with torch.no_grad():
-            fidelity = _relative_error(select(forward.run(gates, region)), reference, norms)
-    return gates.numpy(), fidelity.numpy(), rectangle, earlier_shape
-
-
 def _result(gates, fidelity, earlier_layer, target_layer, channel, area, area_neurons, mode, region, earlier_shape, params, start):
     scores = gates.mean(axis=0)
     ranking = sorted(range(len(scores)), key=lambda c: (-scores[c], c))
@@ -526,6 +494,106 @@ def _receptive_field(forward: _GatedForward, images: torch.Tensor, select, chann
     mask = torch.zeros(support.shape)
     mask[y0:y1, x0:x1] = 1.0
     return mask, (y0, x0, y1, x1)
+
+
+class ContributionSession:
+    """Many contribution queries on one model, image batch, earlier layer and target layer.
+
+    The constructor runs the one real forward pass (up to the target) and prepares the
+    replay between the two layers; every query (:meth:`feature_map` for a channel and
+    an area, or :meth:`prediction` when ``target_layer`` is None) then re-runs only the
+    part between the layers, so brushing another area of the same map is cheap. The
+    model must not change while a session is used. ``images``: (m, C_in, H, W).
+    """
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, earlier_layer: str, target_layer: Optional[str] = None,
+                 deadline: Optional[float] = None):
+        self.images = _check_images(images)
+        if earlier_layer == target_layer:
+            raise ValueError(f"earlier layer and target layer are both {target_layer!r}; pick an earlier layer closer to the input")
+        self.model, self.earlier_layer, self.target_layer = model, earlier_layer, target_layer
+        self._forward = _GatedForward(model, earlier_layer, target_layer)
+        with _analysis_mode(model), self._forward.hooks(), torch.no_grad():
+            self._output = self._forward.prepare(self.images, earlier_layer, target_layer)
+        self.earlier_shape = tuple(int(v) for v in self._forward.gated.shape[1:])
+        _check_deadline(deadline)
+
+    @property
+    def target_shape(self) -> Tuple[int, ...]:
+        """Shape of the target output for one example: (C_t, H_t, W_t), or (K,) for the prediction."""
+        return tuple(int(v) for v in self._output.shape[1:])
+
+    def feature_map(self, channel: int, area: Optional[Area] = None, mode: str = "sgd", lambda_: float = DEFAULT_LAMBDA,
+                    gamma: float = DEFAULT_GAMMA, steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR,
+                    max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS, seed: int = 0,
+                    deadline: Optional[float] = None) -> ContributionResult:
+        """Eq. 7 (``area`` None) or Eq. 8 for map ``channel`` of the target layer (see :func:`feature_map_contributions`)."""
+        start = time.perf_counter()
+        _check_params(mode, lambda_, gamma, steps)
+        out = self._output
+        if self.target_layer is None:
+            raise ValueError("this session's target is the prediction; create one with a target_layer for feature maps")
+        if out.dim() != 4:
+            raise ValueError(f"the target layer outputs shape {tuple(out.shape)}, not a (B, C, H, W) feature map; pick a convolutional block")
+        if not isinstance(channel, (int, np.integer)) or isinstance(channel, bool) or not 0 <= channel < out.shape[1]:
+            raise ValueError(f"channel {channel!r} does not exist in target layer {self.target_layer!r}: it has {out.shape[1]} feature maps (0..{out.shape[1] - 1})")
+        channel = int(channel)
+        rectangle = None
+        if area is None:
+            neurons = int(out.shape[2] * out.shape[3])
+            select = lambda o: o[:, channel]  # noqa: E731
+        else:
+            mask, rectangle = _area_mask(area, int(out.shape[2]), int(out.shape[3]))
+            neurons = int(mask.sum())
+            select = lambda o: o[:, channel][:, mask]  # noqa: E731
+        params = dict(lambda_=lambda_, gamma=gamma, steps=steps, lr=lr, max_jacobian_rows=max_jacobian_rows, seed=seed)
+        gates, fidelity, region = self._fit(select, area is not None, mode, params, deadline)
+        return _result(gates, fidelity, self.earlier_layer, self.target_layer, channel, rectangle, neurons, mode, region,
+                       self.earlier_shape, _public(params), start)
+
+    def prediction(self, mode: str = "sgd", lambda_: float = DEFAULT_LAMBDA, gamma: float = DEFAULT_GAMMA,
+                   steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS,
+                   seed: int = 0, deadline: Optional[float] = None) -> ContributionResult:
+        """Contributions to the prediction (centred logits; see :func:`prediction_contributions`)."""
+        start = time.perf_counter()
+        _check_params(mode, lambda_, gamma, steps)
+        if self.target_layer is not None:
+            raise ValueError("this session's target is a feature map; create one with target_layer=None for the prediction")
+        if self._output.dim() != 2:
+            raise ValueError(f"the model outputs shape {tuple(self._output.shape)}; contributions to the prediction need logits (B, K)")
+        params = dict(lambda_=lambda_, gamma=gamma, steps=steps, lr=lr, max_jacobian_rows=max_jacobian_rows, seed=seed)
+        gates, fidelity, _ = self._fit(lambda o: o - o.mean(dim=1, keepdim=True), False, mode, params, deadline)
+        return _result(gates, fidelity, self.earlier_layer, None, None, None, 0, mode, None, self.earlier_shape, _public(params), start)
+
+    def _fit(self, select, with_area: bool, mode: str, params: Dict[str, Any], deadline: Optional[float]):
+        """(gates (m, C), fidelity (m,), gated region rectangle or None) for the preserved quantity ``select(out)``."""
+        forward, images, channels = self._forward, self.images, self.earlier_shape[0]
+        reference = select(self._output).detach()
+        norms = reference.flatten(1).pow(2).sum(1)
+        if not bool((norms > 0).all()):
+            zero = [int(i) for i in torch.nonzero(norms == 0).flatten()]
+            raise ValueError(
+                f"the preserved neurons are all zero for example(s) {zero}: nothing to explain; "
+                "select an area where the target map is active on every example"
+            )
+        lambda_, gamma, steps = params["lambda_"], params["gamma"], params["steps"]
+        with _analysis_mode(self.model), forward.hooks():
+            _check_deadline(deadline)
+            region, rectangle = _receptive_field(forward, images, select, channels) if with_area else (None, None)
+            if mode == "sgd":
+                with torch.enable_grad():
+                    gates = _fit_sgd(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps, params["lr"], deadline)
+            else:
+                gates = _fit_linearised(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps,
+                                        params["max_jacobian_rows"], params["seed"], deadline)
+            with torch.no_grad():
+                fidelity = _relative_error(select(forward.run(gates, region)), reference, norms)
+        return gates.numpy(), fidelity.numpy(), rectangle
+
+
+def _public(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Engine parameters as reported in results (``lambda`` rather than ``lambda_``)."""
+    return {("lambda" if k == "lambda_" else k): v for k, v in params.items()}
 
 
 def feature_map_contributions(
@@ -554,38 +622,14 @@ def feature_map_contributions(
     (quadratic). ``deadline``: a ``time.monotonic()`` value after which
     :class:`ContributionTimeout` is raised (checked between steps). Raises ValueError
     for an unknown layer or channel, an area outside the map, or an earlier layer that
-    does not run before the target.
+    does not run before the target. One query of a fresh :class:`ContributionSession`.
     """
     start = time.perf_counter()
-    images = _check_images(images)
     _check_params(mode, lambda_, gamma, steps)
-    if earlier_layer == target_layer:
-        raise ValueError(f"earlier layer and target layer are both {target_layer!r}; pick an earlier layer closer to the input")
-    area_info: Dict[str, Any] = {}
-
-    def select_fn(out: torch.Tensor):
-        if out.dim() != 4:
-            raise ValueError(f"the target layer outputs shape {tuple(out.shape)}, not a (B, C, H, W) feature map; pick a convolutional block")
-        if not isinstance(channel, (int, np.integer)) or isinstance(channel, bool) or not 0 <= channel < out.shape[1]:
-            raise ValueError(f"channel {channel!r} does not exist in target layer {target_layer!r}: it has {out.shape[1]} feature maps (0..{out.shape[1] - 1})")
-        if area is None:
-            area_info["neurons"] = int(out.shape[2] * out.shape[3])
-            return lambda o: o[:, int(channel)]
-        mask, rectangle = _area_mask(area, int(out.shape[2]), int(out.shape[3]))
-        area_info["rectangle"], area_info["neurons"] = rectangle, int(mask.sum())
-        return lambda o: o[:, int(channel)][:, mask]
-
-    def region_mask_fn(forward, select, earlier_shape):
-        if area is None:
-            return None, None
-        return _receptive_field(forward, images, select, earlier_shape[0])
-
-    gates, fidelity, region, earlier_shape = _contributions(
-        model, images, earlier_layer, target_layer, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, region_mask_fn, deadline
-    )
-    params = {"lambda": lambda_, "gamma": gamma, "steps": steps, "lr": lr, "max_jacobian_rows": max_jacobian_rows, "seed": seed}
-    area_out = area_info.get("rectangle")
-    return _result(gates, fidelity, earlier_layer, target_layer, int(channel), area_out, area_info["neurons"], mode, region, earlier_shape, params, start)
+    session = ContributionSession(model, images, earlier_layer, target_layer, deadline=deadline)
+    result = session.feature_map(channel, area, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, deadline)
+    result.seconds = time.perf_counter() - start
+    return result
 
 
 def prediction_contributions(
@@ -607,16 +651,8 @@ def prediction_contributions(
     with gates on ``layer`` only; other arguments as in :func:`feature_map_contributions`.
     """
     start = time.perf_counter()
-    images = _check_images(images)
     _check_params(mode, lambda_, gamma, steps)
-
-    def select_fn(out: torch.Tensor):
-        if out.dim() != 2:
-            raise ValueError(f"the model outputs shape {tuple(out.shape)}; contributions to the prediction need logits (B, K)")
-        return lambda o: o - o.mean(dim=1, keepdim=True)
-
-    gates, fidelity, _, earlier_shape = _contributions(
-        model, images, layer, None, select_fn, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, lambda *a: (None, None), deadline
-    )
-    params = {"lambda": lambda_, "gamma": gamma, "steps": steps, "lr": lr, "max_jacobian_rows": max_jacobian_rows, "seed": seed}
-    return _result(gates, fidelity, layer, None, None, None, 0, mode, None, earlier_shape, params, start)
+    session = ContributionSession(model, images, layer, None, deadline=deadline)
+    result = session.prediction(mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, deadline)
+    result.seconds = time.perf_counter() - start
+    return result

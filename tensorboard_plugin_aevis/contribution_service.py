@@ -14,8 +14,11 @@ the logdir is executed) and runs :mod:`contribution` with bounded work:
 - results are cached (LRU, ``cache_size`` entries) keyed by the normalised request
   and the artifact's modification time; a cached answer has ``"cached": true``.
 
-Loaded models are pooled per artifact: a job takes an instance no other job is using
-(or loads one), so two jobs never put hooks on the same module.
+Loaded models are pooled per artifact: a job borrows an instance no other job is using
+(or loads one), so two jobs never put hooks on the same module. Each instance keeps
+a few :class:`contribution.ContributionSession` s (per examples, earlier and target
+layer): the next request on the same layers (another channel, area or mode) skips
+the forward pass up to the earlier layer.
 
 :func:`handle_contribution` is the plugin's ``POST contribution`` extension point
 (``aevis_plugin.AEVisPlugin.contribution_handler``): one process-wide service.
@@ -167,28 +170,48 @@ def _area(params: Dict[str, Any], height: int, width: int) -> Tuple[Any, Tuple]:
 
 
 # ------------------------------------------------------------------- model pool
-class _ModelPool:
-    """Loaded model artifacts, one free list per (path, mtime); a job borrows an instance."""
+class _Worker:
+    """One loaded model artifact and the sessions prepared on it; one job at a time uses it."""
 
-    def __init__(self, max_artifacts: int = 4, per_artifact: int = 2):
-        self._free: "collections.OrderedDict[Tuple[str, float], List[torch.nn.Module]]" = collections.OrderedDict()
+    def __init__(self, model: torch.nn.Module, max_sessions: int):
+        self.model, self._max_sessions = model, max_sessions
+        self.sessions: "collections.OrderedDict[Tuple, contribution.ContributionSession]" = collections.OrderedDict()
+
+    def session(self, key: Tuple, images: torch.Tensor, earlier_layer: str, target_layer: Optional[str], deadline: float):
+        """The prepared session for ``key`` (examples, earlier layer, target layer), made on first use."""
+        if key in self.sessions:
+            self.sessions.move_to_end(key)
+            return self.sessions[key]
+        session = contribution.ContributionSession(self.model, images, earlier_layer, target_layer, deadline=deadline)
+        self.sessions[key] = session
+        while len(self.sessions) > self._max_sessions:
+            self.sessions.popitem(last=False)
+        return session
+
+
+class _WorkerPool:
+    """Free workers per artifact (path, mtime); :meth:`borrow` prefers one holding the wanted session."""
+
+    def __init__(self, max_artifacts: int = 4, per_artifact: int = 2, sessions_per_model: int = 4):
+        self._free: "collections.OrderedDict[Tuple[str, float], List[_Worker]]" = collections.OrderedDict()
         self._lock = threading.Lock()
-        self._max_artifacts, self._per_artifact = max_artifacts, per_artifact
+        self._max_artifacts, self._per_artifact, self._sessions = max_artifacts, per_artifact, sessions_per_model
 
-    def borrow(self, key: Tuple[str, float]) -> torch.nn.Module:
+    def borrow(self, artifact: Tuple[str, float], session_key: Tuple) -> _Worker:
         with self._lock:
-            free = self._free.get(key)
+            free = self._free.get(artifact)
             if free:
-                self._free.move_to_end(key)
-                return free.pop()
-        return model_artifact.load_model_artifact(key[0])
+                self._free.move_to_end(artifact)
+                ready = [i for i, w in enumerate(free) if session_key in w.sessions]
+                return free.pop(ready[-1] if ready else -1)
+        return _Worker(model_artifact.load_model_artifact(artifact[0]), self._sessions)
 
-    def give_back(self, key: Tuple[str, float], model: torch.nn.Module) -> None:
+    def give_back(self, artifact: Tuple[str, float], worker: _Worker) -> None:
         with self._lock:
-            free = self._free.setdefault(key, [])
-            self._free.move_to_end(key)
+            free = self._free.setdefault(artifact, [])
+            self._free.move_to_end(artifact)
             if len(free) < self._per_artifact:
-                free.append(model)
+                free.append(worker)
             while len(self._free) > self._max_artifacts:
                 self._free.popitem(last=False)
 
@@ -230,7 +253,7 @@ class ContributionService:
         self._cache: "collections.OrderedDict[Tuple, Dict[str, Any]]" = collections.OrderedDict()
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
-        self._models = _ModelPool(per_artifact=max_concurrent)
+        self._workers = _WorkerPool(per_artifact=max_concurrent)
 
     def handle(self, params: Dict[str, Any], load: Loader) -> Tuple[int, Dict[str, Any]]:
         """Validate, compute (or take from the cache) and answer one request."""
@@ -294,26 +317,28 @@ class ContributionService:
                 return dict(self._cache[key], cached=True, ranking=self._cache[key]["ranking"][:top])
 
         images = torch.from_numpy(np.ascontiguousarray(analysis.images[examples], dtype=np.float32))
+        session_key = (tuple(examples), earlier_layer, target_layer)
         try:
-            model = self._models.borrow(artifact_key)
+            worker = self._workers.borrow(artifact_key, session_key)
         except model_artifact.ModelArtifactError as exc:
             raise RequestError(409, str(exc)) from exc
         try:
-            known = {n for n, _ in model.named_modules()}
+            known = {n for n, _ in worker.model.named_modules()}
             for what, path in (("earlier layer", earlier_layer), ("target layer", target_layer)):
                 if path is not None and path not in known:
                     gated = ", ".join(list(layers)[:8])
                     raise RequestError(404, f"unknown {what} {path!r}: the saved model has no module with that path (the analysis gates: {gated})")
-            common = dict(mode=mode, lambda_=lambda_, gamma=gamma, steps=steps, deadline=deadline)
+            options = dict(mode=mode, lambda_=lambda_, gamma=gamma, steps=steps, deadline=deadline)
             try:
+                session = worker.session(session_key, images, earlier_layer, target_layer, deadline)
                 if target == "prediction":
-                    result = contribution.prediction_contributions(model, images, earlier_layer, **common)
+                    result = session.prediction(**options)
                 else:
-                    result = contribution.feature_map_contributions(model, images, target_layer, channel, earlier_layer, area=area, **common)
+                    result = session.feature_map(channel, area, **options)
             except (ValueError, TypeError) as exc:
                 raise RequestError(400, str(exc)) from exc
         finally:
-            self._models.give_back(artifact_key, model)
+            self._workers.give_back(artifact_key, worker)
         body = result.to_json()
         body.update(run=run, analysis=name, method=method, step=step, target=target, examples=examples,
                     example_names=[analysis.examples[i].name for i in examples], warnings=list(loaded.warnings))

@@ -254,3 +254,19 @@ def test_cli_json_matches_the_engine_and_refuses_a_bad_area(capsys, monkeypatch)
     assert "outside the 12x12 target map" in capsys.readouterr().err
     assert cli.main(common + ["--area", "2,2"]) == 2
     assert "four integers" in capsys.readouterr().err
+
+
+def test_session_queries_equal_fresh_calls():
+    """One prepared session answering several queries gives what separate calls give."""
+    torch.manual_seed(3)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    images = torch.rand(2, 3, 48, 48)
+    session = contribution.ContributionSession(model, images, "layer2.0", "layer2.1")
+    assert session.target_shape == (128, 6, 6) and session.earlier_shape == (128, 6, 6)
+    for channel, area, mode in [(5, (1, 1, 3, 3), "quadratic"), (9, None, "quadratic"), (5, (2, 2, 5, 4), "sgd")]:
+        reused = session.feature_map(channel, area, mode=mode, steps=5)
+        fresh = feature_map_contributions(model, images, "layer2.1", channel, "layer2.0", area=area, mode=mode, steps=5)
+        np.testing.assert_allclose(reused.gates, fresh.gates, atol=1e-5)
+        assert reused.region == fresh.region
+    with pytest.raises(ValueError, match="target is a feature map"):
+        session.prediction()
