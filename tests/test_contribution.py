@@ -263,7 +263,14 @@ def test_session_queries_equal_fresh_calls():
     images = torch.rand(2, 3, 48, 48)
     session = contribution.ContributionSession(model, images, "layer2.0", "layer2.1")
     assert session.target_shape == (128, 6, 6) and session.earlier_shape == (128, 6, 6)
-    for channel, area, mode in [(5, (1, 1, 3, 3), "quadratic"), (9, None, "quadratic"), (5, (2, 2, 5, 4), "sgd")]:
+    captured = []
+    handle = model.layer2[1].register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        model(images)
+    handle.remove()
+    active = captured[0][:, :, 1:5, 1:5].amin(dim=(2, 3)).amin(dim=0).argsort(descending=True)  # active on both images
+    first, second = int(active[0]), int(active[1])
+    for channel, area, mode in [(first, (1, 1, 3, 3), "quadratic"), (second, None, "quadratic"), (first, (2, 2, 5, 4), "sgd")]:
         reused = session.feature_map(channel, area, mode=mode, steps=5)
         fresh = feature_map_contributions(model, images, "layer2.1", channel, "layer2.0", area=area, mode=mode, steps=5)
         np.testing.assert_allclose(reused.gates, fresh.gates, atol=1e-5)
