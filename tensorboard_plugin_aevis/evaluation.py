@@ -206,6 +206,7 @@ def score_analysis(analysis: Analysis, r: int, ks: Sequence[int]) -> Dict[str, A
         "top_k": {str(k): v for k, v in top_k_counts(distances, detected, ks).items()},
         "label_preserved": [bool(e.label_preserved) for e in analysis.examples],
         "kept_fraction": [float(v) for v in analysis.kept_fraction()],
+        "params": {k: analysis.params[k] for k in ("steps", "lr", "lambda", "gamma", "threshold", "clamp") if k in analysis.params},
     }
 
 
