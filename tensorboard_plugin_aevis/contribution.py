@@ -38,7 +38,8 @@ Modes:
   converges in tens of steps where plain SGD needs a per-layer learning rate),
   clamped to [0, 1] after every step. The forward pass stops at the target layer.
 - ``"quadratic"``: linearise ``f(z) ~ f(1) - J (1 - z)`` with ``J = df/dz`` from one
-  batched backward pass per preserved neuron (``autograd.grad(is_grads_batched=True)``);
+  batched backward pass (``autograd.grad(is_grads_batched=True)``, one row per
+  preserved neuron) to the earlier feature maps, which also gives the Eq. 8 region;
   when more than ``max_jacobian_rows`` neurons are preserved, ``J`` is replaced by a
   Gaussian sketch ``S J`` (``S``: ``(max_jacobian_rows, P)``, ``E[S^T S] = I``, seeded),
   so the fidelity is kept in expectation. The box-constrained convex problem in ``z``
@@ -413,40 +414,41 @@ def _fit_sgd(forward: _GatedForward, images, select, reference, norms, region, c
     return z.detach()
 
 
-def _jacobian(forward: _GatedForward, point: torch.Tensor, select, region, max_rows, seed) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(D J, f(point), D): the Jacobian of the preserved neurons w.r.t. z at ``point`` (m, C).
+def _jacobian(forward: _GatedForward, images, select, channels, max_rows, seed, with_area) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Any]:
+    """(D J, D, region mask, rectangle) at z = 1 from ONE batched backward pass.
 
+    The backward gives the gradient of every (sketched) preserved neuron w.r.t. the
+    earlier feature maps, (R, m, C, H_e, W_e); its support is the receptive field (Eq. 8
+    region, when ``with_area``) and ``J[r, i, k] = sum_hw grad * activation * region``.
     ``D`` (R, P) is the identity when P <= ``max_rows``, else a seeded Gaussian sketch
-    with ``E[D^T D] = I``; ``D J`` has shape (m, R, C), ``f(point)`` (m, P).
+    with ``E[D^T D] = I``; ``D J`` has shape (m, R, C).
     """
-    z = point.clone().requires_grad_(True)
+    z = torch.ones(images.shape[0], channels, requires_grad=True)
     with torch.enable_grad():
-        preserved = select(forward.run(z, region)).flatten(1)  # (m, P)
+        preserved = select(forward.run(z, None)).flatten(1)  # (m, P)
+    activation = forward.gated
     m, p = preserved.shape
     if p <= max_rows:
         directions = torch.eye(p)
     else:
         directions = torch.randn(max_rows, p, generator=torch.Generator().manual_seed(seed)) / max_rows**0.5
     batched = directions.unsqueeze(1).expand(len(directions), m, p).contiguous()
-    (rows,) = torch.autograd.grad(preserved, z, grad_outputs=batched, is_grads_batched=True)  # (R, m, C)
-    return rows.permute(1, 0, 2).contiguous(), preserved.detach(), directions
+    (spatial,) = torch.autograd.grad(preserved, activation, grad_outputs=batched, is_grads_batched=True)
+    region, rectangle = _region_from_gradient(spatial.abs().sum(dim=(0, 1, 2))) if with_area else (None, None)
+    weighted = activation.detach() if region is None else activation.detach() * region
+    rows = (spatial * weighted.unsqueeze(0)).sum(dim=(-1, -2))  # (R, m, C)
+    return rows.permute(1, 0, 2).contiguous(), directions, region, rectangle
 
 
-def _fit_quadratic(jac, offset, point, norms, lambda_, gamma, steps, deadline) -> torch.Tensor:
-    """Minimise sum_i ||offset_i - J_i (z_i - point_i)||^2 / n_i + penalties over z in [0, 1]^(m x C).
-
-    ``jac`` (m, R, C), ``offset`` (m, R): the (sketched) residual of the linearisation at ``point``.
-    """
+def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma: float, steps: int, deadline: Optional[float]) -> torch.Tensor:
+    """Minimise sum_i ||J_i (1 - z_i)||^2 / n_i + penalties over z in [0, 1]^(m x C); ``jac``: (m, R, C)."""
     m, _, c = jac.shape
-    scale = 1.0 / np.sqrt(norms.double().numpy())
-    jac64 = jac.double().numpy() * scale[:, None, None]
-    offset64 = offset.double().numpy() * scale[:, None]
-    point64 = point.double().numpy()
+    jac64 = jac.double().numpy() / np.sqrt(norms.double().numpy())[:, None, None]
 
     def objective(flat: np.ndarray) -> Tuple[float, np.ndarray]:
         _check_deadline(deadline)
         z = flat.reshape(m, c)
-        residual = offset64 - np.einsum("irc,ic->ir", jac64, z - point64)
+        residual = np.einsum("irc,ic->ir", jac64, 1.0 - z)
         grad = -2.0 * np.einsum("irc,ir->ic", jac64, residual)
         zt = torch.tensor(z, requires_grad=True)
         penalty = _penalties(zt, lambda_, gamma)
@@ -454,18 +456,16 @@ def _fit_quadratic(jac, offset, point, norms, lambda_, gamma, steps, deadline) -
         return float((residual**2).sum()) + float(penalty.detach()), (grad + zt.grad.numpy()).reshape(-1)
 
     solution = scipy.optimize.minimize(
-        objective, point64.reshape(-1), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * (m * c),
+        objective, np.ones(m * c), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * (m * c),
         options={"maxiter": max(steps * 10, 100)},
     )
     return torch.tensor(solution.x.reshape(m, c), dtype=torch.float32)
 
 
-def _fit_linearised(forward: _GatedForward, images, select, reference, norms, region, channels, lambda_, gamma, steps, max_rows, seed, deadline):
-    """Quadratic mode: linearise at z = 1 and solve the box-constrained problem."""
-    ones = torch.ones(images.shape[0], channels)
-    jac, at_ones, directions = _jacobian(forward, ones, select, region, max_rows, seed)
-    offset = (reference.flatten(1) - at_ones) @ directions.T  # zero up to rounding: f(1) is the reference
-    return _fit_quadratic(jac, offset, ones, norms, lambda_, gamma, steps, deadline)
+def _fit_linearised(forward: _GatedForward, images, select, norms, with_area, channels, lambda_, gamma, steps, max_rows, seed, deadline):
+    """Quadratic mode: linearise at z = 1 and solve -> (gates (m, C), region mask, rectangle)."""
+    jac, _, region, rectangle = _jacobian(forward, images, select, channels, max_rows, seed, with_area)
+    return _fit_quadratic(jac, norms, lambda_, gamma, steps, deadline), region, rectangle
 
 
 # ----------------------------------------------------------------------- engine
@@ -479,13 +479,9 @@ def _result(gates, fidelity, earlier_layer, target_layer, channel, area, area_ne
     )
 
 
-def _receptive_field(forward: _GatedForward, images: torch.Tensor, select, channels: int) -> Tuple[torch.Tensor, Tuple[int, int, int, int]]:
-    """(H_e, W_e) float mask of the bounding box of the earlier positions the selected neurons depend on."""
-    with torch.enable_grad():
-        z = torch.ones(images.shape[0], channels, requires_grad=True)
-        preserved = select(forward.run(z, None))
-        (grad,) = torch.autograd.grad(preserved.sum(), forward.gated)
-    support = grad.abs().sum(dim=(0, 1)) > 0  # (H_e, W_e)
+def _region_from_gradient(weight: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int, int]]:
+    """(H_e, W_e) float mask and rectangle: the bounding box of the positions where ``weight`` > 0."""
+    support = weight > 0
     if not support.any():
         raise ValueError("the selected target neurons do not depend on the earlier layer on these images; pick an earlier layer on the path to the target")
     ys = torch.nonzero(support.any(dim=1)).flatten()
@@ -494,6 +490,15 @@ def _receptive_field(forward: _GatedForward, images: torch.Tensor, select, chann
     mask = torch.zeros(support.shape)
     mask[y0:y1, x0:x1] = 1.0
     return mask, (y0, x0, y1, x1)
+
+
+def _receptive_field(forward: _GatedForward, images: torch.Tensor, select, channels: int) -> Tuple[torch.Tensor, Tuple[int, int, int, int]]:
+    """Region of the earlier maps the selected neurons depend on (bounding box of the gradient's support)."""
+    with torch.enable_grad():
+        z = torch.ones(images.shape[0], channels, requires_grad=True)
+        preserved = select(forward.run(z, None))
+        (grad,) = torch.autograd.grad(preserved.sum(), forward.gated)
+    return _region_from_gradient(grad.abs().sum(dim=(0, 1)))
 
 
 class ContributionSession:
@@ -579,13 +584,13 @@ class ContributionSession:
         lambda_, gamma, steps = params["lambda_"], params["gamma"], params["steps"]
         with _analysis_mode(self.model), forward.hooks():
             _check_deadline(deadline)
-            region, rectangle = _receptive_field(forward, images, select, channels) if with_area else (None, None)
             if mode == "sgd":
+                region, rectangle = _receptive_field(forward, images, select, channels) if with_area else (None, None)
                 with torch.enable_grad():
                     gates = _fit_sgd(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps, params["lr"], deadline)
             else:
-                gates = _fit_linearised(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps,
-                                        params["max_jacobian_rows"], params["seed"], deadline)
+                gates, region, rectangle = _fit_linearised(forward, images, select, norms, with_area, channels, lambda_, gamma, steps,
+                                                           params["max_jacobian_rows"], params["seed"], deadline)
             with torch.no_grad():
                 fidelity = _relative_error(select(forward.run(gates, region)), reference, norms)
         return gates.numpy(), fidelity.numpy(), rectangle

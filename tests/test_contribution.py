@@ -125,27 +125,33 @@ def test_prediction_contributions_rank_the_map_the_logits_read(mode):
     assert result.scores[1] > 0.5 and result.scores[0] < 0.05 and result.scores[2] < 0.05
 
 
-@pytest.mark.parametrize("max_rows", [64, 10])
-def test_quadratic_jacobian_matches_finite_differences_of_a_linear_path(max_rows):
-    """For a target linear in the gates, J[:, k] = f(1) - f(1 - e_k) exactly (sketched: D J)."""
+@pytest.mark.parametrize("max_rows,area", [(64, None), (10, None), (64, (2, 2, 4, 5))])
+def test_quadratic_jacobian_matches_finite_differences_of_a_linear_path(max_rows, area):
+    """For a target linear in the gates, J[:, k] = f(1) - f(1 - e_k) exactly (sketched: D J);
+    with an area, the gates act on the receptive-field region (the area dilated by 1)."""
     torch.manual_seed(1)
     model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU()), nn.Conv2d(5, 2, 3, padding=1))
     images = torch.rand(2, 3, 7, 7)
     forward = contribution._GatedForward(model, "0", "1")
+    if area is None:
+        select = lambda out: out[:, 1]  # noqa: E731
+    else:
+        mask, _ = contribution._area_mask(area, 7, 7)
+        select = lambda out: out[:, 1][:, mask]  # noqa: E731
     with contribution._analysis_mode(model), forward.hooks():
         with torch.no_grad():
             forward.prepare(images, "0", "1")
-        select = lambda out: out[:, 1]
-        ones = torch.ones(2, 5)
-        jac, at_ones, directions = contribution._jacobian(forward, ones, select, None, max_rows=max_rows, seed=0)
-        assert directions.shape == ((49, 49) if max_rows == 64 else (10, 49))
+        jac, directions, region, rectangle = contribution._jacobian(forward, images, select, 5, max_rows, 0, area is not None)
+        neurons = 49 if area is None else 6
+        assert directions.shape == ((neurons, neurons) if max_rows >= neurons else (max_rows, neurons))
+        assert rectangle == (None if area is None else (1, 1, 5, 6))
         with torch.no_grad():
-            base = select(forward.run(ones, None)).flatten(1)
-            torch.testing.assert_close(at_ones, base)
+            ones = torch.ones(2, 5)
+            base = select(forward.run(ones, region)).flatten(1)
             for k in range(5):
                 dropped = ones.clone()
                 dropped[:, k] = 0
-                column = (base - select(forward.run(dropped, None)).flatten(1)) @ directions.T
+                column = (base - select(forward.run(dropped, region)).flatten(1)) @ directions.T
                 torch.testing.assert_close(jac[:, :, k], column, rtol=1e-4, atol=1e-5)
 
 

@@ -131,9 +131,12 @@ def bench_contribution(
     """Time both modes on one photo, a mid-layer target map and a square area; compare them.
 
     The target channel is the one most active inside the centred ``area_side`` square of
-    ``target_layer`` (random weights give no meaningful channel otherwise). Times are
-    whole calls (one forward pass included), the best of ``repeats`` after one warm-up
-    call per mode. ``rank_correlation``: Spearman correlation of the two modes' scores.
+    ``target_layer`` (random weights give no meaningful channel otherwise).
+    ``sgd_seconds`` / ``quadratic_seconds``: one whole call (its forward pass included),
+    best of ``repeats`` after a warm-up call. ``*_session_seconds``: one more query on a
+    prepared :class:`ContributionSession` (the dashboard's next brush on the same layers).
+    ``forward_seconds``: one plain forward pass of the model, for scale.
+    ``rank_correlation``: Spearman correlation of the two modes' scores.
     """
     import scipy.stats
     import torch
@@ -142,34 +145,41 @@ def bench_contribution(
     from tensorboard_plugin_aevis.models import load_model
     from tensorboard_plugin_aevis.sample_images import load_photo
 
+    def best(call) -> Tuple[float, Any]:
+        times, value = [], None
+        for _ in range(repeats + 1):  # the first call warms up
+            start = time.perf_counter()
+            value = call()
+            times.append(time.perf_counter() - start)
+        return min(times[1:]), value
+
     model = load_model(model_spec)
     images = load_photo(photo, size=size)[None]
     captured: List[torch.Tensor] = []
     handle = model.get_submodule(target_layer).register_forward_hook(lambda m, i, o: captured.append(o))
     with torch.no_grad():
-        model(images)
+        forward_seconds, _ = best(lambda: model(images))
     handle.remove()
     height, width = captured[0].shape[2:]
     y0, x0 = (height - area_side) // 2, (width - area_side) // 2
     area = (y0, x0, y0 + area_side, x0 + area_side)
     channel = int(captured[0][0, :, area[0]:area[2], area[1]:area[3]].sum(dim=(1, 2)).argmax())
     options = {} if steps is None else {"steps": steps}
-    results, seconds = {}, {}
+    session = contribution.ContributionSession(model, images, earlier_layer, target_layer)
+    seconds, session_seconds, results = {}, {}, {}
     for mode in contribution.MODES:
-        times = []
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            results[mode] = contribution.feature_map_contributions(model, images, target_layer, channel, earlier_layer, area=area, mode=mode, **options)
-            times.append(time.perf_counter() - start)
-        seconds[mode] = {"cold": times[0], "best": min(times[1:])}
+        seconds[mode], results[mode] = best(lambda: contribution.feature_map_contributions(
+            model, images, target_layer, channel, earlier_layer, area=area, mode=mode, **options))
+        session_seconds[mode], _ = best(lambda: session.feature_map(channel, area, mode=mode, **options))
     sgd, quad = results["sgd"], results["quadratic"]
     rho = scipy.stats.spearmanr(sgd.scores, quad.scores).statistic
     top = 10
     return {
         "model": model_spec, "size": size, "target_layer": target_layer, "channel": channel, "area": list(area),
         "earlier_layer": earlier_layer, "earlier_maps": int(sgd.earlier_shape[0]), "threads": torch.get_num_threads(),
-        "sgd_seconds": seconds["sgd"]["best"], "quadratic_seconds": seconds["quadratic"]["best"],
-        "sgd_cold_seconds": seconds["sgd"]["cold"], "quadratic_cold_seconds": seconds["quadratic"]["cold"],
+        "sgd_seconds": seconds["sgd"], "quadratic_seconds": seconds["quadratic"],
+        "sgd_session_seconds": session_seconds["sgd"], "quadratic_session_seconds": session_seconds["quadratic"],
+        "forward_seconds": forward_seconds,
         "rank_correlation": float(rho) if rho == rho else None,
         "top1_agree": sgd.ranking[0] == quad.ranking[0],
         f"top{top}_overlap": len(set(sgd.ranking[:top]) & set(quad.ranking[:top])) / top,
