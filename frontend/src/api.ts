@@ -43,10 +43,10 @@ async function errorFrom(route: string, response: Response): Promise<ApiError> {
   return new ApiError(route, response.status, message);
 }
 
-async function request(route: string, url: string): Promise<Response> {
+async function request(route: string, url: string, init: RequestInit = {}): Promise<Response> {
   let response: Response;
   try {
-    response = await fetch(url, { credentials: "same-origin" });
+    response = await fetch(url, { credentials: "same-origin", ...init });
   } catch (err) {
     throw new ApiError(route, 0, `TensorBoard did not answer (${String(err)}); is it still running?`);
   }
@@ -56,6 +56,20 @@ async function request(route: string, url: string): Promise<Response> {
 
 export async function getJson<T>(route: string, params: Params = {}): Promise<T> {
   const response = await request(route, routeUrl(route, params));
+  try {
+    return (await response.json()) as T;
+  } catch {
+    throw new ApiError(route, response.status, `the ${route} route answered something that is not JSON`);
+  }
+}
+
+/** POST a JSON body to `route` and parse the JSON answer. */
+export async function postJson<T>(route: string, body: unknown): Promise<T> {
+  const response = await request(route, route, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
   try {
     return (await response.json()) as T;
   } catch {

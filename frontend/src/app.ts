@@ -5,7 +5,7 @@
  * models too large to show expanded).
  */
 
-import { ApiError, getJson, routeUrl } from "./api";
+import { ApiError, getJson, postJson, routeUrl } from "./api";
 import { pathColors, ROLE_LABELS } from "./colors";
 import { clear, el, select } from "./dom";
 import { exportPng, exportSvg, fileStem } from "./exportView";
@@ -16,7 +16,9 @@ import { NeuronView } from "./neuronView";
 import { formatValue } from "./scales";
 import { TreemapView } from "./treemapView";
 import { groupAnalyses, resolveDiff, resolveExamples, resolveSelection, type AnalysisChoice } from "./selection";
-import type { AnalysisManifest, ExampleManifest, GraphData, NeuronData, RiverData, RunListing, RunsResponse, TreemapData } from "./types";
+import type {
+  AnalysisManifest, ContributionData, ExampleManifest, GraphData, NeuronData, RiverData, RunListing, RunsResponse, TreemapData,
+} from "./types";
 
 /** Visible-node budget of the graph on first view; larger models start with groups collapsed. */
 export const GRAPH_NODE_BUDGET = 80;
@@ -59,6 +61,8 @@ export class App {
   private graph: GraphData | null = null;
   private river: RiverData | null = null;
   private expanded = new Set<string>();
+  /** Contribution scores shown as dotted fills in the treemap of `layer` (per channel). */
+  private contribution: { key: string; layer: string; scores: number[]; label: string } | null = null;
   /** Incremented per analysis load; stale answers are dropped. */
   private generation = 0;
   private readonly host = hostWindow();
@@ -400,6 +404,10 @@ export class App {
       el("span", { class: "note" }, [`${info.channels} channels, ${info.height}×${info.width}`]),
       select("Difference A", diffOptions, String(diff[0]), (v) => this.setDiff([Number(v), diff[1]]), "diff-a"),
       select("minus B", diffOptions, String(diff[1]), (v) => this.setDiff([diff[0], Number(v)]), "diff-b"),
+      this.contributionMode(),
+      this.manifest!.has_model
+        ? this.button("Contribution to prediction", () => void this.computeContribution({ target: "prediction", earlier_layer: layer }, "contribution to the prediction"))
+        : el("span", { class: "note" }, ["no saved model: contribution analysis unavailable"]),
       el("span", { class: "spacer" }),
       this.button("Export SVG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "svg")),
       this.button("Export PNG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "png")),
@@ -428,8 +436,11 @@ export class App {
       return;
     }
     if (generation !== this.generation || this.state.layer !== layer) return;
+    const contribution = this.contribution && this.contribution.key === this.analysisKey() && this.contribution.layer === layer ? this.contribution : null;
+    if (contribution) data.cells = data.cells.map((c) => ({ ...c, contribution: contribution.scores[c.channel] ?? null }));
     this.treemapView.render({
       data, names, colors: this.exampleColors(), diff, selectedChannel: this.state.channel ?? null,
+      contributionLabel: contribution?.label ?? null,
       onOpenChannel: (channel) => {
         this.state.channel = channel;
         this.saveState();
@@ -468,10 +479,70 @@ export class App {
     const colors = this.exampleColors();
     await this.neuronView.render({
       data,
+      actions: this.contributionTracer(layer, channel),
       names: this.exampleNames(),
       colors,
       imageUrl: (example) => routeUrl("image", { ...this.analysisParams(), example }),
     });
+  }
+
+  // ------------------------------------------------------------- contribution (paper Sec. 5.4)
+  private mode = "sgd";
+
+  private contributionMode(): HTMLElement {
+    return select("Contribution mode", [
+      { value: "sgd", text: "SGD (accurate)" },
+      { value: "quadratic", text: "quadratic (fast)" },
+    ], this.mode, (v) => (this.mode = v), "contribution-mode");
+  }
+
+  /** "Trace from layer [earlier] [button]": contributions of an earlier layer to this feature map (or its selected area). */
+  private contributionTracer(layer: string, channel: number): HTMLElement | null {
+    const manifest = this.manifest!;
+    const index = manifest.layers.findIndex((l) => l.name === layer);
+    if (!manifest.has_model) return el("div", { class: "note" }, ["no saved model: contribution analysis unavailable"]);
+    if (index <= 0) return el("div", { class: "note" }, ["the first gated layer has no earlier gated layer to trace contributions from"]);
+    const earlier = manifest.layers.slice(0, index).map((l) => ({ value: l.name, text: l.name }));
+    let from = earlier[earlier.length - 1].value;
+    return el("div", { class: "contribution-controls" }, [
+      select("Trace contributions from", earlier, from, (v) => (from = v), "earlier-layer"),
+      this.contributionMode(),
+      this.button("Trace", () => {
+        const chosen = this.neuronView.area();
+        const where = chosen ? ` (area rows ${chosen.area[0]}–${chosen.area[2] - 1}, columns ${chosen.area[1]}–${chosen.area[3] - 1})` : "";
+        void this.computeContribution(
+          { target: "feature_map", target_layer: layer, channel, earlier_layer: from, ...(chosen ? { area: chosen.area, area_grid: chosen.grid } : {}) },
+          `contribution to feature map ${channel} of ${layer}${where}`,
+        );
+      }),
+    ]);
+  }
+
+  /** POST the contribution request, then show the earlier layer's treemap with the scores as dotted fills. */
+  private async computeContribution(request: Record<string, unknown>, label: string): Promise<void> {
+    const key = this.analysisKey();
+    const status = this.message("info", `Computing the ${label} (${this.mode})…`);
+    let answer: ContributionData;
+    try {
+      answer = await postJson<ContributionData>("contribution", {
+        ...this.analysisParams(), ...request, examples: (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES), mode: this.mode,
+      });
+    } catch (err) {
+      status.remove();
+      this.message("error", describeError(err));
+      return;
+    }
+    status.remove();
+    if (key !== this.analysisKey()) return;
+    for (const warning of answer.warnings ?? []) this.message("warning", warning);
+    this.contribution = { key, layer: answer.earlier_layer, scores: answer.scores, label: `${label}, ${answer.mode}, ${formatValue(answer.seconds)} s` };
+    if (this.state.layer !== answer.earlier_layer) {
+      this.state.layer = answer.earlier_layer;
+      delete this.state.channel;
+      this.saveState();
+      this.drawNetwork();
+    }
+    await this.loadTreemap();
   }
 
   // ------------------------------------------------------------- export

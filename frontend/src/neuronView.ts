@@ -11,6 +11,8 @@ import type { NeuronData } from "./types";
 
 export interface NeuronInput {
   data: NeuronData;
+  /** Controls placed under the title (e.g. the contribution tracer). */
+  actions: HTMLElement | null;
   names: Map<number, string>;
   colors: Map<number, string>;
   imageUrl: (example: number) => string;
@@ -36,16 +38,77 @@ function paintGreen(canvas: HTMLCanvasElement, bitmap: ImageBitmap): Uint8Clampe
   return levels;
 }
 
+/** A rectangle of neurons chosen on an activation map: [y0, x0, y1, x1) in a grid of [h, w]. */
+export interface AreaSelection {
+  area: [number, number, number, number];
+  grid: [number, number];
+}
+
 export class NeuronView {
   readonly element: HTMLDivElement;
+  private selection: AreaSelection | null = null;
+  private readonly overlays: HTMLDivElement[] = [];
 
   constructor() {
     this.element = el("div", { class: "neuron" });
   }
 
+  /** The area last dragged on an activation map (the same neurons in every example), or null. */
+  area(): AreaSelection | null {
+    return this.selection;
+  }
+
+  private showSelection(): void {
+    for (const overlay of this.overlays) {
+      const canvas = overlay.parentElement?.querySelector("canvas");
+      if (!this.selection || !canvas) {
+        overlay.hidden = true;
+        continue;
+      }
+      const [y0, x0, y1, x1] = this.selection.area;
+      const [h, w] = this.selection.grid;
+      overlay.hidden = false;
+      overlay.style.left = `${canvas.offsetLeft + (x0 / w) * canvas.clientWidth}px`;
+      overlay.style.top = `${canvas.offsetTop + (y0 / h) * canvas.clientHeight}px`;
+      overlay.style.width = `${((x1 - x0) / w) * canvas.clientWidth}px`;
+      overlay.style.height = `${((y1 - y0) / h) * canvas.clientHeight}px`;
+    }
+  }
+
+  /** Let the user drag a rectangle of neurons on `canvas` (grid = the map's pixels). */
+  private installAreaSelection(canvas: HTMLCanvasElement, mapBox: HTMLElement): void {
+    const overlay = el("div", { class: "area-overlay" });
+    overlay.hidden = true;
+    mapBox.appendChild(overlay);
+    this.overlays.push(overlay);
+    const cellAt = (ev: PointerEvent): [number, number] => {
+      const r = canvas.getBoundingClientRect();
+      const col = Math.floor(((ev.clientX - r.left) / r.width) * canvas.width);
+      const row = Math.floor(((ev.clientY - r.top) / r.height) * canvas.height);
+      return [Math.min(canvas.height - 1, Math.max(0, row)), Math.min(canvas.width - 1, Math.max(0, col))];
+    };
+    let start: [number, number] | null = null;
+    canvas.addEventListener("pointerdown", (ev) => {
+      start = cellAt(ev);
+      canvas.setPointerCapture(ev.pointerId);
+    });
+    canvas.addEventListener("pointermove", (ev) => {
+      if (!start) return;
+      const [r, c] = cellAt(ev);
+      this.selection = {
+        area: [Math.min(start[0], r), Math.min(start[1], c), Math.max(start[0], r) + 1, Math.max(start[1], c) + 1],
+        grid: [canvas.height, canvas.width],
+      };
+      this.showSelection();
+    });
+    canvas.addEventListener("pointerup", () => (start = null));
+  }
+
   /** Draw the panel; resolves when every activation map is painted, with the number painted. */
   async render(input: NeuronInput): Promise<number> {
     clear(this.element);
+    this.selection = null;
+    this.overlays.length = 0;
     const { data } = input;
     const cards = el("div", { class: "neuron-examples" });
     const pending: Array<Promise<boolean>> = [];
@@ -76,6 +139,7 @@ export class NeuronView {
         getRangedImage(ex.activation_map).then(
           ({ bitmap, range }) => {
             const levels = paintGreen(canvas, bitmap);
+            this.installAreaSelection(canvas, mapBox);
             const [lo, hi] = range ?? [0, 1];
             mapBox.appendChild(el("div", { class: "range" }, [range ? `range ${formatValue(lo)} … ${formatValue(hi)}` : "range not sent (grey levels 0…1)"]));
             canvas.addEventListener("mousemove", (ev) => {
@@ -105,7 +169,8 @@ export class NeuronView {
     }
     this.element.append(
       el("h3", {}, [`Feature map ${data.channel} of ${data.layer}`]),
-      el("div", { class: "legend-ramp" }, ["activation: ", el("span", { class: "ramp" }), " low → high"]),
+      ...(input.actions ? [input.actions] : []),
+      el("div", { class: "legend-ramp" }, ["activation: ", el("span", { class: "ramp" }), " low → high · drag on a map to select an area of neurons"]),
       cards,
       el("h4", {}, ["Learned features (top-activating reference crops)"]),
       features,

@@ -51,6 +51,10 @@ button:hover { background: #eeeeee; }
 .neuron-examples { display: flex; flex-wrap: wrap; gap: 10px; }
 .neuron-example { border: 1px solid #e0e0e0; border-top: 4px solid #9e9e9e; border-radius: 3px; padding: 6px; }
 .neuron-example .pair { display: flex; gap: 6px; }
+.activation-map { position: relative; }
+.activation-canvas { cursor: crosshair; touch-action: none; }
+.area-overlay { position: absolute; border: 2px solid #d84315; background: rgba(216,67,21,0.15); pointer-events: none; box-sizing: border-box; }
+.contribution-controls { display: flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
 .neuron-example img, .activation-canvas { image-rendering: pixelated; border: 1px solid #eeeeee; }
 .card-title { font-weight: 500; margin-bottom: 4px; }
 .values, .readout, .range { font-size: 11px; color: #616161; margin-top: 3px; }

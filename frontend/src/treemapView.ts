@@ -15,6 +15,8 @@ export interface TreemapInput {
   names: Map<number, string>;
   colors: Map<number, string>;
   diff: [number, number];
+  /** What the cells' contribution values measure, or null when none were computed. */
+  contributionLabel: string | null;
   selectedChannel: number | null;
   onOpenChannel: (channel: number) => void;
 }
@@ -114,7 +116,9 @@ export class TreemapView {
       ]),
       el("div", {}, [
         el("span", { class: "fill-key dotted" }),
-        maxContribution > 0 ? `dotted fill: contribution (full = ${formatValue(maxContribution)})` : "dotted fill: contribution (none computed for this layer)",
+        input.contributionLabel && maxContribution > 0
+          ? `dotted fill (right half): ${input.contributionLabel} (full = ${formatValue(maxContribution)})`
+          : "dotted fill: contribution (none computed for this layer; use “Contribution to prediction” or trace from a feature map)",
       ]),
       el("ul", { class: "set-list" }, [...containerRows, ...sharedRows]),
     ]);

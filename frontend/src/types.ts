@@ -195,3 +195,17 @@ export interface NeuronData {
   examples: NeuronExample[];
   learned_features: LearnedFeature[];
 }
+
+/** Answer of `POST contribution`: per feature map of `earlier_layer`, its contribution score. */
+export interface ContributionData {
+  earlier_layer: string;
+  target_layer: string | null;
+  channel: number | null;
+  area: [number, number, number, number] | null;
+  mode: string;
+  seconds: number;
+  scores: number[];
+  ranking: Array<{ channel: number; score: number }>;
+  cached?: boolean;
+  warnings?: string[];
+}

@@ -72,10 +72,10 @@ async function errorFrom(route, response) {
   }
   return new ApiError(route, response.status, message);
 }
-async function request(route, url) {
+async function request(route, url, init = {}) {
   let response;
   try {
-    response = await fetch(url, { credentials: "same-origin" });
+    response = await fetch(url, { credentials: "same-origin", ...init });
   } catch (err) {
     throw new ApiError(route, 0, `TensorBoard did not answer (${String(err)}); is it still running?`);
   }
@@ -84,6 +84,18 @@ async function request(route, url) {
 }
 async function getJson(route, params = {}) {
   const response = await request(route, routeUrl(route, params));
+  try {
+    return await response.json();
+  } catch {
+    throw new ApiError(route, response.status, `the ${route} route answered something that is not JSON`);
+  }
+}
+async function postJson(route, body) {
+  const response = await request(route, route, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body)
+  });
   try {
     return await response.json();
   } catch {
@@ -1025,11 +1037,63 @@ function paintGreen(canvas, bitmap) {
 }
 var NeuronView = class {
   constructor() {
+    this.selection = null;
+    this.overlays = [];
     this.element = el("div", { class: "neuron" });
+  }
+  /** The area last dragged on an activation map (the same neurons in every example), or null. */
+  area() {
+    return this.selection;
+  }
+  showSelection() {
+    for (const overlay of this.overlays) {
+      const canvas = overlay.parentElement?.querySelector("canvas");
+      if (!this.selection || !canvas) {
+        overlay.hidden = true;
+        continue;
+      }
+      const [y0, x0, y1, x1] = this.selection.area;
+      const [h, w] = this.selection.grid;
+      overlay.hidden = false;
+      overlay.style.left = `${canvas.offsetLeft + x0 / w * canvas.clientWidth}px`;
+      overlay.style.top = `${canvas.offsetTop + y0 / h * canvas.clientHeight}px`;
+      overlay.style.width = `${(x1 - x0) / w * canvas.clientWidth}px`;
+      overlay.style.height = `${(y1 - y0) / h * canvas.clientHeight}px`;
+    }
+  }
+  /** Let the user drag a rectangle of neurons on `canvas` (grid = the map's pixels). */
+  installAreaSelection(canvas, mapBox) {
+    const overlay = el("div", { class: "area-overlay" });
+    overlay.hidden = true;
+    mapBox.appendChild(overlay);
+    this.overlays.push(overlay);
+    const cellAt = (ev) => {
+      const r = canvas.getBoundingClientRect();
+      const col = Math.floor((ev.clientX - r.left) / r.width * canvas.width);
+      const row = Math.floor((ev.clientY - r.top) / r.height * canvas.height);
+      return [Math.min(canvas.height - 1, Math.max(0, row)), Math.min(canvas.width - 1, Math.max(0, col))];
+    };
+    let start = null;
+    canvas.addEventListener("pointerdown", (ev) => {
+      start = cellAt(ev);
+      canvas.setPointerCapture(ev.pointerId);
+    });
+    canvas.addEventListener("pointermove", (ev) => {
+      if (!start) return;
+      const [r, c] = cellAt(ev);
+      this.selection = {
+        area: [Math.min(start[0], r), Math.min(start[1], c), Math.max(start[0], r) + 1, Math.max(start[1], c) + 1],
+        grid: [canvas.height, canvas.width]
+      };
+      this.showSelection();
+    });
+    canvas.addEventListener("pointerup", () => start = null);
   }
   /** Draw the panel; resolves when every activation map is painted, with the number painted. */
   async render(input) {
     clear(this.element);
+    this.selection = null;
+    this.overlays.length = 0;
     const { data } = input;
     const cards = el("div", { class: "neuron-examples" });
     const pending = [];
@@ -1060,6 +1124,7 @@ var NeuronView = class {
         getRangedImage(ex.activation_map).then(
           ({ bitmap, range }) => {
             const levels = paintGreen(canvas, bitmap);
+            this.installAreaSelection(canvas, mapBox);
             const [lo, hi] = range ?? [0, 1];
             mapBox.appendChild(el("div", { class: "range" }, [range ? `range ${formatValue(lo)} … ${formatValue(hi)}` : "range not sent (grey levels 0…1)"]));
             canvas.addEventListener("mousemove", (ev) => {
@@ -1089,7 +1154,8 @@ var NeuronView = class {
     }
     this.element.append(
       el("h3", {}, [`Feature map ${data.channel} of ${data.layer}`]),
-      el("div", { class: "legend-ramp" }, ["activation: ", el("span", { class: "ramp" }), " low → high"]),
+      ...input.actions ? [input.actions] : [],
+      el("div", { class: "legend-ramp" }, ["activation: ", el("span", { class: "ramp" }), " low → high · drag on a map to select an area of neurons"]),
       cards,
       el("h4", {}, ["Learned features (top-activating reference crops)"]),
       features
@@ -1228,7 +1294,7 @@ var TreemapView = class {
       ]),
       el("div", {}, [
         el("span", { class: "fill-key dotted" }),
-        maxContribution > 0 ? `dotted fill: contribution (full = ${formatValue(maxContribution)})` : "dotted fill: contribution (none computed for this layer)"
+        input.contributionLabel && maxContribution > 0 ? `dotted fill (right half): ${input.contributionLabel} (full = ${formatValue(maxContribution)})` : "dotted fill: contribution (none computed for this layer; use “Contribution to prediction” or trace from a feature map)"
       ]),
       el("ul", { class: "set-list" }, [...containerRows, ...sharedRows])
     ]);
@@ -1350,6 +1416,8 @@ var App = class {
     this.graph = null;
     this.river = null;
     this.expanded = /* @__PURE__ */ new Set();
+    /** Contribution scores shown as dotted fills in the treemap of `layer` (per channel). */
+    this.contribution = null;
     /** Incremented per analysis load; stale answers are dropped. */
     this.generation = 0;
     this.host = hostWindow();
@@ -1364,6 +1432,8 @@ var App = class {
     this.legend = el("div", { class: "legend" });
     this.summary = el("div", { class: "summary" });
     this.treemapHead = el("div", { class: "panel-head" });
+    // ------------------------------------------------------------- contribution (paper Sec. 5.4)
+    this.mode = "sgd";
     this.state = readViewState(this.host.location.hash);
     root.classList.add("aevis");
     root.append(this.controls, this.messages, this.networkPanel, this.treemapPanel, this.neuronPanel);
@@ -1686,6 +1756,8 @@ var App = class {
       el("span", { class: "note" }, [`${info.channels} channels, ${info.height}×${info.width}`]),
       select("Difference A", diffOptions, String(diff[0]), (v) => this.setDiff([Number(v), diff[1]]), "diff-a"),
       select("minus B", diffOptions, String(diff[1]), (v) => this.setDiff([diff[0], Number(v)]), "diff-b"),
+      this.contributionMode(),
+      this.manifest.has_model ? this.button("Contribution to prediction", () => void this.computeContribution({ target: "prediction", earlier_layer: layer }, "contribution to the prediction")) : el("span", { class: "note" }, ["no saved model: contribution analysis unavailable"]),
       el("span", { class: "spacer" }),
       this.button("Export SVG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "svg")),
       this.button("Export PNG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "png")),
@@ -1719,12 +1791,15 @@ var App = class {
       return;
     }
     if (generation !== this.generation || this.state.layer !== layer) return;
+    const contribution = this.contribution && this.contribution.key === this.analysisKey() && this.contribution.layer === layer ? this.contribution : null;
+    if (contribution) data.cells = data.cells.map((c) => ({ ...c, contribution: contribution.scores[c.channel] ?? null }));
     this.treemapView.render({
       data,
       names,
       colors: this.exampleColors(),
       diff,
       selectedChannel: this.state.channel ?? null,
+      contributionLabel: contribution?.label ?? null,
       onOpenChannel: (channel) => {
         this.state.channel = channel;
         this.saveState();
@@ -1761,10 +1836,67 @@ var App = class {
     const colors = this.exampleColors();
     await this.neuronView.render({
       data,
+      actions: this.contributionTracer(layer, channel),
       names: this.exampleNames(),
       colors,
       imageUrl: (example) => routeUrl("image", { ...this.analysisParams(), example })
     });
+  }
+  contributionMode() {
+    return select("Contribution mode", [
+      { value: "sgd", text: "SGD (accurate)" },
+      { value: "quadratic", text: "quadratic (fast)" }
+    ], this.mode, (v) => this.mode = v, "contribution-mode");
+  }
+  /** "Trace from layer [earlier] [button]": contributions of an earlier layer to this feature map (or its selected area). */
+  contributionTracer(layer, channel) {
+    const manifest = this.manifest;
+    const index = manifest.layers.findIndex((l) => l.name === layer);
+    if (!manifest.has_model) return el("div", { class: "note" }, ["no saved model: contribution analysis unavailable"]);
+    if (index <= 0) return el("div", { class: "note" }, ["the first gated layer has no earlier gated layer to trace contributions from"]);
+    const earlier = manifest.layers.slice(0, index).map((l) => ({ value: l.name, text: l.name }));
+    let from = earlier[earlier.length - 1].value;
+    return el("div", { class: "contribution-controls" }, [
+      select("Trace contributions from", earlier, from, (v) => from = v, "earlier-layer"),
+      this.contributionMode(),
+      this.button("Trace", () => {
+        const chosen = this.neuronView.area();
+        const where = chosen ? ` (area rows ${chosen.area[0]}–${chosen.area[2] - 1}, columns ${chosen.area[1]}–${chosen.area[3] - 1})` : "";
+        void this.computeContribution(
+          { target: "feature_map", target_layer: layer, channel, earlier_layer: from, ...chosen ? { area: chosen.area, area_grid: chosen.grid } : {} },
+          `contribution to feature map ${channel} of ${layer}${where}`
+        );
+      })
+    ]);
+  }
+  /** POST the contribution request, then show the earlier layer's treemap with the scores as dotted fills. */
+  async computeContribution(request2, label) {
+    const key = this.analysisKey();
+    const status = this.message("info", `Computing the ${label} (${this.mode})…`);
+    let answer;
+    try {
+      answer = await postJson("contribution", {
+        ...this.analysisParams(),
+        ...request2,
+        examples: (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES),
+        mode: this.mode
+      });
+    } catch (err) {
+      status.remove();
+      this.message("error", describeError(err));
+      return;
+    }
+    status.remove();
+    if (key !== this.analysisKey()) return;
+    for (const warning of answer.warnings ?? []) this.message("warning", warning);
+    this.contribution = { key, layer: answer.earlier_layer, scores: answer.scores, label: `${label}, ${answer.mode}, ${formatValue(answer.seconds)} s` };
+    if (this.state.layer !== answer.earlier_layer) {
+      this.state.layer = answer.earlier_layer;
+      delete this.state.channel;
+      this.saveState();
+      this.drawNetwork();
+    }
+    await this.loadTreemap();
   }
   // ------------------------------------------------------------- export
   async exportView(what, name, format) {
@@ -1834,6 +1966,10 @@ button:hover { background: #eeeeee; }
 .neuron-examples { display: flex; flex-wrap: wrap; gap: 10px; }
 .neuron-example { border: 1px solid #e0e0e0; border-top: 4px solid #9e9e9e; border-radius: 3px; padding: 6px; }
 .neuron-example .pair { display: flex; gap: 6px; }
+.activation-map { position: relative; }
+.activation-canvas { cursor: crosshair; touch-action: none; }
+.area-overlay { position: absolute; border: 2px solid #d84315; background: rgba(216,67,21,0.15); pointer-events: none; box-sizing: border-box; }
+.contribution-controls { display: flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
 .neuron-example img, .activation-canvas { image-rendering: pixelated; border: 1px solid #eeeeee; }
 .card-title { font-weight: 500; margin-bottom: 4px; }
 .values, .readout, .range { font-size: 11px; color: #616161; margin-top: 3px; }

@@ -3,7 +3,9 @@ written by the real engine and writer (tests/run_fixtures.py)."""
 
 from __future__ import annotations
 
+import json
 import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -180,3 +182,53 @@ def test_collapsed_group_expands(served_run, page):
     frame.locator(f'g.graph-node.group[data-id="{top}"] .toggle').click()
     frame.wait_for_selector(f'g.expanded-group[data-group="{top}"]')
     assert frame.locator("g.graph-node").count() == before
+
+
+def test_contribution_traced_from_a_selected_area_fills_dotted_cells(served_run, page):
+    tb, written = served_run
+    p = params(written, "dgr")
+    manifest = tb.aevis("analysis", **p)
+    assert manifest["has_model"]
+    layer = manifest["layers"][-1]["name"]
+    treemap = tb.aevis("treemap", **p, layer=layer, examples="0,1,2")
+    assert treemap["cells"], "no datapath keeps any feature map"
+    channel = treemap["cells"][0]["channel"]
+    state = {"aevis.method": "dgr", "aevis.layer": layer, "aevis.channel": str(channel)}
+    frame = dashboard(page, tb, "&" + urllib.parse.urlencode(state, quote_via=urllib.parse.quote))
+    frame.wait_for_function("() => [...document.querySelectorAll('.activation-map canvas')].some(c => c.width > 1)")
+    # Drag a rectangle of neurons on the first activation map.
+    canvas = frame.locator(".activation-map canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=4)
+    page.mouse.up()
+    assert frame.locator(".area-overlay:not([hidden])").count() >= 1
+    frame.select_option('.neuron select[name="contribution-mode"]', "quadratic")
+    with page.expect_request(lambda r: r.url.endswith("/data/plugin/aevis/contribution") and r.method == "POST") as info:
+        frame.locator(".neuron button", has_text="Trace").click()
+    sent = info.value.post_data_json
+    earlier = manifest["layers"][-2]["name"]
+    assert sent["target"] == "feature_map" and sent["target_layer"] == layer and sent["channel"] == channel
+    assert sent["earlier_layer"] == earlier and sent["mode"] == "quadratic"
+    height, width = sent["area_grid"]
+    y0, x0, y1, x1 = sent["area"]
+    assert 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width and (y1 - y0) < height
+
+    # The treemap of the earlier layer shows the scores the backend computes for that request.
+    frame.wait_for_function("l => document.querySelector('.treemap-panel h2')?.textContent === 'Feature maps of ' + l", arg=earlier)
+    frame.wait_for_selector("g.treemap-cell")
+    req = urllib.request.Request(tb.url + "/data/plugin/aevis/contribution", data=json.dumps(sent).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=120) as r:
+        scores = json.loads(r.read())["scores"]
+    size = frame.eval_on_selector("svg.treemap-svg", "s => [s.getAttribute('width'), s.getAttribute('height')]")
+    cells = tb.aevis("treemap", **p, layer=earlier, examples="0,1,2", diff="0,1", width=size[0], height=size[1])["cells"]
+    scored = [c for c in cells if scores[c["channel"]] != 0]
+    assert frame.locator("rect.fill-contribution").count() == len(scored) > 0
+    top = max(scored, key=lambda c: abs(scores[c["channel"]]))
+    drawn = float(frame.get_attribute(f'g.treemap-cell[data-channel="{top["channel"]}"] rect.fill-contribution', "height"))
+    assert abs(drawn - (top["dy"] - 2)) < 0.5  # the largest contribution fills its cell
+    assert "contribution to feature map" in frame.locator(".treemap-legend").inner_text()
+    screenshot(page, "dashboard-contribution.png")
