@@ -144,6 +144,24 @@ def test_large_model_starts_collapsed(logdir, page):
         assert frame.locator("path.river-path").count() == 3
         # Every gated layer still has a place on the river.
         assert frame.locator("rect.layer-hit").count() == len(analysis.layers)
+        # Pan and zoom: the wheel zooms about the cursor; the mini-map moves the view.
+        def transform():
+            return frame.get_attribute("g.viewport", "transform")
+
+        def scale(t):
+            return float(t.split("scale(")[1].rstrip(")"))
+
+        assert frame.locator("svg.minimap").is_visible()
+        before = transform()
+        view = frame.locator("svg.network-svg").bounding_box()
+        page.mouse.move(view["x"] + view["width"] / 2, view["y"] + view["height"] / 2)
+        page.mouse.wheel(0, -300)
+        frame.wait_for_function("t => document.querySelector('g.viewport').getAttribute('transform') !== t", arg=before)
+        assert scale(transform()) > scale(before)
+        zoomed = transform()
+        mini = frame.locator("svg.minimap").bounding_box()
+        page.mouse.click(mini["x"] + mini["width"] - 3, mini["y"] + mini["height"] / 2)
+        assert transform() != zoomed and scale(transform()) == scale(zoomed)
         screenshot(page, "large-model-collapsed.png")
     finally:
         tb.close()
