@@ -1,0 +1,245 @@
+"""Datapath extraction on a small CNN and torchvision resnet18 (random weights)."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from tensorboard_plugin_aevis.analysis import Analysis
+from tensorboard_plugin_aevis.datapath_metrics import datapath_distance
+from tensorboard_plugin_aevis.extraction import extract_datapaths
+
+ROLES = ["source", "adversarial", "target", "target"]
+
+
+class SmallCNN(nn.Module):
+    """conv-bn-relu, conv-relu, pool, conv-relu, global pool, linear: (B, C, 24, 24) -> (B, 6)."""
+
+    def __init__(self, in_channels=3, classes=6):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        )
+        self.fc = nn.Linear(16, classes, bias=False)  # no bias: an empty datapath predicts nothing
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean(dim=(2, 3)) * 4.0)
+
+
+def trained_small_cnn(in_channels=3, seed=0):
+    """SmallCNN trained for a few seconds to tell 6 stripe patterns apart; (model, images of classes 1..4)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    coords = torch.arange(24.0)
+    stripes = [torch.sin(coords * f)[None, :].expand(24, 24) for f in (0.4, 1.2, 2.4)]
+    stripes = stripes + [s.T for s in stripes]  # 3 frequencies x 2 orientations = 6 classes
+    colour = torch.rand(6, in_channels, 1, 1, generator=gen)
+    templates = 0.5 + 0.5 * torch.stack(stripes)[:, None] * colour
+
+    def sample(labels):
+        noise = torch.rand(len(labels), in_channels, 24, 24, generator=gen)
+        return 0.6 * templates[labels] + 0.4 * noise
+
+    model = SmallCNN(in_channels)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(150):
+        labels = torch.randint(0, 6, (32,), generator=gen)
+        loss = nn.functional.cross_entropy(model(sample(labels)), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), sample(torch.tensor([1, 2, 3, 4]))
+
+
+@pytest.fixture(scope="module")
+def small():
+    return trained_small_cnn()
+
+
+@pytest.fixture(scope="module")
+def small_analysis(small):
+    model, images = small
+    return extract_datapaths(model, images, ROLES, ["cat", "cat (adv)", "dog 1", "dog 2"], steps=80)
+
+
+def test_labels_kept_gates_in_range_and_datapaths_sparse(small, small_analysis):
+    model, images = small
+    a = small_analysis
+    with torch.no_grad():
+        labels = model(images).argmax(dim=1).tolist()
+    assert [e.label for e in a.examples] == labels
+    for e in a.examples:
+        assert e.gated_label == e.label and e.binary_label == e.label, e
+        assert e.loss_history and all(np.isfinite(e.loss_history))
+    assert all(((g >= 0) & (g <= 1)).all() for g in a.gates)
+    assert [l.name for l in a.layers] == ["features.2", "features.4", "features.7"]
+    assert [l.channels for l in a.layers] == [8, 16, 16]
+    assert (a.kept_fraction() < 0.9).all()  # the L1 term removed feature maps
+    assert a.method == "constrained" and a.threshold == 0.5
+    assert a.params["order"] == [[1], [0], [2, 3]]  # adversarial, source, then the targets batched
+
+
+def test_binary_labels_match_an_independent_gated_forward(small, small_analysis):
+    """Re-run the network with the binary datapath applied by hand."""
+    model, images = small
+    a = small_analysis
+    binary = [torch.from_numpy(b.astype(np.float32)) for b in a.binary()]
+    with torch.no_grad():
+        h = model.features[2](model.features[1](model.features[0](images))) * binary[0][:, :, None, None]
+        h = model.features[4](model.features[3](h)) * binary[1][:, :, None, None]
+        h = model.features[7](model.features[6](model.features[5](h))) * binary[2][:, :, None, None]
+        labels = model.fc(h.mean(dim=(2, 3)) * 4.0).argmax(dim=1)
+    assert labels.tolist() == [e.binary_label for e in a.examples]
+
+
+def test_activations_are_the_ungated_feature_maps(small, small_analysis):
+    model, images = small
+    with torch.no_grad():
+        first = model.features[:3](images)
+    np.testing.assert_allclose(small_analysis.activation_maps[0], first.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(small_analysis.max_activations[0], first.amax(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+    probs = torch.softmax(model(images), dim=1).max(dim=1).values
+    np.testing.assert_allclose([e.confidence for e in small_analysis.examples], probs.detach().numpy(), rtol=1e-5)
+
+
+def test_model_left_exactly_as_it_was(small):
+    model, images = small
+    model.train()  # a user's model may be in training mode; extraction must restore it
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    with torch.no_grad():
+        before = model(images)
+    model.train()
+    extract_datapaths(model, images, ROLES, steps=5)
+    assert model.training and all(m.training for m in model.modules())
+    assert flags == [p.requires_grad for p in model.parameters()]
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        after = model(images)
+    assert torch.equal(before, after)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_batched_targets_equal_one_by_one(small):
+    model, images = small
+    batched = extract_datapaths(model, images, ROLES, steps=40)
+    for k in (2, 3):
+        single = extract_datapaths(model, images[[0, 1, k]], ["source", "adversarial", "target"], steps=40)
+        for gb, gs in zip(batched.gates, single.gates):
+            np.testing.assert_allclose(gb[k], gs[2], atol=2e-3)
+        assert batched.examples[k].loss_history == pytest.approx(single.examples[2].loss_history, rel=1e-3, abs=1e-5)
+
+
+def test_constraint_pulls_datapaths_together(small):
+    model, images = small
+    free = extract_datapaths(model, images, ROLES, steps=60, gamma=0.0)
+    tied = extract_datapaths(model, images, ROLES, steps=60, gamma=2.0)
+    for i, j in [(0, 1), (2, 1), (3, 1)]:
+        assert datapath_distance(tied, i, j) < datapath_distance(free, i, j)
+    # the adversarial example comes first in the chain: no constraint acts on it
+    for gf, gt in zip(free.gates, tied.gates):
+        np.testing.assert_array_equal(gf[1], gt[1])
+
+
+def test_dgr_baseline_on_resnet18():
+    torch.manual_seed(1)
+    model = tvm.resnet18(num_classes=10).eval()
+    images = torch.rand(3, 3, 48, 48)
+    a = extract_datapaths(model, images, ["source", "adversarial", "target"], method="dgr", steps=8)
+    assert a.method == "dgr" and a.threshold == 0.0
+    assert a.params["clamp"] == [0.0, 100.0] and a.params["lambda"] == 0.05 and a.params["lr"] == 0.1
+    assert a.params["order"] == [[0, 1, 2]]  # no chain: every example on its own, one batch
+    assert [l.name for l in a.layers][:2] == ["relu", "layer1.0"] and len(a.layers) == 9
+    assert all(((g >= 0) & (g <= 100)).all() for g in a.gates)
+    assert all(e.label_preserved for e in a.examples)
+    assert all(len(e.loss_history) == 8 for e in a.examples)
+
+
+def test_dgr_clamps_plain_networks_to_five(small):
+    model, images = small
+    a = extract_datapaths(model, images, ROLES, method="dgr", steps=3)
+    assert a.params["clamp"] == [0.0, 5.0]
+
+
+def test_resnet18_triplet_keeps_labels_and_round_trips(tmp_path):
+    torch.manual_seed(2)
+    model = tvm.resnet18(num_classes=10).eval()
+    images = torch.rand(3, 3, 48, 48)
+    a = extract_datapaths(model, images, ["source", "adversarial", "target"], names=["s", "a", "t"], steps=30,
+                          class_names=[f"c{k}" for k in range(10)])
+    assert all(e.label_preserved for e in a.examples)
+    assert all(e.class_name == f"c{e.label}" for e in a.examples)
+    assert [l.channels for l in a.layers] == [64, 64, 64, 128, 128, 256, 256, 512, 512]
+    path = str(tmp_path / "a.npz")
+    a.save_npz(path)
+    b = Analysis.load_npz(path)
+    assert b.to_json() == a.to_json()
+    for g, h in zip(a.gates, b.gates):
+        np.testing.assert_array_equal(g, h)
+
+
+def test_grey_scale_model():
+    model, images = trained_small_cnn(in_channels=1, seed=3)
+    a = extract_datapaths(model, images[:2], ["source", "adversarial"], steps=10)
+    assert a.images.shape == (2, 1, 24, 24) and all(e.label_preserved for e in a.examples)
+
+
+class NoFeatureMaps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 24 * 24, 4)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class ReturnsTuple(SmallCNN):
+    def forward(self, x):
+        return super().forward(x), x
+
+
+@pytest.mark.parametrize(
+    "make_args, error, pattern",
+    [
+        (lambda m, x: (m, x.clone().fill_(float("nan")), ROLES), ValueError, "NaN or infinite"),
+        (lambda m, x: (m, x * 255, ROLES), ValueError, r"not \[0, 1\]"),
+        (lambda m, x: (m, x[:, :1], ROLES), ValueError, "1 channels but the model takes 3"),
+        (lambda m, x: (m, x, ROLES[:3]), ValueError, "3 roles for 4 images"),
+        (lambda m, x: (m, x, ["source", "adv", "target", "target"]), ValueError, "role 'adv' of image 1 is unknown"),
+        (lambda m, x: (m, x[0], ROLES[:1]), ValueError, "add the batch dimension"),
+        (lambda m, x: (NoFeatureMaps(), x, ROLES), ValueError, "no 4-D feature maps"),
+        (lambda m, x: (ReturnsTuple().eval(), x, ROLES), ValueError, "not logits of shape"),
+    ],
+)
+def test_bad_input_errors(small, make_args, error, pattern):
+    model, images = small
+    with pytest.raises(error, match=pattern):
+        extract_datapaths(*make_args(model, images), steps=2)
+
+
+def test_bad_options_errors(small):
+    model, images = small
+    with pytest.raises(ValueError, match=r"no module named 'features\.22'.*features\.2"):
+        extract_datapaths(model, images, ROLES, layers=["features.22"], steps=2)
+    with pytest.raises(ValueError, match="every example exactly once"):
+        extract_datapaths(model, images, ROLES, order=["adversarial", "source"], steps=2)
+    with pytest.raises(ValueError, match="unknown method"):
+        extract_datapaths(model, images, ROLES, method="lasso")
+    with pytest.raises(ValueError, match="threshold must be in"):
+        extract_datapaths(model, images, ROLES, threshold=1.0)
+
+
+def test_wrong_image_size_for_a_wrapped_model(small):
+    from tensorboard_plugin_aevis.models import ClassifierWrapper
+
+    model, images = small
+    wrapped = ClassifierWrapper(model, [0.5] * 3, [0.5] * 3, input_size=(32, 32)).eval()
+    with pytest.raises(ValueError, match="24x24 pixels but the model expects 32x32"):
+        extract_datapaths(wrapped, images, ROLES, steps=2)
