@@ -468,7 +468,7 @@ def markdown_table(summary: Dict[str, Any]) -> str:
               "| examples with a pattern (any target) | stability: chain order (Jaccard) |", "|---|---:|---:|---:|---:|---:|"]
     for m in methods:
         row = summary["methods"][m]
-        stab = "n/a (no chain)" if row["stability_order"] is None else f"{row['stability_order']:.3f} (n={row['stability_examples']})"
+        stab = ("n/a (no chain)" if m == "dgr" else "not measured") if row["stability_order"] is None else f"{row['stability_order']:.3f} (n={row['stability_examples']})"
         lines.append(f"| {m} | {row['label_preservation']:.3f} | {row['examples_all_preserved']:.3f} | {row['kept_fraction']:.3f} "
                      f"| {row['examples_with_a_pattern']:.3f} | {stab} |")
     if summary.get("r_sensitivity"):
