@@ -440,24 +440,37 @@ def _jacobian(forward: _GatedForward, images, select, channels, max_rows, seed, 
     return rows.permute(1, 0, 2).contiguous(), directions, region, rectangle
 
 
-def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma: float, steps: int, deadline: Optional[float]) -> torch.Tensor:
-    """Minimise sum_i ||J_i (1 - z_i)||^2 / n_i + penalties over z in [0, 1]^(m x C); ``jac``: (m, R, C)."""
-    m, _, c = jac.shape
-    jac64 = jac.double().numpy() / np.sqrt(norms.double().numpy())[:, None, None]
+def _quadratic_objective(jac64: np.ndarray, lambda_: float, gamma: float, deadline: Optional[float]):
+    """``objective(flat z) -> (value, gradient)`` of sum_i ||J_i (1 - z_i)||^2 + penalties.
+
+    ``jac64``: (m, R, C) float64, already divided by ``sqrt(n_i)``; the penalties are
+    those of :func:`_penalties`, in numpy (the solver calls this hundreds of times).
+    """
+    m, _, c = jac64.shape
 
     def objective(flat: np.ndarray) -> Tuple[float, np.ndarray]:
         _check_deadline(deadline)
         z = flat.reshape(m, c)
         residual = np.einsum("irc,ic->ir", jac64, 1.0 - z)
-        grad = -2.0 * np.einsum("irc,ir->ic", jac64, residual)
-        zt = torch.tensor(z, requires_grad=True)
-        penalty = _penalties(zt, lambda_, gamma)
-        penalty.backward()
-        return float((residual**2).sum()) + float(penalty.detach()), (grad + zt.grad.numpy()).reshape(-1)
+        grad = -2.0 * np.einsum("irc,ir->ic", jac64, residual) + lambda_ / c
+        value = float((residual**2).sum()) + lambda_ * float(z.mean(axis=1).sum())
+        if gamma > 0 and m > 1:
+            diff = z[:, None, :] - z[None, :, :]
+            norm = np.sqrt((diff**2).sum(-1) + _NORM_EPS)
+            value += gamma * float(norm.sum() - m * _NORM_EPS**0.5)
+            grad += 2.0 * gamma * (diff / norm[:, :, None]).sum(axis=1)
+        return value, grad.reshape(-1)
 
+    return objective
+
+
+def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma: float, steps: int, deadline: Optional[float]) -> torch.Tensor:
+    """Minimise sum_i ||J_i (1 - z_i)||^2 / n_i + penalties over z in [0, 1]^(m x C); ``jac``: (m, R, C)."""
+    m, _, c = jac.shape
+    jac64 = jac.double().numpy() / np.sqrt(norms.double().numpy())[:, None, None]
     solution = scipy.optimize.minimize(
-        objective, np.ones(m * c), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * (m * c),
-        options={"maxiter": max(steps * 10, 100)},
+        _quadratic_objective(jac64, lambda_, gamma, deadline), np.ones(m * c), jac=True, method="L-BFGS-B",
+        bounds=[(0.0, 1.0)] * (m * c), options={"maxiter": max(steps * 10, 100)},
     )
     return torch.tensor(solution.x.reshape(m, c), dtype=torch.float32)
 

@@ -283,3 +283,16 @@ def test_session_queries_equal_fresh_calls():
         assert reused.region == fresh.region
     with pytest.raises(ValueError, match="target is a feature map"):
         session.prediction()
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_quadratic_objective_matches_the_torch_penalties(m):
+    """The solver's numpy objective equals the fidelity + _penalties computed by autograd."""
+    torch.manual_seed(4)
+    jac = torch.randn(m, 4, 7, dtype=torch.float64)
+    z = torch.rand(m, 7, dtype=torch.float64, requires_grad=True)
+    value, grad = contribution._quadratic_objective(jac.numpy(), 0.5, 0.3, None)(z.detach().numpy().reshape(-1))
+    reference = (torch.einsum("irc,ic->ir", jac, 1 - z) ** 2).sum() + contribution._penalties(z, 0.5, 0.3)
+    reference.backward()
+    assert value == pytest.approx(float(reference.detach()), rel=1e-12)
+    np.testing.assert_allclose(grad, z.grad.numpy().reshape(-1), rtol=1e-10, atol=1e-12)

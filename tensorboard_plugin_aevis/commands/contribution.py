@@ -127,6 +127,7 @@ def bench_contribution(
     photo: str = "chelsea",
     repeats: int = 2,
     steps: Optional[int] = None,
+    seed: int = 0,
 ) -> Dict[str, Any]:
     """Time both modes on one photo, a mid-layer target map and a square area; compare them.
 
@@ -153,6 +154,7 @@ def bench_contribution(
             times.append(time.perf_counter() - start)
         return min(times[1:]), value
 
+    torch.manual_seed(seed)  # torchvision models without a weights file get random weights
     model = load_model(model_spec)
     images = load_photo(photo, size=size)[None]
     captured: List[torch.Tensor] = []
