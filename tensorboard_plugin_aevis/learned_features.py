@@ -73,32 +73,62 @@ def receptive_field_boxes(
     image_shape: Tuple[int, int, int],
     batch_size: int = 16,
 ) -> Dict[str, Dict[Tuple[int, int], Box]]:
-    """``{layer: {(h, w): (y0, x0, y1, x1)}}``: the receptive field of each position (module docstring)."""
+    """``{layer: {(h, w): (y0, x0, y1, x1)}}``: the receptive field of each position (module docstring).
+
+    One gradient pass per layer measures the box of the central position; convolutions
+    are translation-equivariant, so every other position's box is that box shifted by
+    the layer's stride (input size / feature-map size) and clipped to the image. Where
+    the central box already touches the image border the shift would be wrong, so those
+    layers measure each requested position exactly (batched, ``batch_size`` at a time).
+    """
     noise = torch.rand(image_shape, generator=torch.Generator().manual_seed(0))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     noise = noise.to(device)
+    _, height, width = image_shape
     boxes: Dict[str, Dict[Tuple[int, int], Box]] = {}
     with eval_mode(model):
         for layer, module in modules.items():
-            boxes[layer] = {}
             todo = sorted(positions.get(layer, ()))
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                x = noise.expand(len(chunk), *image_shape).clone().requires_grad_(True)
-                output = _run_until(model, module, x)
-                rows = torch.arange(len(chunk), device=device)
-                hs = torch.tensor([h for h, _ in chunk], device=device)
-                ws = torch.tensor([w for _, w in chunk], device=device)
-                (grad,) = torch.autograd.grad(output[rows, :, hs, ws].sum(), x)
-                support = grad.abs().sum(dim=1) > 0  # (P, H, W)
-                for p, pos in enumerate(chunk):
-                    ys = torch.nonzero(support[p].any(dim=1)).flatten()
-                    xs = torch.nonzero(support[p].any(dim=0)).flatten()
-                    if len(ys) == 0:  # the position ignores the input (e.g. constant): the whole image
-                        boxes[layer][pos] = (0, 0, image_shape[1], image_shape[2])
-                    else:
-                        boxes[layer][pos] = (int(ys[0]), int(xs[0]), int(ys[-1]) + 1, int(xs[-1]) + 1)
+            if not todo:
+                boxes[layer] = {}
+                continue
+            feature_h, feature_w = _run_until(model, module, noise[None]).shape[-2:]
+            centre = (feature_h // 2, feature_w // 2)
+            (y0, x0, y1, x1), = _measured_boxes(model, module, noise, [centre]).values()
+            if 0 < y0 and 0 < x0 and y1 < height and x1 < width:
+                stride_y, stride_x = height / feature_h, width / feature_w
+                boxes[layer] = {
+                    (h, w): (max(0, round(y0 + (h - centre[0]) * stride_y)), max(0, round(x0 + (w - centre[1]) * stride_x)),
+                             min(height, round(y1 + (h - centre[0]) * stride_y)), min(width, round(x1 + (w - centre[1]) * stride_x)))
+                    for h, w in todo
+                }
+            else:
+                boxes[layer] = {}
+                for start in range(0, len(todo), batch_size):
+                    boxes[layer].update(_measured_boxes(model, module, noise, todo[start : start + batch_size]))
     return boxes
+
+
+def _measured_boxes(model: nn.Module, module: nn.Module, noise: torch.Tensor,
+                    chunk: Sequence[Tuple[int, int]]) -> Dict[Tuple[int, int], Box]:
+    """Bounding boxes of the input pixels with a non-zero gradient, one per position in ``chunk``."""
+    image_shape = tuple(noise.shape)
+    x = noise.expand(len(chunk), *image_shape).clone().requires_grad_(True)
+    output = _run_until(model, module, x)
+    rows = torch.arange(len(chunk), device=x.device)
+    hs = torch.tensor([h for h, _ in chunk], device=x.device)
+    ws = torch.tensor([w for _, w in chunk], device=x.device)
+    (grad,) = torch.autograd.grad(output[rows, :, hs, ws].sum(), x)
+    support = grad.abs().sum(dim=1) > 0  # (P, H, W)
+    result: Dict[Tuple[int, int], Box] = {}
+    for p, pos in enumerate(chunk):
+        ys = torch.nonzero(support[p].any(dim=1)).flatten()
+        xs = torch.nonzero(support[p].any(dim=0)).flatten()
+        if len(ys) == 0:  # the position ignores the input (e.g. constant): the whole image
+            result[pos] = (0, 0, image_shape[1], image_shape[2])
+        else:
+            result[pos] = (int(ys[0]), int(xs[0]), int(ys[-1]) + 1, int(xs[-1]) + 1)
+    return result
 
 
 # ----------------------------------------------------------------------------- helpers
