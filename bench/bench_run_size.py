@@ -21,7 +21,6 @@ import torch
 
 from summary_writers import add_analysis
 from tensorboard_plugin_aevis.extraction import extract_datapaths
-from tensorboard_plugin_aevis.model_artifact import artifact_dir
 from tensorboard_plugin_aevis.models import load_model
 
 
@@ -63,7 +62,7 @@ def main() -> None:
         start = time.perf_counter()
         add_analysis(run, "triplet", analysis, 0, model=model, save_model=save_model, max_map_size=args.max_map_size)
         log_s = time.perf_counter() - start
-        artifact = artifact_dir(run, "triplet")
+        artifact = os.path.join(run, "plugins", "aevis", "models")
         events = sizes[save_model] = directory_size(run, exclude=artifact)
         line = f"save_model={save_model}: event files {events / 1e6:.2f} MB"
         if save_model:

@@ -161,7 +161,8 @@ def add_analysis(
     given: the layer DAG (once per name and writer), the learned features over
     ``reference_images`` ((M, C, H, W) in [0, 1], stored once per name and writer) and,
     unless ``save_model=False``, the model artifact in
-    ``<run>/plugins/aevis/models/<name>/`` (replaced by the latest call that saves it).
+    ``<run>/plugins/aevis/models/<fingerprint of the weights>/``: exported once per distinct
+    weights, so every step of a training run keeps the model it was analysed with.
     """
     _check_name_and_step(name, step)
     if not isinstance(analysis, Analysis):
@@ -176,7 +177,7 @@ def add_analysis(
     # Serialise everything that can fail on bad input before touching the run.
     maxima, maps = _maps_and_maxima(analysis, model)
     records = [payloads.arrays_record(name, analysis, step, maxima, maps, max_map_size)]
-    extras: Dict[str, Any] = {"has_model": False, "model_step": None, "max_map_size": max_map_size}
+    extras: Dict[str, Any] = {"has_model": False, "model_artifact": None, "max_map_size": max_map_size}
     example_input = torch.from_numpy(np.asarray(analysis.images[:1], dtype=np.float32))
     gated = [layer.name for layer in analysis.layers]
     if references is not None:
@@ -194,14 +195,15 @@ def add_analysis(
             records.append(payloads.graph_record(name, build_model_graph(model, example_input, gated), step))
         if references is not None and name not in state.reference_images_logged:
             records.append(payloads.reference_images_record(name, references, step))
-        if model is not None and save_model:
-            extras.update(has_model=True, model_step=int(step))
+        fingerprint = model_artifact.model_fingerprint(model, example_input) if model is not None and save_model else None
+        if fingerprint is not None:
+            extras.update(has_model=True, model_artifact=fingerprint)
         sequence = state.manifests_logged + 1
         manifest = payloads.manifest_record(name, analysis, step, extras, state.writer_id, sequence)
         staged = None
         try:
-            if model is not None and save_model:
-                final = model_artifact.artifact_dir(sink.logdir, name)
+            final = None if fingerprint is None else model_artifact.artifact_dir(sink.logdir, fingerprint)
+            if final is not None and not os.path.isdir(final):  # new weights: export them once
                 staged = os.path.join(os.path.dirname(final), f".pending-{uuid.uuid4().hex}")
                 model_artifact.save_model_artifact(model, example_input, staged, step=step, gated_layers=gated)
             # Everything is computed: now write. Parts first, the manifest last.

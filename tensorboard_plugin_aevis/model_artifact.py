@@ -1,6 +1,7 @@
 """The model saved next to a run, loadable by TensorBoard without the user's code.
 
-Layout of ``<run>/plugins/aevis/models/<quoted analysis name>/``:
+Layout of ``<run>/plugins/aevis/models/<fingerprint>/`` (content-addressed: analyses of
+the same weights share one artifact, each training step's weights get their own):
 
 - ``program.json``: the ``torch.export`` program (the graph of ATen ops with the module
   hierarchy) as the JSON of ``torch._export.serde.serialize``; batch size dynamic;
@@ -25,11 +26,11 @@ user's model (``model.layer1.0`` ...) and forward hooks on it fire: the gating h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
-import urllib.parse
 import uuid
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -66,12 +67,25 @@ class ModelArtifactError(ValueError):
     """A model artifact that cannot be saved, or is missing, damaged or unsafe to load."""
 
 
-def artifact_dir(run_logdir: str, analysis_name: str) -> str:
-    """``<run_logdir>/plugins/aevis/models/<analysis name, URL-quoted so it is one safe path part>``."""
-    part = urllib.parse.quote(analysis_name, safe="")
-    if part in ("", ".", ".."):
-        part = part.replace(".", "%2E") or "%00"
-    return os.path.join(os.fspath(run_logdir), "plugins", "aevis", "models", part)
+FINGERPRINT = re.compile(r"^[0-9a-f]{16}$")
+
+
+def model_fingerprint(model: nn.Module, example_input: torch.Tensor) -> str:
+    """16 hex digits of SHA-256 over the model's class, parameter and buffer names, shapes
+    and bytes, and the input's (C, H, W): equal fingerprints mean the same artifact."""
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    digest.update(repr(tuple(example_input.shape[-3:])).encode())
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def artifact_dir(run_logdir: str, fingerprint: str) -> str:
+    """``<run_logdir>/plugins/aevis/models/<fingerprint>`` (see :func:`model_fingerprint`)."""
+    if not isinstance(fingerprint, str) or not FINGERPRINT.match(fingerprint):
+        raise ModelArtifactError(f"model artifact id {fingerprint!r} is not 16 hex digits; the run's manifest is damaged")
+    return os.path.join(os.fspath(run_logdir), "plugins", "aevis", "models", fingerprint)
 
 
 def save_model_artifact(

@@ -96,7 +96,7 @@ class LoadedAnalysis:
     ``analysis``: the Analysis (images decoded from PNG, within 1/510; gates and max
     activations exact; ``activation_maps`` None: see ``activation_maps``).
     ``manifest``: the logged JSON (``distances``, ``diff_curve``, ``diverging_merging``,
-    ``kept_fraction``, ``has_model``, ``model_step`` ...). ``learned_features``:
+    ``kept_fraction``, ``has_model``, ``model_artifact`` ...). ``learned_features``:
     ``{layer: {channel: [(reference image index, activation, (y0, x0, y1, x1)), ...]}}``
     (crops of ``reference_image(index)``), or None.
     """
@@ -365,15 +365,10 @@ def _artifact_path(manifest, logdir, run, name, step, warnings) -> Optional[str]
     if not manifest.get("has_model") or logdir is None:
         return None
     run_dir = logdir if run in (".", "") else os.path.join(logdir, run)
-    path = model_artifact.artifact_dir(run_dir, name)
-    if not os.path.isdir(path):
-        warnings.append(f"the model of analysis {name!r} was saved but {path} is missing: contribution analysis is unavailable; re-log with save_model=True")
-        return None
     try:
-        saved_step = model_artifact.read_artifact_meta(path).get("step")
+        path = model_artifact.artifact_dir(run_dir, manifest.get("model_artifact"))
+        model_artifact.read_artifact_meta(path)
     except model_artifact.ModelArtifactError as exc:
-        warnings.append(str(exc))
+        warnings.append(f"the model of analysis {name!r} at step {step} cannot be used ({exc}): contribution analysis is unavailable; re-log with save_model=True")
         return None
-    if saved_step is not None and saved_step != step:
-        warnings.append(f"the saved model of analysis {name!r} is from step {saved_step}; contribution analysis at step {step} uses those weights")
     return path

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from tensorboard_plugin_aevis import model_artifact
-from tensorboard_plugin_aevis.model_artifact import ModelArtifactError, artifact_dir, load_model_artifact, save_model_artifact
+from tensorboard_plugin_aevis.model_artifact import (
+    ModelArtifactError, artifact_dir, load_model_artifact, model_fingerprint, save_model_artifact,
+)
 from tensorboard_plugin_aevis.models import ClassifierWrapper
 
 
@@ -42,7 +44,7 @@ def tiny_model(seed=0):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     model = tiny_model()
-    directory = artifact_dir(str(tmp_path_factory.mktemp("run")), "cat->dog")
+    directory = artifact_dir(str(tmp_path_factory.mktemp("run")), "0123456789abcdef")
     save_model_artifact(model, torch.rand(3, 16, 16), directory, step=12, gated_layers=["model.2", "model.4"])
     return model, directory
 
@@ -79,11 +81,21 @@ def test_gate_hooks_work_on_the_reloaded_model_by_module_path(saved):
     assert not torch.allclose(outputs[0], ungated)
 
 
-def test_artifact_dir_is_one_safe_path_part(tmp_path):
-    for name in ("a/b", "..", ".", "../../etc", "x\\y"):
-        path = artifact_dir(str(tmp_path), name)
-        assert os.path.dirname(path) == os.path.join(str(tmp_path), "plugins", "aevis", "models")
-        assert os.path.basename(path) not in ("", ".", "..")
+def test_artifact_dir_accepts_only_fingerprints(tmp_path):
+    for bad in ("a/b", "..", ".", "../../etc", "x\\y", "0123456789ABCDEF", None):
+        with pytest.raises(ModelArtifactError, match="16 hex digits"):
+            artifact_dir(str(tmp_path), bad)
+
+
+def test_fingerprint_follows_the_weights_and_the_input_shape():
+    model = tiny_model()
+    x = torch.rand(3, 16, 16)
+    first = model_fingerprint(model, x)
+    assert first == model_fingerprint(tiny_model(), x)  # same seed, same weights
+    assert first != model_fingerprint(model, torch.rand(3, 20, 20))
+    with torch.no_grad():
+        next(model.parameters())[0].flatten()[0] += 1e-3
+    assert first != model_fingerprint(model, x)
 
 
 def _copy(directory, tmp_path):

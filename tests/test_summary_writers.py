@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 from summary_writers import add_analysis, add_arrays, add_manifest, add_model_graph, add_reference_images, codec
 from tensorboard_plugin_aevis import metadata, run_reader
 from tensorboard_plugin_aevis.analysis import Analysis, ExampleRecord, LayerRecord
-from tensorboard_plugin_aevis.model_artifact import artifact_dir, load_model_artifact
+from tensorboard_plugin_aevis.model_artifact import load_model_artifact
 from tensorboard_plugin_aevis.models import ClassifierWrapper
 from test_run_reader import CTX, EID, assert_same_analysis, make_analysis, provider_for
 
@@ -146,25 +146,33 @@ def test_maps_and_maxima_come_from_the_model_when_the_analysis_has_none(tmp_path
                 m = maps[e, c]
                 np.testing.assert_allclose(loaded.activation_maps.map(l, int(c), e), m, atol=(m.max() - m.min()) / 510 + 1e-5)
     assert loaded.graph is not None and loaded.model_artifact is None
-    assert not os.path.exists(artifact_dir(str(tmp_path / "run"), "m"))  # save_model=False
+    assert not os.path.exists(tmp_path / "run" / "plugins" / "aevis" / "models")  # save_model=False
 
 
-def test_graph_once_per_name_and_model_artifact_with_its_step(tmp_path):
+def test_graph_once_per_name_and_one_model_artifact_per_distinct_weights(tmp_path):
     model, analysis = small_model_and_analysis()
+    x = torch.from_numpy(analysis.images)
     with SummaryWriter(str(tmp_path / "run")) as writer:
         add_analysis(writer, "m", analysis, 0, model=model)
+        add_analysis(writer, "other name, same weights", analysis, 0, model=model)
+        before = model(x).detach()
+        with torch.no_grad():  # a training step changes the weights
+            for p in model.parameters():
+                p.mul_(1.5)
         add_analysis(writer, "m", analysis, 10, model=model)
     _, blobs = _series(provider_for(tmp_path))
-    assert [t for t in blobs["run"] if t.endswith("/graph")] == ["aevis/m/0/graph"]
+    assert sorted(t for t in blobs["run"] if t.endswith("/graph")) == ["aevis/m/0/graph", "aevis/other name, same weights/0/graph"]
     dp = provider_for(tmp_path)
     early = run_reader.load_analysis(dp, CTX, EID, "run", "m", "constrained", 0, logdir=str(tmp_path))
+    same = run_reader.load_analysis(dp, CTX, EID, "run", "other name, same weights", "constrained", 0, logdir=str(tmp_path))
     late = run_reader.load_analysis(dp, CTX, EID, "run", "m", "constrained", 10, logdir=str(tmp_path))
     assert early.graph == late.graph and early.graph["nodes"]
-    assert late.model_artifact == artifact_dir(str(tmp_path / "run"), "m") and late.warnings == []
-    assert any("from step 10" in w for w in early.warnings)  # the artifact holds the latest weights
-    restored = load_model_artifact(late.model_artifact)
-    x = torch.from_numpy(analysis.images)
-    torch.testing.assert_close(restored(x), model(x))
+    assert early.warnings == late.warnings == []
+    assert early.model_artifact == same.model_artifact != late.model_artifact
+    assert len(os.listdir(tmp_path / "run" / "plugins" / "aevis" / "models")) == 2
+    torch.testing.assert_close(load_model_artifact(early.model_artifact)(x), before)  # each step keeps its own weights
+    torch.testing.assert_close(load_model_artifact(late.model_artifact)(x), model(x))
+    assert not torch.allclose(before, model(x))
 
 
 def test_standalone_graph_and_reference_image_ops(tmp_path):
@@ -204,7 +212,7 @@ def test_unexportable_model_raises_before_anything_is_logged(tmp_path):
     with pytest.raises(ModelArtifactError, match="save_model=False"):
         add_analysis(str(tmp_path / "run"), "m", analysis, 0, model=model)
     assert run_reader.list_analyses(provider_for(tmp_path), CTX, EID) == {}
-    models = os.path.dirname(artifact_dir(str(tmp_path / "run"), "m"))
+    models = str(tmp_path / "run" / "plugins" / "aevis" / "models")
     assert not os.path.exists(models) or os.listdir(models) == []
     add_analysis(str(tmp_path / "run"), "m", analysis, 0, model=model, save_model=False)  # the opt-out works
     assert run_reader.list_analyses(provider_for(tmp_path), CTX, EID) == {"run": [run_reader.AnalysisKey("m", "constrained", (0,))]}
