@@ -136,7 +136,8 @@ def bench_contribution(
     ``sgd_seconds`` / ``quadratic_seconds``: one whole call (its forward pass included),
     best of ``repeats`` after a warm-up call. ``*_session_seconds``: one more query on a
     prepared :class:`ContributionSession` (the dashboard's next brush on the same layers).
-    ``forward_seconds``: one plain forward pass of the model, for scale.
+    ``forward_seconds``: one plain forward pass of the model, for scale; the
+    ``*_in_forward_passes`` ratios stay meaningful on a loaded machine.
     ``rank_correlation``: Spearman correlation of the two modes' scores.
     """
     import scipy.stats
@@ -182,6 +183,8 @@ def bench_contribution(
         "sgd_seconds": seconds["sgd"], "quadratic_seconds": seconds["quadratic"],
         "sgd_session_seconds": session_seconds["sgd"], "quadratic_session_seconds": session_seconds["quadratic"],
         "forward_seconds": forward_seconds,
+        "sgd_in_forward_passes": seconds["sgd"] / forward_seconds,
+        "quadratic_in_forward_passes": seconds["quadratic"] / forward_seconds,
         "rank_correlation": float(rho) if rho == rho else None,
         "top1_agree": sgd.ranking[0] == quad.ranking[0],
         f"top{top}_overlap": len(set(sgd.ranking[:top]) & set(quad.ranking[:top])) / top,
