@@ -36,7 +36,7 @@ Modes:
 - ``"sgd"`` (default, as the paper): gates start at 1 and are fitted through the real
   network with Adam (a first-order stochastic-gradient method, scale free, which
   converges in tens of steps where plain SGD needs a per-layer learning rate),
-  clamped to [0, 1] after every step. The forward pass stops at the target layer.
+  clamped to [0, 1] after every step.
 - ``"quadratic"``: linearise ``f(z) ~ f(1) - J (1 - z)`` with ``J = df/dz`` from one
   batched backward pass (``autograd.grad(is_grads_batched=True)``, one row per
   preserved neuron) to the earlier feature maps, which also gives the Eq. 8 region;
@@ -46,6 +46,12 @@ Modes:
   is then solved by ``scipy.optimize.minimize(method="L-BFGS-B")`` with bounds [0, 1].
   (Re-linearising at the solution, Gauss-Newton style, was tried on resnet18 and did
   not bring the ranking consistently closer to SGD's, so there is one linearisation.)
+
+Cost: one real forward pass up to the target layer (:class:`ContributionSession`
+prepares it once; see :class:`_GatedForward` for the replay), then only the part
+between the two layers is re-run: per SGD step one forward and one backward pass of
+that part; for the quadratic mode one forward and one backward pass with P rows
+(P = preserved neurons, at most ``max_jacobian_rows``).
 
 The score of a map is its gate averaged over the examples (the paper's "contribution",
 in [0, 1]); ``ranking`` sorts the maps by score, highest first (ties: lower channel
