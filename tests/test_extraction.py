@@ -51,6 +51,7 @@ def trained_small_cnn(in_channels=3, seed=0):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    opt.zero_grad(set_to_none=True)
     return model.eval(), sample(torch.tensor([1, 2, 3, 4]))
 
 
