@@ -58,7 +58,7 @@ def learned_features(
     best = _top_activations(model, modules, wanted, reference_images, top_k, batch_size)
     boxes = receptive_field_boxes(
         model, modules, {layer: {pos for hits in best[layer].values() for _, _, pos in hits} for layer in layers},
-        tuple(reference_images.shape[1:]), batch_size,
+        tuple(reference_images.shape[1:]),
     )
     return {
         layer: {c: [(i, a, boxes[layer][pos]) for i, a, pos in hits] for c, hits in best[layer].items()}
@@ -71,15 +71,14 @@ def receptive_field_boxes(
     modules: Mapping[str, nn.Module],
     positions: Mapping[str, set],
     image_shape: Tuple[int, int, int],
-    batch_size: int = 16,
 ) -> Dict[str, Dict[Tuple[int, int], Box]]:
     """``{layer: {(h, w): (y0, x0, y1, x1)}}``: the receptive field of each position (module docstring).
 
-    One gradient pass per layer measures the box of the central position; convolutions
-    are translation-equivariant, so every other position's box is that box shifted by
-    the layer's stride (input size / feature-map size) and clipped to the image. Where
-    the central box already touches the image border the shift would be wrong, so those
-    layers measure each requested position exactly (batched, ``batch_size`` at a time).
+    Two gradient positions per layer suffice: convolutions are translation-equivariant,
+    so the far edges of every box follow from the first position's box (its bottom and
+    right edges) and the last position's box (its top and left edges) shifted by the
+    layer's stride (input size / feature-map size), then clipped to the image. An edge
+    that already reaches the image border there reaches it for every later position.
     """
     noise = torch.rand(image_shape, generator=torch.Generator().manual_seed(0))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -89,23 +88,21 @@ def receptive_field_boxes(
     with eval_mode(model):
         for layer, module in modules.items():
             todo = sorted(positions.get(layer, ()))
+            boxes[layer] = {}
             if not todo:
-                boxes[layer] = {}
                 continue
             feature_h, feature_w = _run_until(model, module, noise[None]).shape[-2:]
-            centre = (feature_h // 2, feature_w // 2)
-            (y0, x0, y1, x1), = _measured_boxes(model, module, noise, [centre]).values()
-            if 0 < y0 and 0 < x0 and y1 < height and x1 < width:
-                stride_y, stride_x = height / feature_h, width / feature_w
-                boxes[layer] = {
-                    (h, w): (max(0, round(y0 + (h - centre[0]) * stride_y)), max(0, round(x0 + (w - centre[1]) * stride_x)),
-                             min(height, round(y1 + (h - centre[0]) * stride_y)), min(width, round(x1 + (w - centre[1]) * stride_x)))
-                    for h, w in todo
-                }
-            else:
-                boxes[layer] = {}
-                for start in range(0, len(todo), batch_size):
-                    boxes[layer].update(_measured_boxes(model, module, noise, todo[start : start + batch_size]))
+            last = (feature_h - 1, feature_w - 1)
+            measured = _measured_boxes(model, module, noise, [(0, 0), last])
+            _, _, first_y1, first_x1 = measured[(0, 0)]
+            last_y0, last_x0, _, _ = measured[last]
+            stride_y, stride_x = height / feature_h, width / feature_w
+            for h, w in todo:
+                y1 = height if first_y1 >= height else min(height, first_y1 + round(h * stride_y))
+                x1 = width if first_x1 >= width else min(width, first_x1 + round(w * stride_x))
+                y0 = 0 if last_y0 <= 0 else max(0, last_y0 - round((last[0] - h) * stride_y))
+                x0 = 0 if last_x0 <= 0 else max(0, last_x0 - round((last[1] - w) * stride_x))
+                boxes[layer][(h, w)] = (y0, x0, y1, x1)
     return boxes
 
 

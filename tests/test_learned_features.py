@@ -98,3 +98,17 @@ def test_resnet18_boxes_grow_with_depth_and_stay_inside_the_image():
     for hits in list(result["model.layer1.0"].values()) + list(result["model.layer3.1"].values()):
         for _, _, (y0, x0, y1, x1) in hits:
             assert 0 <= y0 < y1 <= 64 and 0 <= x0 < x1 <= 64
+
+
+@pytest.mark.parametrize("layer", ["model.layer1.0", "model.layer2.1", "model.layer4.1"])
+def test_shifted_boxes_equal_per_position_gradient_boxes(layer):
+    from tensorboard_plugin_aevis.learned_features import _measured_boxes, _run_until, receptive_field_boxes
+
+    model = load_model("resnet18")
+    module = dict(model.named_modules())[layer]
+    noise = torch.rand((3, 64, 64), generator=torch.Generator().manual_seed(0))
+    feature_h, feature_w = _run_until(model, module, noise[None]).shape[-2:]
+    positions = sorted((y, x) for y in range(feature_h) for x in range(feature_w))
+    shifted = receptive_field_boxes(model, {layer: module}, {layer: set(positions)}, (3, 64, 64))[layer]
+    exact = _measured_boxes(model, module, noise, positions)
+    assert shifted == exact
