@@ -46,14 +46,15 @@ def run(logdir: str, device: str = "cpu", progress: bool = True) -> dict:
         espresso = int(model(target_photo).argmax(1))
 
     attacks = {
-        f"cat->{names[espresso]} (targeted)": mi_fgsm(model, source, target=torch.tensor([espresso], device=device)),
-        "cat (untargeted)": mi_fgsm(model, source, label=torch.tensor([source_label], device=device)),
+        "targeted": mi_fgsm(model, source, target=torch.tensor([espresso], device=device)),
+        "untargeted": mi_fgsm(model, source, label=torch.tensor([source_label], device=device)),
     }
     summary = {"logdir": logdir, "analyses": []}
     with SummaryWriter(logdir) as writer:
-        for name, adversarial in attacks.items():
+        for kind, adversarial in attacks.items():
             with torch.no_grad():
                 adversarial_label = int(model(adversarial).argmax(1))
+            name = f"{kind}: cat -> {names[adversarial_label]}"
             if adversarial_label == espresso:
                 images = torch.cat([adversarial, source, target_photo])
                 roles = ["adversarial", "source", "target"]

@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"tensorboard_plugin_aevis.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"tensorboard_plugin_aevis.{name}":
-                continue  # sub-command not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"tensorboard_plugin_aevis.{name}").add_parser(sub)
     return parser
 
 

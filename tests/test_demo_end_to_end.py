@@ -1,0 +1,78 @@
+"""The main job: ``aevis demo`` on the embedded model and photos, served by a real TensorBoard."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.slow
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def demo_logdir(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    result = subprocess.run(
+        [os.path.join(BIN, "aevis"), "demo", "--logdir", str(runs / "demo"), "--json", "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return runs, summary
+
+
+def test_demo_attacks_and_keeps_labels(demo_logdir):
+    _, summary = demo_logdir
+    names = {a["name"] for a in summary["analyses"]}
+    assert any(n.startswith("targeted: cat -> espresso") for n in names) and any(n.startswith("untargeted: cat -> ") for n in names)
+    assert {a["method"] for a in summary["analyses"]} == {"constrained", "dgr"}
+    for a in summary["analyses"]:
+        assert a["label_preserved"], a
+    assert summary["tensorboard_command"] == f"tensorboard --logdir {os.path.dirname(summary['logdir'])}"
+
+
+def test_plain_tensorboard_lists_the_aevis_tab_and_the_demo(demo_logdir):
+    runs, summary = demo_logdir
+    port = free_port()
+    server = subprocess.Popen(
+        [os.path.join(BIN, "tensorboard"), "--logdir", str(runs), "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        listed = {}
+        while time.time() < deadline:
+            try:
+                plugins = get_json(f"{base}/data/plugins_listing")
+                listed = get_json(f"{base}/data/plugin/aevis/runs")
+                if listed.get("runs"):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert plugins["aevis"]["tab_name"] == "AEVis"
+        assert plugins["aevis"]["enabled"] is True
+        (run,) = listed["runs"]
+        assert run["run"] == "demo"
+        served = {(a["name"], m) for a in run["analyses"] for m in a["methods"]}
+        assert served == {(a["name"], a["method"]) for a in summary["analyses"]}
+    finally:
+        server.terminate()
+        server.wait(30)
