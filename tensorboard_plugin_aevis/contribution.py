@@ -43,7 +43,8 @@ Modes:
   when more than ``max_jacobian_rows`` neurons are preserved, ``J`` is replaced by a
   Gaussian sketch ``S J`` (``S``: ``(max_jacobian_rows, P)``, ``E[S^T S] = I``, seeded),
   so the fidelity is kept in expectation. The box-constrained convex problem in ``z``
-  is then solved by ``scipy.optimize.minimize(method="L-BFGS-B")`` with bounds [0, 1].
+  is then solved by accelerated projected gradient, or L-BFGS-B when the gamma term
+  couples several examples (see :func:`_fit_quadratic`).
   (Re-linearising at the solution, Gauss-Newton style, was tried on resnet18 and did
   not bring the ranking consistently closer to SGD's, so there is one linearisation.)
 
@@ -471,14 +472,39 @@ def _quadratic_objective(jac64: np.ndarray, lambda_: float, gamma: float, deadli
 
 
 def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma: float, steps: int, deadline: Optional[float]) -> torch.Tensor:
-    """Minimise sum_i ||J_i (1 - z_i)||^2 / n_i + penalties over z in [0, 1]^(m x C); ``jac``: (m, R, C)."""
+    """Minimise sum_i ||J_i (1 - z_i)||^2 / n_i + penalties over z in [0, 1]^(m x C); ``jac``: (m, R, C).
+
+    Uncoupled examples (m = 1 or gamma = 0): a smooth quadratic plus a linear term on a
+    box, solved by accelerated projected gradient (FISTA, step 1 / Lipschitz constant,
+    adaptive momentum restarts, O'Donoghue and Candes 2015) -- about ten times faster
+    than L-BFGS-B on resnet50's 1024 gates. Coupled examples: the smoothed gamma norms
+    are too stiff for fixed steps, so scipy's L-BFGS-B with bounds. Both run at most
+    ``50 * steps`` iterations.
+    """
     m, _, c = jac.shape
     jac64 = jac.double().numpy() / np.sqrt(norms.double().numpy())[:, None, None]
-    solution = scipy.optimize.minimize(
-        _quadratic_objective(jac64, lambda_, gamma, deadline), np.ones(m * c), jac=True, method="L-BFGS-B",
-        bounds=[(0.0, 1.0)] * (m * c), options={"maxiter": max(steps * 10, 100)},
-    )
-    return torch.tensor(solution.x.reshape(m, c), dtype=torch.float32)
+    objective = _quadratic_objective(jac64, lambda_, gamma, deadline)
+    if m > 1 and gamma > 0:
+        solution = scipy.optimize.minimize(
+            objective, np.ones(m * c), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * (m * c),
+            options={"maxiter": 50 * steps, "ftol": 1e-12},
+        )
+        return torch.tensor(solution.x.reshape(m, c), dtype=torch.float32)
+    lipschitz = max(2.0 * max(float(np.linalg.norm(j, 2)) ** 2 for j in jac64), 1e-12)
+    z = np.ones(m * c)
+    y, momentum = z.copy(), 1.0
+    for _ in range(50 * steps):
+        _, grad = objective(y)
+        candidate = np.clip(y - grad / lipschitz, 0.0, 1.0)
+        if (y - candidate) @ (candidate - z) > 0:  # adaptive restart: the momentum points uphill
+            momentum = 1.0
+        next_momentum = (1.0 + np.sqrt(1.0 + 4.0 * momentum**2)) / 2.0
+        moved = float(np.abs(candidate - z).max())
+        y = candidate + (momentum - 1.0) / next_momentum * (candidate - z)
+        z, momentum = candidate, next_momentum
+        if moved < 1e-7:
+            break
+    return torch.tensor(z.reshape(m, c), dtype=torch.float32)
 
 
 def _fit_linearised(forward: _GatedForward, images, select, norms, with_area, channels, lambda_, gamma, steps, max_rows, seed, deadline):
@@ -642,7 +668,7 @@ def feature_map_contributions(
     model's input space; [0, 1] for a ClassifierWrapper). ``area``: None for Eq. 7
     (whole target map) or, for Eq. 8, a half-open rectangle ``(y0, x0, y1, x1)`` in
     target-map neuron coordinates or an ``(H_t, W_t)`` boolean neuron mask.
-    ``steps``: optimiser steps (SGD) or a tenth of the L-BFGS-B iteration cap
+    ``steps``: optimiser steps (SGD) or a 50th of the solver's iteration cap
     (quadratic). ``deadline``: a ``time.monotonic()`` value after which
     :class:`ContributionTimeout` is raised (checked between steps). Raises ValueError
     for an unknown layer or channel, an area outside the map, or an earlier layer that

@@ -296,3 +296,20 @@ def test_quadratic_objective_matches_the_torch_penalties(m):
     reference.backward()
     assert value == pytest.approx(float(reference.detach()), rel=1e-12)
     np.testing.assert_allclose(grad, z.grad.numpy().reshape(-1), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("m,gamma", [(1, 0.0), (3, 0.3)])
+def test_quadratic_solver_reaches_the_reference_optimum(m, gamma):
+    """The solver's box-constrained optimum against a tightly converged L-BFGS-B run on the same objective."""
+    import scipy.optimize
+
+    rng = np.random.default_rng(5)
+    jac = torch.from_numpy(rng.normal(size=(m, 6, 40)) * rng.random(40))  # a few strong maps, many weak ones
+    norms = torch.ones(m, dtype=torch.float64)
+    gates = contribution._fit_quadratic(jac, norms, 0.5, gamma, 20, None).double().numpy().reshape(-1)
+    objective = contribution._quadratic_objective(jac.numpy(), 0.5, gamma, None)
+    reference = scipy.optimize.minimize(objective, np.ones(m * 40), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * (m * 40),
+                                        options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
+    assert np.all((gates >= 0) & (gates <= 1))
+    assert objective(gates)[0] <= reference.fun * 1.01
+    assert objective(gates)[0] < objective(np.ones(m * 40))[0] * 0.9

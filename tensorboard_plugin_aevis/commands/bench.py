@@ -45,6 +45,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--contribution", dest="bench", action="store_const", const="contribution",
+                        help="time contribution analysis instead: SGD vs quadratic on resnet50 layer3 (commands/contribution.py)")
     parser.set_defaults(func=run, bench="extraction")
 
 
@@ -151,3 +153,12 @@ def bench_extraction(args) -> Dict[str, Any]:
 
 
 BENCHES["extraction"] = bench_extraction
+
+
+def _bench_contribution(args) -> Dict[str, Any]:
+    from .contribution import bench_contribution
+
+    return bench_contribution(args.model, args.size, seed=args.seed)
+
+
+BENCHES["contribution"] = _bench_contribution
