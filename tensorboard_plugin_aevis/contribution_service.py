@@ -73,7 +73,9 @@ class RequestError(ValueError):
 
 # ------------------------------------------------------------------- parameters
 def _present(params: Dict[str, Any], name: str) -> bool:
-    return params.get(name) not in (None, "")
+    """False for a missing parameter, null, an empty string or an empty list (all mean: the default)."""
+    value = params.get(name)
+    return value is not None and not (isinstance(value, (str, list, tuple)) and len(value) == 0)
 
 
 def _string(params: Dict[str, Any], name: str, default: Optional[str] = None) -> str:

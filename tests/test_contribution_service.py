@@ -100,8 +100,9 @@ def test_area_in_another_grid_maps_onto_the_target_map(logdir, load):
 def test_prediction_target(logdir, load):
     root, small = logdir
     service = ContributionService()
-    status, body = service.handle(request(small, target="prediction", target_layer=None, channel=None, area=None), load)
+    status, body = service.handle(request(small, target="prediction", target_layer=None, channel=None, area=None, examples=[]), load)
     assert status == 200, body
+    assert body["examples"] == [0, 1, 2]  # an empty list means all examples
     assert body["target_layer"] is None and len(body["scores"]) == small.analyses[("constrained", 0)].layers[1].channels
 
 
