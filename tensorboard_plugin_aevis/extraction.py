@@ -22,8 +22,8 @@ without this factor the L1 term would delete its label; with it, one ``lambda``
 works for confident and unsure predictions alike (measured on EfficientNet-Lite0
 photos with confidences 0.2 to 0.94). Gates start at 1 (the full network), take Adam
 steps (elementwise, so every example keeps its own optimiser state) and are clamped
-to [0, 1] after each step. An example stops when its loss changed by less than
-``tol`` (relative) over the last ``window`` steps, or at ``steps``.
+to [0, 1] after each step. An example stops when its loss stayed within
+``CONVERGENCE_TOL`` (relative) over the last ``CONVERGENCE_WINDOW`` steps, or at ``steps``.
 
 The chain: by default the adversarial examples first, then the source examples
 (constrained by the adversarial datapaths), then all target examples as ONE batch,
@@ -314,10 +314,12 @@ def _keep_better(best: Any, z: torch.Tensor, loss: torch.Tensor, allowed: torch.
 
 
 def _converged(history: List[float]) -> bool:
+    """Every loss of the last ``CONVERGENCE_WINDOW`` steps within ``CONVERGENCE_TOL`` (relative) of the
+    latest: the range of the window, not two end points, which a loss rising and falling back can match."""
     if len(history) <= CONVERGENCE_WINDOW:
         return False
-    old, new = history[-1 - CONVERGENCE_WINDOW], history[-1]
-    return abs(old - new) <= CONVERGENCE_TOL * max(abs(old), 1e-12)
+    window = history[-1 - CONVERGENCE_WINDOW :]
+    return max(window) - min(window) <= CONVERGENCE_TOL * max(abs(history[-1]), 1e-12)
 
 
 def _method_description(method: str) -> Dict[str, Any]:
@@ -333,7 +335,7 @@ def _method_description(method: str) -> Dict[str, Any]:
         "objective": "||p(x)-p(x;z)||^2 + lambda_x*||z||_1 + gamma_x*sum_j ||z-z_j||_2",
         "scaling": "lambda_x = lambda*||p(x)||^2/n, gamma_x = gamma*||p(x)||^2/sqrt(n), n = number of gates",
         "optimizer": f"Adam betas {list(ADAM_BETAS)}",
-        "stopping": f"relative loss change <= {CONVERGENCE_TOL:g} over {CONVERGENCE_WINDOW} steps, or the step limit",
+        "stopping": f"loss range <= {CONVERGENCE_TOL:g} x loss over the last {CONVERGENCE_WINDOW} steps, or the step limit",
         "check_every": CHECK_EVERY,
     }
 
