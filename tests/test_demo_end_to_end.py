@@ -71,7 +71,7 @@ def test_plain_tensorboard_lists_the_aevis_tab_and_the_demo(demo_logdir):
         assert plugins["aevis"]["enabled"] is True
         (run,) = listed["runs"]
         assert run["run"] == "demo"
-        served = {(a["name"], m) for a in run["analyses"] for m in a["methods"]}
+        served = {(a["name"], a["method"]) for a in run["analyses"]}
         assert served == {(a["name"], a["method"]) for a in summary["analyses"]}
     finally:
         server.terminate()
