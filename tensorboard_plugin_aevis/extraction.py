@@ -45,8 +45,10 @@ gates for free; the lowest-loss iterate whose continuous AND binarised
 (``z > threshold``) datapaths both keep the ungated label is returned. The binarised
 label is checked every ``check_every`` steps (one extra forward pass, no backward).
 When no checked iterate keeps both labels, the lowest-loss iterate keeping the
-continuous label is returned. The start ``z = 1`` is the ungated network, so a
-label-keeping iterate always exists.
+continuous label is returned, and when none does, the start ``z = 1`` (the whole
+network, which keeps the label by definition). The start is only this fallback: for
+an unsure prediction the loss of ``z = 1`` (no fidelity loss, every gate paid for)
+can stay below that of every sparse datapath within the step limit.
 """
 
 from __future__ import annotations
@@ -265,10 +267,9 @@ class _GateFit:
             with torch.no_grad():
                 loss = loss.detach()
                 keeps = (logits.argmax(dim=1) == labels) & active
-                _keep_better(best_cont, zt, loss, keeps)
-                if t == 0:  # z = 1: the ungated network, binarised or not
-                    _keep_better(best_both, zt, loss, keeps)
-                elif t % CHECK_EVERY == 0 or t == steps - 1:
+                if t > 0:  # z = 1 is the whole network, the fallback below, not a datapath
+                    _keep_better(best_cont, zt, loss, keeps)
+                if t > 0 and (t % CHECK_EVERY == 0 or t == steps - 1):
                     both = keeps & (self.forward(x, self.binarise(zt)).argmax(dim=1) == labels)
                     _keep_better(best_both, zt, loss, both)
                 for k in range(b):
@@ -285,7 +286,7 @@ class _GateFit:
         if bar is not None:
             bar.update(steps - 1 - t)
         with torch.no_grad():
-            chosen = torch.where(torch.isfinite(best_both[1])[:, None], best_both[0], best_cont[0])
+            chosen = torch.where(torch.isfinite(best_both[1])[:, None], best_both[0], best_cont[0])  # ones if neither
             both_logits = self.forward(torch.cat([x, x]), torch.cat([chosen, self.binarise(chosen)]))
             gated_labels, binary_labels = both_logits.argmax(dim=1).split(b)
         return {"gates": chosen, "gated_labels": gated_labels, "binary_labels": binary_labels, "histories": histories}
