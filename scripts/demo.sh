@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q '.[demo]'
 .venv/bin/aevis demo --logdir runs/demo "$@"
-exec .venv/bin/tensorboard --logdir runs/ --bind_all
+exec .venv/bin/tensorboard --logdir runs/
