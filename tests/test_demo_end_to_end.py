@@ -76,3 +76,29 @@ def test_plain_tensorboard_lists_the_aevis_tab_and_the_demo(demo_logdir):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_fashion_demo_logs_the_same_examples_at_every_training_step(tmp_path):
+    """``aevis demo --model fashion-cnn``: the step axis shows the datapaths forming during training."""
+    from werkzeug.test import Client
+
+    from run_fixtures import tensorboard_app
+
+    result = subprocess.run(
+        [os.path.join(BIN, "aevis"), "demo", "--model", "fashion-cnn", "--logdir", str(tmp_path / "fashion"),
+         "--json", "--no-progress"], capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(summary["steps"]) == 5 and summary["steps"][0] == 0
+    assert all(a["label_preserved"] for a in summary["analyses"])
+    app, close = tensorboard_app(str(tmp_path))
+    try:
+        response = Client(app).get("/data/plugin/aevis/runs")
+        (run,) = json.loads(response.get_data())["runs"]
+        assert run["run"] == "fashion"
+        assert len(run["analyses"]) == 2 * len({a["name"] for a in summary["analyses"]}) >= 2
+        for entry in run["analyses"]:
+            assert entry["steps"] == summary["steps"], entry
+    finally:
+        close()
