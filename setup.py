@@ -6,7 +6,7 @@ scripts in ``demo/`` are installed as the package ``tensorboard_plugin_aevis.dem
 so ``aevis demo`` runs exactly the code a user reads in ``demo/``.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="tensorboard-plugin-aevis",
@@ -15,12 +15,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=[
-        "tensorboard_plugin_aevis",
-        "tensorboard_plugin_aevis.commands",
-        "tensorboard_plugin_aevis.demos",
-        "summary_writers",
-    ],
+    packages=find_packages(include=["tensorboard_plugin_aevis", "tensorboard_plugin_aevis.*", "summary_writers"])
+    + ["tensorboard_plugin_aevis.demos"],
     package_dir={"tensorboard_plugin_aevis.demos": "demo"},
     package_data={"tensorboard_plugin_aevis": ["static/*", "http_api.md"]},
     install_requires=[
