@@ -20,6 +20,17 @@ COMMAND_MODULES = (
 )
 
 
+def check_device(device: str) -> None:
+    """Raise UserError unless ``device`` is ``cpu`` or an available ``cuda[:N]``."""
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise UserError(f"--device {device!r} is not supported; use cpu or cuda[:N]")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aevis",

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from tensorboard_plugin_aevis.cli import UserError
+from tensorboard_plugin_aevis.cli import UserError, check_device
 
 ATTACKS = ("mi-fgsm", "fgsm", "pgd")
 METHODS = {"constrained": ["constrained"], "dgr": ["dgr"], "both": ["constrained", "dgr"]}
@@ -168,13 +168,7 @@ def _check_args(args) -> None:
         raise UserError("--size must be at least 8 pixels")
     if args.adversarial and args.target_class:
         raise UserError("--target-class chooses the attack's target; it cannot be used with a given --adversarial image")
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        raise UserError(f"--device {args.device!r} is not supported; use cpu or cuda[:N]")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    check_device(args.device)
 
 
 def _load_model(args):

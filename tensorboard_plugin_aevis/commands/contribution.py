@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from tensorboard_plugin_aevis.cli import UserError
+from tensorboard_plugin_aevis.cli import UserError, check_device
 
 
 def add_parser(subparsers) -> None:
@@ -41,6 +41,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--gamma", type=float, help="weight of the constraint across the datapaths (default: the engine's)")
     parser.add_argument("--steps", type=int, help="optimiser steps (default: the engine's)")
     parser.add_argument("--top", type=int, default=10, help="length of the ranked list (default 10)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run_contribution)
 
@@ -84,12 +85,13 @@ def run_contribution(args) -> int:
     if args.top < 1:
         raise UserError("--top must be at least 1")
     area = parse_area(args.area)
+    check_device(args.device)
     try:
-        model = load_model(args.model, weights=args.weights)
+        model = load_model(args.model, weights=args.weights, device=args.device)
     except (ValueError, ImportError, OSError) as e:
         raise UserError(str(e)) from None
     size = args.size or (model.input_size[0] if getattr(model, "input_size", None) else 224)
-    images = _load_images(args.image, args.photo, size)
+    images = _load_images(args.image, args.photo, size).to(args.device)
     options: Dict[str, Any] = {"mode": args.mode}
     for name, value in (("lambda_", args.lambda_), ("gamma", args.gamma), ("steps", args.steps)):
         if value is not None:

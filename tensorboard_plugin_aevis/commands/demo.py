@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from tensorboard_plugin_aevis.cli import UserError
+from tensorboard_plugin_aevis.cli import UserError, check_device
 
 # --model value -> module of tensorboard_plugin_aevis.demos (the files in demo/)
 DEMOS = {
@@ -35,15 +35,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run_demo)
-
-
-def check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise UserError(f"--device {device!r} is not supported; use cpu or cuda[:N]")
 
 
 def check_writable(logdir: str) -> None:
