@@ -336,7 +336,7 @@ class AEVisPlugin(base_plugin.TBPlugin):
                 "has_model": loaded.model_artifact is not None,
                 "has_graph": loaded.graph is not None,
                 "has_activation_maps": loaded.activation_maps is not None,
-                "has_learned_features": loaded.learned_features is not None,
+                "has_learned_features": loaded.has_learned_features,
                 "warnings": loaded.warnings,
             })
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import os
 import threading
@@ -110,7 +111,7 @@ class LoadedAnalysis:
     image_pngs: List[bytes]
     activation_maps: Optional[ActivationMaps]
     graph: Optional[Dict[str, Any]]
-    learned_features: Optional[Dict[str, Dict[int, List[Tuple[int, float, Tuple[int, int, int, int]]]]]]
+    learned_features_json: Optional[bytes]  # decoded on first use: it is the largest part
     reference_image_pngs: List[bytes]
     model_artifact: Optional[str]
     warnings: List[str]
@@ -126,6 +127,21 @@ class LoadedAnalysis:
     @property
     def diverging_merging(self) -> Optional[Dict[str, Any]]:
         return self.manifest.get("diverging_merging")
+
+    @property
+    def has_learned_features(self) -> bool:
+        return self.learned_features_json is not None
+
+    @functools.cached_property
+    def learned_features(self) -> Optional[Dict[str, Dict[int, List[Tuple[int, float, Tuple[int, int, int, int]]]]]]:
+        """Decoded from the logged JSON on first use (most routes never need it)."""
+        if self.learned_features_json is None:
+            return None
+        try:
+            return _learned_features_from_json(json.loads(self.learned_features_json.decode("utf-8")))
+        except (ValueError, UnicodeDecodeError, TypeError, AttributeError) as exc:
+            self.warnings.append(f"the learned features of analysis {self.name!r} are damaged ({exc}); re-log the analysis")
+            return None
 
     def reference_image(self, index: int) -> np.ndarray:
         """Reference image ``index`` as (C, H, W) float32 in [0, 1]."""
@@ -256,16 +272,15 @@ def load_analysis(
 
     graph = _read_json_part(data_provider, ctx, experiment_id, run, _nearest(by_kind[metadata.KIND_GRAPH], step), warnings, "model graph")
     lf_part = exact(metadata.KIND_LEARNED_FEATURES)
-    learned = _read_json_part(data_provider, ctx, experiment_id, run, (lf_part, step) if lf_part else None, warnings, "learned features")
-    if learned is not None:
-        learned = _learned_features_from_json(learned)
+    learned_blobs = _read_blobs(data_provider, ctx, experiment_id, run, lf_part.tag, step) if lf_part else []
     ref_part = _nearest(by_kind[metadata.KIND_REFERENCE_IMAGES], step)
     references = _read_blobs(data_provider, ctx, experiment_id, run, ref_part[0].tag, ref_part[1]) if ref_part else []
     artifact = _artifact_path(manifest, logdir, run, name, step, warnings)
 
     loaded = LoadedAnalysis(
         run=run, name=name, method=method, step=step, analysis=analysis, manifest=manifest, image_pngs=blobs[1:],
-        activation_maps=maps, graph=graph, learned_features=learned, reference_image_pngs=references,
+        activation_maps=maps, graph=graph, learned_features_json=learned_blobs[0] if learned_blobs else None,
+        reference_image_pngs=references,
         model_artifact=artifact, warnings=warnings,
     )
     with _cache_lock:
