@@ -99,6 +99,8 @@ def extract_datapaths(
     device: Optional[str] = None,
     progress: bool = False,
     keep_activation_maps: bool = True,
+    init_noise: float = 0.0,
+    seed: Optional[int] = None,
 ) -> Analysis:
     """Extract the datapaths of N images and return the filled :class:`Analysis`.
 
@@ -115,11 +117,16 @@ def extract_datapaths(
     attribute if it has one, else the label number). ``device``: ``"cpu"`` or
     ``"cuda"`` (default: where the model is); the model is moved back afterwards.
     ``keep_activation_maps``: store the ungated feature maps (N, C_l, H_l, W_l).
+    ``init_noise`` in [0, 1) and ``seed``: perturbed initialisations (e.g. for a
+    stability measure): every stage's gates start at ``1 - init_noise * U(0, 1)``,
+    drawn from a ``torch.Generator`` seeded with ``seed`` (deterministic for a given
+    seed; ``init_noise = 0`` is the default start, all ones).
     The model's weights, ``requires_grad`` flags and train/eval modes are unchanged.
     """
     if method not in DEFAULTS:
         raise ValueError(f"unknown method {method!r}; use 'constrained' (the paper's) or 'dgr' (the baseline)")
     cfg = _resolve_params(method, steps, lr, lambda_, gamma, threshold)
+    init = _init_generator(init_noise, seed)
     x = _as_images(images)
     n = x.shape[0]
     roles = _check_roles(roles, n)
@@ -141,7 +148,7 @@ def extract_datapaths(
             hooks.activations = [None] * len(layer_names)
             sizes = [a.shape[1] for a in activations]
             clamp = (DGR_CLAMP_RESIDUAL if blocks else DGR_CLAMP_PLAIN) if method == "dgr" else 1.0
-            fit = _GateFit(model, hooks, sizes, method, cfg, clamp)
+            fit = _GateFit(model, hooks, sizes, method, cfg, clamp, init_noise, init)
             gates = torch.ones(n, sum(sizes), device=dev)
             gated_labels = labels.clone()
             binary_labels = labels.clone()
@@ -190,6 +197,8 @@ def extract_datapaths(
         "clamp": [0.0, clamp],
         "order": [[int(i) for i in s] for s in stages],
         "steps_run": [len(h) for h in histories],
+        "init_noise": float(init_noise),
+        "seed": None if seed is None else int(seed),
         "seconds": round(seconds, 3),
         "device": str(dev),
         **_method_description(method),
@@ -212,7 +221,10 @@ def extract_datapaths(
 class _GateFit:
     """Fits the gates of one batch of examples (one chain stage), B independent gate sets."""
 
-    def __init__(self, model: nn.Module, hooks: GateHooks, sizes: List[int], method: str, cfg: Dict[str, Any], clamp: float):
+    def __init__(self, model: nn.Module, hooks: GateHooks, sizes: List[int], method: str, cfg: Dict[str, Any], clamp: float,
+                 init_noise: float = 0.0, init: Optional[torch.Generator] = None):
+        self.init_noise = init_noise
+        self.init = init
         self.model = model
         self.hooks = hooks
         self.sizes = sizes
@@ -243,6 +255,13 @@ class _GateFit:
             loss = loss + gamma * strength * torch.sqrt(sq + _NORM_EPS).sum(dim=1) / math.sqrt(self.n_gates)
         return loss
 
+    def start(self, b: int, device: torch.device) -> torch.Tensor:
+        """Initial gates (b, n_gates): ones, or ``1 - init_noise * U(0, 1)`` drawn from the seeded generator."""
+        if self.init_noise == 0:
+            return torch.ones(b, self.n_gates, device=device)
+        noise = torch.rand(b, self.n_gates, generator=self.init)  # on the CPU: the same draw on every device
+        return (1.0 - self.init_noise * noise).to(device)
+
     def binarise(self, z: torch.Tensor) -> torch.Tensor:
         return (z > self.cfg["threshold"]).to(z.dtype)
 
@@ -250,12 +269,13 @@ class _GateFit:
         """Fit gates for x (B, C, H, W); anchors (A, n_gates) are the earlier datapaths."""
         b = x.shape[0]
         steps, lr = self.cfg["steps"], self.cfg["lr"]
-        z = torch.ones(b, self.n_gates, device=x.device)
+        z = self.start(b, x.device)
         state1 = torch.zeros_like(z)  # Adam first moment / SGD momentum buffer
         state2 = torch.zeros_like(z)  # Adam second moment
         active = torch.ones(b, dtype=torch.bool, device=x.device)
-        best_cont = (z.clone(), torch.full((b,), math.inf, device=x.device))
-        best_both = (z.clone(), torch.full((b,), math.inf, device=x.device))
+        whole = torch.ones(b, self.n_gates, device=x.device)  # the fallback: the whole network
+        best_cont = (whole.clone(), torch.full((b,), math.inf, device=x.device))
+        best_both = (whole.clone(), torch.full((b,), math.inf, device=x.device))
         histories: List[List[float]] = [[] for _ in range(b)]
         converge = self.method == "constrained"
         for t in range(steps):
@@ -267,7 +287,7 @@ class _GateFit:
             with torch.no_grad():
                 loss = loss.detach()
                 keeps = (logits.argmax(dim=1) == labels) & active
-                if t > 0:  # z = 1 is the whole network, the fallback below, not a datapath
+                if t > 0:  # the start (z = 1 without init_noise) is not a fitted datapath
                     _keep_better(best_cont, zt, loss, keeps)
                 if t > 0 and (t % CHECK_EVERY == 0 or t == steps - 1):
                     both = keeps & (self.forward(x, self.binarise(zt)).argmax(dim=1) == labels)
@@ -363,6 +383,22 @@ def _resolve_params(method: str, steps, lr, lambda_, gamma, threshold) -> Dict[s
         raise ValueError("the DGR baseline has no constraint term; leave gamma unset or use method='constrained'")
     cfg["lr"], cfg["lambda_"], cfg["gamma"], cfg["threshold"] = (float(cfg[k]) for k in ("lr", "lambda_", "gamma", "threshold"))
     return cfg
+
+
+def _init_generator(init_noise: Any, seed: Any) -> Optional[torch.Generator]:
+    """Check ``init_noise`` and ``seed``; the CPU generator for the perturbed starts (None without noise)."""
+    if isinstance(init_noise, bool) or not isinstance(init_noise, (int, float)) or not 0 <= init_noise < 1:
+        raise ValueError(f"init_noise must be a number in [0, 1) (gates start at 1 - init_noise * U(0, 1)), got {init_noise!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed must be an integer or None, got {seed!r}")
+    if init_noise == 0:
+        return None
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(seed))
+    return generator
 
 
 def _as_images(images: Any) -> torch.Tensor:

@@ -149,6 +149,29 @@ def test_constraint_pulls_datapaths_together(small):
         np.testing.assert_array_equal(gf[1], gt[1])
 
 
+def test_init_noise_zero_is_the_default_and_seeds_perturb_the_start(small):
+    model, images = small
+    default = extract_datapaths(model, images, ROLES, steps=30)
+    zero = extract_datapaths(model, images, ROLES, steps=30, init_noise=0.0, seed=5)
+    for g, h in zip(default.gates, zero.gates):
+        np.testing.assert_array_equal(g, h)
+    assert [e.loss_history for e in default.examples] == [e.loss_history for e in zero.examples]
+    runs = [extract_datapaths(model, images, ROLES, steps=30, init_noise=0.5, seed=s) for s in (1, 2, 1)]
+    assert runs[0].params["init_noise"] == 0.5 and runs[0].params["seed"] == 1 and zero.params["init_noise"] == 0.0
+    for g, h in zip(runs[0].gates, runs[2].gates):  # the same seed: the same result
+        np.testing.assert_array_equal(g, h)
+    assert any(not np.array_equal(g, h) for g, h in zip(runs[0].gates, runs[1].gates))
+    for a in runs:
+        assert all(e.gated_label == e.label and e.binary_label == e.label for e in a.examples)
+        assert all(((g >= 0) & (g <= 1)).all() for g in a.gates)
+    # the first loss is that of the start: 1 - 0.5 U(0, 1) has mean gate ~0.75, below the default start's 1
+    assert runs[0].examples[1].loss_history[0] != default.examples[1].loss_history[0]
+    with pytest.raises(ValueError, match=r"init_noise must be a number in \[0, 1\)"):
+        extract_datapaths(model, images, ROLES, steps=2, init_noise=1.0)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        extract_datapaths(model, images, ROLES, steps=2, init_noise=0.1, seed="x")
+
+
 def test_dgr_baseline_on_resnet18():
     torch.manual_seed(1)
     model = tvm.resnet18(num_classes=10).eval()
