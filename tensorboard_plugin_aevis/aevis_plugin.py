@@ -268,6 +268,8 @@ class AEVisPlugin(base_plugin.TBPlugin):
             return compute()
         except HttpError as e:
             return error_response(request, e.status, e.message)
+        except run_reader.AnalysisReadError as e:  # a part read on first use is damaged
+            return error_response(request, 404, str(e))
         except Exception:  # a bug, not bad input: log it, never show the traceback
             logger.exception("AEVis route %s failed", request.path)
             return error_response(request, 500, "internal error in the AEVis plugin; see the TensorBoard log")
@@ -409,13 +411,14 @@ class AEVisPlugin(base_plugin.TBPlugin):
             _check_channel(a, layer, channel)
             query = {"run": key[1], "analysis": key[2], "method": key[3], "step": key[4], "layer": layer_name, "channel": channel}
             examples = []
+            thresholds = a.thresholds()
             for i in range(a.num_examples):
-                has_map = loaded.activation_maps is not None and loaded.activation_maps.quantised_map(layer, channel, i) is not None
+                has_map = loaded.activation_maps is not None and loaded.activation_maps.has_map(layer, channel, i)
                 examples.append({
                     "example": i,
                     "max_activation": None if a.max_activations is None else float(a.max_activations[layer][i, channel]),
                     "gate": float(a.gates[layer][i, channel]),
-                    "in_datapath": bool(a.gates[layer][i, channel] > a.threshold),
+                    "in_datapath": bool(a.gates[layer][i, channel] > thresholds[i]),
                     "activation_map": f"activation_map?{urllib.parse.urlencode({**query, 'example': i})}" if has_map else None,
                 })
             features = [
@@ -626,13 +629,8 @@ def treemap_answer(analysis, layer: int, examples: List[int], diff: Optional[Seq
 def _feature_boxes(loaded: "run_reader.LoadedAnalysis", layer: int, channel: int) -> List[Dict[str, Any]]:
     """The logged learned features of one feature map, best first: ``{"image", "activation",
     "box": [y0, x0, y1, x1]}`` (empty when none were logged; malformed entries skipped)."""
-    logged = loaded.learned_features
-    per_layer = logged.get(loaded.analysis.layers[layer].name) if isinstance(logged, dict) else None
-    hits = None
-    if isinstance(per_layer, dict):  # channel keys are ints as the reader returns them (str in raw JSON)
-        hits = per_layer.get(channel, per_layer.get(str(channel)))
     boxes = []
-    for hit in hits if isinstance(hits, (list, tuple)) else []:
+    for hit in loaded.feature_hits(loaded.analysis.layers[layer].name, channel):
         try:
             image, activation, box = hit
             y0, x0, y1, x1 = (int(v) for v in box)

@@ -43,6 +43,9 @@ class ExampleRecord:
     true_label: Optional[int] = None
     adversarial_score: Optional[float] = None  # percentile in [0, 100]
     loss_history: List[float] = dataclasses.field(default_factory=list)
+    # this example's binarisation threshold when it differs from Analysis.threshold (the
+    # extraction's label repair lowered it); None: Analysis.threshold applies
+    threshold: Optional[float] = None
 
     @property
     def label_preserved(self) -> bool:
@@ -90,9 +93,14 @@ class Analysis:
         """Indices of the examples with ``role``."""
         return [i for i, e in enumerate(self.examples) if e.role == role]
 
+    def thresholds(self) -> np.ndarray:
+        """(N,) binarisation threshold of each example: its own ``threshold`` if set, else the analysis's."""
+        return np.array([self.threshold if e.threshold is None else e.threshold for e in self.examples], dtype=np.float64)
+
     def binary(self) -> List[np.ndarray]:
-        """Binary datapaths: per layer a (N, C_l) bool array, ``gates > threshold``."""
-        return [g > self.threshold for g in self.gates]
+        """Binary datapaths: per layer a (N, C_l) bool array, ``gates > thresholds()[:, None]``."""
+        t = self.thresholds()[:, None]
+        return [g > t for g in self.gates]
 
     def flat_gates(self) -> np.ndarray:
         """(N, sum_l C_l) continuous gates of all layers side by side."""
@@ -135,6 +143,9 @@ class Analysis:
                     raise ValueError(f"activation_maps of layer {layer.name!r} have shape {tuple(a.shape)}; expected {want}")
         if not math.isfinite(self.threshold):
             raise ValueError("threshold must be a finite number")
+        for e in self.examples:
+            if e.threshold is not None and not (isinstance(e.threshold, (int, float)) and math.isfinite(e.threshold)):
+                raise ValueError(f"example {e.name!r} has threshold {e.threshold!r}; expected a finite number or None")
 
     def _check_per_layer(self, what: str, arrays: Sequence[np.ndarray], n: int) -> None:
         if len(arrays) != len(self.layers):

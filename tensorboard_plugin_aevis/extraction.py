@@ -49,6 +49,17 @@ continuous label is returned, and when none does, the start ``z = 1`` (the whole
 network, which keeps the label by definition). The start is only this fallback: for
 an unsure prediction the loss of ``z = 1`` (no fidelity loss, every gate paid for)
 can stay below that of every sparse datapath within the step limit.
+
+**Label repair** (constrained method). When the binarised datapath of the returned
+gates still loses the label, that example's threshold is lowered to keep the top-k
+gates by value with the smallest k that restores the label (binary search over k,
+one batched forward pass per step, ~log2(number of gates) passes; every gate, the
+whole network, keeps the label, so the search always succeeds). The datapath stays
+"gates above a threshold", now a per-example one, stored as
+:attr:`.analysis.ExampleRecord.threshold` (None where the analysis's threshold
+applies); :meth:`.analysis.Analysis.binary` uses it. The continuous gates are not
+changed. So every binarised datapath keeps its label. DGR has no repair: the
+baseline stays as published.
 """
 
 from __future__ import annotations
@@ -152,6 +163,7 @@ def extract_datapaths(
             gates = torch.ones(n, sum(sizes), device=dev)
             gated_labels = labels.clone()
             binary_labels = labels.clone()
+            thresholds = torch.full((n,), cfg["threshold"], dtype=torch.float64)
             histories: List[List[float]] = [[] for _ in range(n)]
             done: List[int] = []
             bar = _progress_bar(progress, cfg["steps"] * len(stages))
@@ -161,6 +173,7 @@ def extract_datapaths(
                     gates[stage] = result["gates"]
                     gated_labels[stage] = result["gated_labels"]
                     binary_labels[stage] = result["binary_labels"]
+                    thresholds[stage] = result["thresholds"]
                     for k, i in enumerate(stage):
                         histories[i] = result["histories"][k]
                     done.extend(stage)
@@ -181,6 +194,7 @@ def extract_datapaths(
             gated_label=int(gated_labels[i]),
             binary_label=int(binary_labels[i]),
             loss_history=[float(v) for v in histories[i]],
+            threshold=None if float(thresholds[i]) == cfg["threshold"] else float(thresholds[i]),
         )
         for i in range(n)
     ]
@@ -309,7 +323,37 @@ class _GateFit:
             chosen = torch.where(torch.isfinite(best_both[1])[:, None], best_both[0], best_cont[0])  # ones if neither
             both_logits = self.forward(torch.cat([x, x]), torch.cat([chosen, self.binarise(chosen)]))
             gated_labels, binary_labels = both_logits.argmax(dim=1).split(b)
-        return {"gates": chosen, "gated_labels": gated_labels, "binary_labels": binary_labels, "histories": histories}
+            thresholds = torch.full((b,), self.cfg["threshold"], dtype=torch.float64)
+            lost = torch.nonzero(binary_labels != labels)[:, 0]
+            if self.method == "constrained" and lost.numel() > 0:
+                thresholds[lost.cpu()], binary_labels[lost] = self.repair(x[lost], chosen[lost], labels[lost])
+        return {"gates": chosen, "gated_labels": gated_labels, "binary_labels": binary_labels, "histories": histories,
+                "thresholds": thresholds}
+
+    def repair(self, x: torch.Tensor, z: torch.Tensor, labels: torch.Tensor):
+        """Per-example thresholds (R,) float64 and binarised labels (R,) of the smallest top-k datapaths
+        that keep ``labels``, for gates z (R, n_gates) whose datapath at the threshold loses them.
+
+        The datapath of k is ``z >= v_k`` (v the gates sorted descending): the k largest gates and their
+        ties. Binary search over k, all R examples in one forward pass per step: ``lo`` loses the label
+        (at first the datapath at the threshold), ``hi`` keeps it (at first every gate: the whole
+        network); ~log2(n_gates) passes. The threshold is the float32 just below v_hi, so
+        ``z > threshold`` is that datapath exactly.
+        """
+        r, n = z.shape
+        values = z.sort(dim=1, descending=True).values  # (R, n)
+        lo = (z > self.cfg["threshold"]).sum(dim=1)  # k of the failing datapath (its ties are above the threshold)
+        hi = torch.full_like(lo, n)
+        rows = torch.arange(r, device=z.device)
+        while bool((hi - lo > 1).any()):
+            mid = torch.where(hi - lo > 1, (lo + hi) // 2, hi)
+            kept = self.forward(x, (z >= values[rows, mid - 1][:, None]).to(z.dtype)).argmax(dim=1) == labels
+            hi = torch.where(kept, mid, hi)
+            lo = torch.where(kept, lo, torch.maximum(lo, mid))
+        cut = values[rows, hi - 1]
+        binary_labels = self.forward(x, (z >= cut[:, None]).to(z.dtype)).argmax(dim=1)
+        below = torch.nextafter(cut.float().cpu(), torch.tensor(-math.inf))
+        return below.double(), binary_labels
 
     def _step(self, grad: torch.Tensor, state1: torch.Tensor, state2: torch.Tensor, t: int, lr: float) -> torch.Tensor:
         """The update to subtract: Adam (constrained) or SGD with momentum (DGR); states in place."""
@@ -358,6 +402,7 @@ def _method_description(method: str) -> Dict[str, Any]:
         "optimizer": f"Adam betas {list(ADAM_BETAS)}",
         "stopping": f"loss range <= {CONVERGENCE_TOL:g} x loss over the last {CONVERGENCE_WINDOW} steps, or the step limit",
         "check_every": CHECK_EVERY,
+        "label_repair": "where the binarised label is lost: the smallest top-k gates keeping it (per-example threshold)",
     }
 
 

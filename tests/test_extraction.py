@@ -83,17 +83,52 @@ def test_labels_kept_gates_in_range_and_datapaths_sparse(small, small_analysis):
     assert a.params["order"] == [[1], [0], [2, 3]]  # adversarial, source, then the targets batched
 
 
+def labels_by_hand(model, images, masks):
+    """SmallCNN's labels (N,) with per-layer masks (N, C_l) multiplied on features.2, .4 and .7 by hand."""
+    masks = [torch.as_tensor(np.asarray(m, dtype=np.float32))[:, :, None, None] for m in masks]
+    with torch.no_grad():
+        h = model.features[2](model.features[1](model.features[0](images))) * masks[0]
+        h = model.features[4](model.features[3](h)) * masks[1]
+        h = model.features[7](model.features[6](model.features[5](h))) * masks[2]
+        return model.fc(h.mean(dim=(2, 3)) * 4.0).argmax(dim=1)
+
+
 def test_binary_labels_match_an_independent_gated_forward(small, small_analysis):
     """Re-run the network with the binary datapath applied by hand."""
     model, images = small
     a = small_analysis
-    binary = [torch.from_numpy(b.astype(np.float32)) for b in a.binary()]
-    with torch.no_grad():
-        h = model.features[2](model.features[1](model.features[0](images))) * binary[0][:, :, None, None]
-        h = model.features[4](model.features[3](h)) * binary[1][:, :, None, None]
-        h = model.features[7](model.features[6](model.features[5](h))) * binary[2][:, :, None, None]
-        labels = model.fc(h.mean(dim=(2, 3)) * 4.0).argmax(dim=1)
-    assert labels.tolist() == [e.binary_label for e in a.examples]
+    assert labels_by_hand(model, images, a.binary()).tolist() == [e.binary_label for e in a.examples]
+
+
+def test_label_repair_keeps_every_binarised_label_with_a_minimal_top_k(small, tmp_path):
+    """Three steps with a strong L1 term: no checked iterate keeps the binarised label, so the engine
+    lowers each such example's threshold to the smallest top-k datapath that keeps it."""
+    model, images = small
+    a = extract_datapaths(model, images, ROLES, steps=3, lambda_=5.0, lr=0.3)
+    labels = [e.label for e in a.examples]
+    at_global = labels_by_hand(model, images, [g > a.threshold for g in a.gates]).tolist()
+    repaired = [i for i, e in enumerate(a.examples) if e.threshold is not None]
+    assert repaired == [i for i in range(4) if at_global[i] != labels[i]] and len(repaired) >= 2
+    assert labels_by_hand(model, images, a.binary()).tolist() == labels == [e.binary_label for e in a.examples]
+    assert all(e.gated_label == e.label for e in a.examples)
+    flat = a.flat_gates()
+    for i in repaired:
+        t = a.examples[i].threshold
+        assert t < a.threshold
+        kept = flat[i] > t
+        smallest_kept = flat[i][kept].min()
+        # one step smaller along the sorted gates (drop the smallest kept value): the label is lost
+        smaller = flat[i] > smallest_kept
+        split = np.split(smaller, np.cumsum([l.channels for l in a.layers])[:-1])
+        masks = [np.repeat(m[None], 4, axis=0) for m in split]
+        assert labels_by_hand(model, images, masks)[i] != labels[i]
+    assert np.isclose(a.kept_fraction(), [np.mean(flat[i] > t) for i, t in enumerate(a.thresholds())]).all()
+    path = str(tmp_path / "r.npz")
+    a.save_npz(path)
+    b = Analysis.load_npz(path)
+    assert [e.threshold for e in b.examples] == [e.threshold for e in a.examples]
+    for x, y in zip(a.binary(), b.binary()):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_activations_are_the_ungated_feature_maps(small, small_analysis):
