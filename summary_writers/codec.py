@@ -1,6 +1,7 @@
 """Pickle-free encodings shared by the writer ops and the run reader.
 
-- numeric arrays: ``.npz`` bytes (deflate), read back with ``allow_pickle=False``;
+- numeric arrays: ``.npz`` bytes (deflate), read back with ``allow_pickle=False``, either
+  whole (:func:`decode_npz`) or one array at a time on first use (:class:`NpzArchive`);
 - images: PNG (8 bit: ``round(x * 255)``, so a [0, 1] float image comes back within
   1/510 of its value);
 - activation maps: average-pooled to at most ``max_size x max_size`` and quantised to
@@ -11,8 +12,10 @@
 from __future__ import annotations
 
 import io
+import threading
 import zipfile
-from typing import Dict, Tuple
+import zlib
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -40,6 +43,46 @@ def decode_npz(data: bytes) -> Dict[str, np.ndarray]:
             return {key: npz[key] for key in npz.files}
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise ValueError(f"not a valid .npz archive ({exc})") from exc
+
+
+class NpzArchive:
+    """An ``.npz`` held in memory whose arrays are decompressed one by one on first use.
+
+    Opening reads only the zip directory, so a reader pays for the arrays it asks for
+    (one layer's maps, not every layer's). Decoded arrays are kept; thread-safe. Never
+    unpickles. ValueError for bytes that are not such an archive (on opening) and for
+    a damaged or missing array (on access).
+    """
+
+    def __init__(self, data: bytes):
+        try:
+            self._npz = np.load(io.BytesIO(data), allow_pickle=False)
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+            raise ValueError(f"not a valid .npz archive ({exc})") from exc
+        if not isinstance(self._npz, np.lib.npyio.NpzFile):
+            raise ValueError("not a valid .npz archive (a single .npy array)")
+        self._files = set(self._npz.files)
+        self._arrays: Dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def files(self) -> List[str]:
+        return sorted(self._files)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._files
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        with self._lock:
+            found = self._arrays.get(key)
+            if found is None:
+                if key not in self._files:
+                    raise ValueError(f"the archive has no array {key!r}")
+                try:
+                    found = self._arrays[key] = self._npz[key]
+                except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+                    raise ValueError(f"array {key!r} is damaged ({exc})") from exc
+            return found
 
 
 def encode_png(image: np.ndarray) -> bytes:

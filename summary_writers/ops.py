@@ -119,7 +119,8 @@ def add_reference_images(writer, name: str, images: Any, step: int = 0) -> None:
 
 
 def add_learned_features(writer, name: str, method: str, step: int, boxes: Any) -> None:
-    """Log learned-feature boxes (``learned_features.learned_features`` output, JSON-able)."""
+    """Log learned-feature boxes (``learned_features.learned_features`` output:
+    ``{layer: {channel: [(image, activation, (y0, x0, y1, x1)), ...]}}``) as per-layer arrays."""
     _check_name_and_step(name, step)
     _write(writer, [payloads.learned_features_record(name, method, step, boxes)], step)
 

@@ -5,7 +5,7 @@ TensorBoard's per-tag sampling can never drop an analysis)::
 
     aevis/<name>/<method>/<step>/manifest          tensor, JSON string (logged last)
     aevis/<name>/<method>/<step>/arrays            blob sequence: [npz, PNG of example 0, 1, ...]
-    aevis/<name>/<method>/<step>/learned_features  blob sequence: [JSON]
+    aevis/<name>/<method>/<step>/learned_features  blob sequence: [npz] (before 2026-11: [JSON])
     aevis/<name>/<step>/graph                      blob sequence: [model DAG JSON]
     aevis/<name>/<step>/reference_images           blob sequence: [PNG, PNG, ...]
 
@@ -18,13 +18,25 @@ The ``arrays`` npz holds, for gated layer ``l``:
 - ``maps/<l>/channels``: (K_l,) int32, the feature maps in any example's binary datapath;
 - ``maps/<l>/uint8``: (N, K_l, h_l, w_l) uint8 activation maps of those channels, pooled to
   at most ``max_map_size`` per side; ``maps/<l>/min``, ``maps/<l>/max``: (N, K_l) float32.
+
+The ``learned_features`` npz holds ``layer_names`` (L,) str and, for the ``i``-th layer
+there (K_i feature maps with at most k hits each, best first):
+
+- ``channels/<i>``: (K_i,) int32, ascending;
+- ``images/<i>``: (K_i, k) int32 reference-image index, -1 pads channels with fewer hits;
+- ``activations/<i>``: (K_i, k) float32 (the feature map's maximum on that image);
+- ``boxes/<i>``: (K_i, k, 4) int32 receptive field ``(y0, x0, y1, x1)``, exclusive ends.
+
+A reader decompresses only the layer it is asked about. Runs logged before this format
+hold one JSON blob ``{layer: {channel: [[image, activation, box], ...]}}`` instead
+(a JSON blob starts with ``{``, an npz with the zip magic ``PK``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -168,10 +180,50 @@ def reference_images_record(name: str, images: np.ndarray, step: int) -> Summary
     )
 
 
-def learned_features_record(name: str, method: str, step: int, boxes: Any) -> SummaryRecord:
-    """The ``learned_features`` blob sequence: [the boxes as JSON]."""
+def learned_features_arrays(boxes: Mapping[str, Mapping[int, Sequence[Any]]]) -> Dict[str, np.ndarray]:
+    """``{layer: {channel: [(image, activation, (y0, x0, y1, x1)), ...]}}`` (the output of
+    ``learned_features.learned_features``) -> the per-layer arrays of the module docstring.
+
+    Raises ValueError naming the layer and channel of a malformed or non-finite hit.
+    """
+    if not isinstance(boxes, Mapping):
+        raise TypeError(f"learned features must be a dict {{layer: {{channel: hits}}}}, got {type(boxes).__name__}")
+    names = [str(layer) for layer in boxes]
+    arrays: Dict[str, np.ndarray] = {"layer_names": np.array(names, dtype=np.str_)}
+    for i, (layer, per_channel) in enumerate(boxes.items()):
+        if not isinstance(per_channel, Mapping):
+            raise TypeError(f"learned features of layer {layer!r} must be a dict {{channel: hits}}, got {type(per_channel).__name__}")
+        channels = sorted(int(c) for c in per_channel)
+        if len(set(channels)) != len(channels) or any(c < 0 for c in channels):
+            raise ValueError(f"learned features of layer {layer!r}: channels must be distinct non-negative integers")
+        hits = {int(c): list(v) for c, v in per_channel.items()}
+        k = max((len(v) for v in hits.values()), default=0)
+        images = np.full((len(channels), k), -1, np.int32)
+        activations = np.zeros((len(channels), k), np.float32)
+        box_array = np.zeros((len(channels), k, 4), np.int32)
+        for row, channel in enumerate(channels):
+            for rank, hit in enumerate(hits[channel]):
+                try:
+                    image, activation, box = hit
+                    images[row, rank], activations[row, rank] = int(image), float(activation)
+                    box_array[row, rank] = [int(v) for v in box]
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"learned feature {rank} of channel {channel} at layer {layer!r} is not "
+                                     f"(image index, activation, (y0, x0, y1, x1)): {exc}") from None
+                if images[row, rank] < 0 or not math.isfinite(float(activation)):
+                    raise ValueError(f"learned feature {rank} of channel {channel} at layer {layer!r} has a negative "
+                                     "image index or a NaN / infinite activation")
+        arrays[f"channels/{i}"] = np.asarray(channels, np.int32)
+        arrays[f"images/{i}"] = images
+        arrays[f"activations/{i}"] = activations
+        arrays[f"boxes/{i}"] = box_array
+    return arrays
+
+
+def learned_features_record(name: str, method: str, step: int, boxes: Mapping[str, Mapping[int, Sequence[Any]]]) -> SummaryRecord:
+    """The ``learned_features`` blob sequence: [npz of :func:`learned_features_arrays`]."""
     return SummaryRecord(
         analysis_tag(name, method, step, metadata.KIND_LEARNED_FEATURES),
         metadata.create_summary_metadata(metadata.KIND_LEARNED_FEATURES, name, method, step),
-        _string_tensor([json.dumps(to_jsonable(boxes), allow_nan=False).encode("utf-8")]),
+        _string_tensor([codec.encode_npz(learned_features_arrays(boxes))]),
     )

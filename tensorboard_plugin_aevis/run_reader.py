@@ -29,6 +29,7 @@ from tensorboard.data import provider
 
 from tensorboard_plugin_aevis import metadata, model_artifact
 from tensorboard_plugin_aevis.analysis import Analysis
+from summary_writers.codec import NpzArchive, decode_png, dequantise_map
 
 SAMPLING_FIX = "restart TensorBoard with --samples_per_plugin=aevis=0"
 CACHE_SIZE = 16
@@ -59,35 +60,156 @@ class RunIndex:
     warnings: List[str]
 
 
-@dataclasses.dataclass
+Box = Tuple[int, int, int, int]
+Hit = Tuple[int, float, Box]
+
+
+def _array(archive: NpzArchive, key: str, what: str) -> np.ndarray:
+    """``archive[key]``, or AnalysisReadError naming ``what`` is damaged and the fix."""
+    try:
+        return archive[key]
+    except ValueError as exc:
+        raise AnalysisReadError(f"the {what} of this analysis are damaged ({exc}); re-log the analysis") from exc
+
+
 class ActivationMaps:
-    """Logged activation maps: per layer ``l`` the channels (K_l,), uint8 maps (N, K_l, h, w)
-    and per-map min / max (N, K_l). Only feature maps in some datapath are present."""
+    """Logged activation maps of the feature maps in some datapath, decompressed one
+    layer at a time on first use: per layer ``l`` the channels (K_l,), uint8 maps
+    (N, K_l, h, w) and per-map min / max (N, K_l).
 
-    channels: List[np.ndarray]
-    quantised: List[np.ndarray]
-    minimum: List[np.ndarray]
-    maximum: List[np.ndarray]
+    Methods raise AnalysisReadError when the layer's arrays are damaged.
+    """
 
-    def _position(self, layer: int, channel: int) -> Optional[int]:
-        if not 0 <= layer < len(self.channels):
+    def __init__(self, archive: NpzArchive, num_layers: int, num_examples: int):
+        self._archive = archive
+        self.num_layers = num_layers
+        self.num_examples = num_examples
+
+    def channels(self, layer: int) -> np.ndarray:
+        """(K_l,) int32: the channels of ``layer`` whose maps were logged."""
+        return _array(self._archive, f"maps/{layer}/channels", "activation maps")
+
+    def _position(self, layer: int, channel: int, example: int) -> Optional[int]:
+        if not (0 <= layer < self.num_layers and 0 <= example < self.num_examples):
             return None
-        hits = np.flatnonzero(self.channels[layer] == channel)
+        hits = np.flatnonzero(self.channels(layer) == channel)
         return int(hits[0]) if hits.size else None
+
+    def has_map(self, layer: int, channel: int, example: int) -> bool:
+        """Whether that map was logged (reads only the layer's channel list)."""
+        return self._position(layer, channel, example) is not None
 
     def quantised_map(self, layer: int, channel: int, example: int) -> Optional[Tuple[np.ndarray, float, float]]:
         """(uint8 (h, w), min, max) of one map, or None when it was not logged."""
-        k = self._position(layer, channel)
-        if k is None or not 0 <= example < self.quantised[layer].shape[0]:
+        k = self._position(layer, channel, example)
+        if k is None:
             return None
-        return self.quantised[layer][example, k], float(self.minimum[layer][example, k]), float(self.maximum[layer][example, k])
+        maps = _array(self._archive, f"maps/{layer}/uint8", "activation maps")
+        lo = _array(self._archive, f"maps/{layer}/min", "activation maps")
+        hi = _array(self._archive, f"maps/{layer}/max", "activation maps")
+        if maps.ndim != 4 or maps.shape[:2] != lo.shape or lo.shape != hi.shape or k >= maps.shape[1] or example >= maps.shape[0]:
+            raise AnalysisReadError(f"the activation maps of layer {layer} have inconsistent shapes; re-log the analysis")
+        return maps[example, k], float(lo[example, k]), float(hi[example, k])
 
     def map(self, layer: int, channel: int, example: int) -> Optional[np.ndarray]:
         """Float32 (h, w) map (dequantised), or None when it was not logged."""
-        from summary_writers.codec import dequantise_map
-
         found = self.quantised_map(layer, channel, example)
         return None if found is None else dequantise_map(*found)
+
+
+class LearnedFeatures:
+    """The logged learned features of an analysis, decoded one layer at a time on first use.
+
+    Reads the per-layer npz of ``summary_writers.payloads`` and, for runs logged before
+    it, the older single JSON blob (decoded whole on first use). Methods raise
+    AnalysisReadError when the data is damaged.
+    """
+
+    def __init__(self, blob: bytes):
+        self._blob = blob
+        self._lock = threading.Lock()
+        self._archive: Optional[NpzArchive] = None
+        self._layer_index: Optional[Dict[str, int]] = None
+        self._legacy: Optional[Dict[str, Dict[int, List[Hit]]]] = None
+
+    @property
+    def is_legacy_json(self) -> bool:
+        return not self._blob.startswith(b"PK")
+
+    def _open(self) -> Tuple[Optional[NpzArchive], Dict[str, int]]:
+        """(archive, {layer name: index}) of the npz format; (None, {}) for legacy JSON."""
+        with self._lock:
+            if self._layer_index is None:
+                if self.is_legacy_json:
+                    self._legacy = _legacy_learned_features(self._blob)
+                    self._layer_index = {}
+                else:
+                    try:
+                        self._archive = NpzArchive(self._blob)
+                    except ValueError as exc:
+                        raise AnalysisReadError(f"the learned features of this analysis are damaged ({exc}); re-log the analysis") from exc
+                    names = _array(self._archive, "layer_names", "learned features")
+                    self._layer_index = {str(n): i for i, n in enumerate(names.tolist())}
+            return self._archive, self._layer_index
+
+    def layers(self) -> List[str]:
+        """The layer names with logged learned features."""
+        archive, index = self._open()
+        return list(index) if archive is not None else list(self._legacy or {})
+
+    def hits(self, layer: str, channel: int) -> List[Hit]:
+        """``[(reference image index, activation, (y0, x0, y1, x1)), ...]`` of one feature
+        map, best first; empty when none were logged for it."""
+        archive, index = self._open()
+        if archive is None:
+            return list((self._legacy or {}).get(layer, {}).get(int(channel), []))
+        i = index.get(layer)
+        if i is None:
+            return []
+        channels = _array(archive, f"channels/{i}", "learned features")
+        row = np.flatnonzero(channels == channel)
+        if not row.size:
+            return []
+        return self._layer_hits(archive, i, [int(row[0])])[0]
+
+    def to_dict(self) -> Dict[str, Dict[int, List[Hit]]]:
+        """Every layer: ``{layer: {channel: [(image, activation, (y0, x0, y1, x1)), ...]}}``."""
+        archive, index = self._open()
+        if archive is None:
+            return dict(self._legacy or {})
+        result = {}
+        for layer, i in index.items():
+            channels = _array(archive, f"channels/{i}", "learned features")
+            rows = self._layer_hits(archive, i, range(len(channels)))
+            result[layer] = {int(c): hits for c, hits in zip(channels.tolist(), rows)}
+        return result
+
+    @staticmethod
+    def _layer_hits(archive: NpzArchive, i: int, rows) -> List[List[Hit]]:
+        images = _array(archive, f"images/{i}", "learned features")
+        activations = _array(archive, f"activations/{i}", "learned features")
+        boxes = _array(archive, f"boxes/{i}", "learned features")
+        if images.shape != activations.shape or boxes.shape != images.shape + (4,):
+            raise AnalysisReadError("the learned features of this analysis have inconsistent shapes; re-log the analysis")
+        return [
+            [(int(img), float(act), tuple(int(v) for v in box))
+             for img, act, box in zip(images[r].tolist(), activations[r].tolist(), boxes[r].tolist()) if img >= 0]
+            for r in rows
+        ]
+
+
+def _legacy_learned_features(blob: bytes) -> Dict[str, Dict[int, List[Hit]]]:
+    """The JSON blob of runs logged before the per-layer npz: ``{layer: {channel: [[image,
+    activation, [y0, x0, y1, x1]], ...]}}`` -> its original form (tuples, int channels)."""
+    try:
+        value = json.loads(blob.decode("utf-8"))
+        return {
+            layer: {int(channel): [(int(i), float(a), tuple(int(v) for v in box)) for i, a, box in hits]
+                    for channel, hits in channels.items()}
+            for layer, channels in value.items()
+        }
+    except (ValueError, UnicodeDecodeError, TypeError, AttributeError) as exc:
+        raise AnalysisReadError(f"the learned features of this analysis are damaged ({exc}); re-log the analysis") from exc
 
 
 @dataclasses.dataclass
@@ -95,11 +217,11 @@ class LoadedAnalysis:
     """One analysis read back from a run.
 
     ``analysis``: the Analysis (images decoded from PNG, within 1/510; gates and max
-    activations exact; ``activation_maps`` None: see ``activation_maps``).
-    ``manifest``: the logged JSON (``distances``, ``diff_curve``, ``diverging_merging``,
-    ``kept_fraction``, ``has_model``, ``model_artifact`` ...). ``learned_features``:
-    ``{layer: {channel: [(reference image index, activation, (y0, x0, y1, x1)), ...]}}``
-    (crops of ``reference_image(index)``), or None.
+    activations exact; ``activation_maps`` None: see ``activation_maps``, which reads
+    one layer at a time). ``manifest``: the logged JSON (``distances``, ``diff_curve``,
+    ``diverging_merging``, ``kept_fraction``, ``has_model``, ``model_artifact`` ...).
+    ``learned_feature_store``: the learned features (crops of ``reference_image(index)``),
+    read one layer at a time; see ``feature_hits`` and ``learned_features``.
     """
 
     run: str
@@ -111,7 +233,7 @@ class LoadedAnalysis:
     image_pngs: List[bytes]
     activation_maps: Optional[ActivationMaps]
     graph: Optional[Dict[str, Any]]
-    learned_features_json: Optional[bytes]  # decoded on first use: it is the largest part
+    learned_feature_store: Optional[LearnedFeatures]
     reference_image_pngs: List[bytes]
     model_artifact: Optional[str]
     warnings: List[str]
@@ -130,23 +252,39 @@ class LoadedAnalysis:
 
     @property
     def has_learned_features(self) -> bool:
-        return self.learned_features_json is not None
+        return self.learned_feature_store is not None
+
+    def _damaged(self, exc: AnalysisReadError) -> None:
+        message = f"analysis {self.name!r}: {exc}"
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def feature_hits(self, layer: str, channel: int) -> List[Hit]:
+        """The learned features of one feature map, ``[(reference image index, activation,
+        (y0, x0, y1, x1)), ...]`` best first (empty when none, or damaged: a warning)."""
+        if self.learned_feature_store is None:
+            return []
+        try:
+            return self.learned_feature_store.hits(layer, channel)
+        except AnalysisReadError as exc:
+            self._damaged(exc)
+            return []
 
     @functools.cached_property
-    def learned_features(self) -> Optional[Dict[str, Dict[int, List[Tuple[int, float, Tuple[int, int, int, int]]]]]]:
-        """Decoded from the logged JSON on first use (most routes never need it)."""
-        if self.learned_features_json is None:
+    def learned_features(self) -> Optional[Dict[str, Dict[int, List[Hit]]]]:
+        """Every learned feature, ``{layer: {channel: [(reference image index, activation,
+        (y0, x0, y1, x1)), ...]}}``, or None (none logged, or damaged: a warning).
+        Decodes every layer: routes use ``feature_hits``."""
+        if self.learned_feature_store is None:
             return None
         try:
-            return _learned_features_from_json(json.loads(self.learned_features_json.decode("utf-8")))
-        except (ValueError, UnicodeDecodeError, TypeError, AttributeError) as exc:
-            self.warnings.append(f"the learned features of analysis {self.name!r} are damaged ({exc}); re-log the analysis")
+            return self.learned_feature_store.to_dict()
+        except AnalysisReadError as exc:
+            self._damaged(exc)
             return None
 
     def reference_image(self, index: int) -> np.ndarray:
         """Reference image ``index`` as (C, H, W) float32 in [0, 1]."""
-        from summary_writers.codec import decode_png
-
         return decode_png(self.reference_image_pngs[index])
 
 
@@ -279,7 +417,7 @@ def load_analysis(
 
     loaded = LoadedAnalysis(
         run=run, name=name, method=method, step=step, analysis=analysis, manifest=manifest, image_pngs=blobs[1:],
-        activation_maps=maps, graph=graph, learned_features_json=learned_blobs[0] if learned_blobs else None,
+        activation_maps=maps, graph=graph, learned_feature_store=LearnedFeatures(learned_blobs[0]) if learned_blobs else None,
         reference_image_pngs=references,
         model_artifact=artifact, warnings=warnings,
     )
@@ -333,15 +471,6 @@ def _read_json_part(data_provider, ctx, experiment_id, run, found, warnings, wha
         return None
 
 
-def _learned_features_from_json(value: Dict[str, Any]) -> Dict[str, Dict[int, List[Tuple[int, float, Tuple[int, int, int, int]]]]]:
-    """JSON of ``learned_features.learned_features`` output -> its original form:
-    ``{layer: {channel: [(reference image index, activation, (y0, x0, y1, x1)), ...]}}``."""
-    return {
-        layer: {int(channel): [(int(i), float(a), tuple(int(v) for v in box)) for i, a, box in hits] for channel, hits in channels.items()}
-        for layer, channels in value.items()
-    }
-
-
 def _as_bytes(value: Any) -> bytes:
     if isinstance(value, np.ndarray):
         value = value.item()
@@ -351,28 +480,27 @@ def _as_bytes(value: Any) -> bytes:
 
 
 def _decode_arrays(manifest: Dict[str, Any], blobs: List[bytes]) -> Tuple[Analysis, Optional[ActivationMaps]]:
-    from summary_writers.codec import decode_npz, decode_png
-
+    """The Analysis (gates, max activations, images decoded now) and its activation maps
+    (decompressed per layer on first use) from the ``arrays`` blobs."""
     meta = manifest["analysis"]
-    arrays = decode_npz(blobs[0])
+    archive = NpzArchive(blobs[0])
     n_layers = len(meta["layers"])
     images = [decode_png(png) for png in blobs[1:]]
     if len(images) != len(meta["examples"]):
         raise AnalysisReadError(f"{len(images)} images for {len(meta['examples'])} examples")
     analysis_arrays = {"images": np.stack(images)}
     for l in range(n_layers):
-        analysis_arrays[f"gates/{l}"] = arrays[f"gates/{l}"]
-        if f"max_activations/{l}" in arrays:
-            analysis_arrays[f"max_activations/{l}"] = arrays[f"max_activations/{l}"]
+        analysis_arrays[f"gates/{l}"] = archive[f"gates/{l}"]
+        if f"max_activations/{l}" in archive:
+            analysis_arrays[f"max_activations/{l}"] = archive[f"max_activations/{l}"]
     analysis = Analysis.from_arrays(meta, analysis_arrays)
     maps = None
-    if "maps/0/channels" in arrays:
-        maps = ActivationMaps(
-            channels=[arrays[f"maps/{l}/channels"] for l in range(n_layers)],
-            quantised=[arrays[f"maps/{l}/uint8"] for l in range(n_layers)],
-            minimum=[arrays[f"maps/{l}/min"] for l in range(n_layers)],
-            maximum=[arrays[f"maps/{l}/max"] for l in range(n_layers)],
-        )
+    if "maps/0/channels" in archive:
+        missing = [f"maps/{l}/{part}" for l in range(n_layers) for part in ("channels", "uint8", "min", "max")
+                   if f"maps/{l}/{part}" not in archive]
+        if missing:
+            raise AnalysisReadError(f"the arrays lack {missing[0]}")
+        maps = ActivationMaps(archive, n_layers, len(images))
     return analysis, maps
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import os
 import shutil
 import signal
@@ -415,3 +416,115 @@ def test_round_trip_through_the_rust_data_server(tmp_path):
             assert_same_analysis(written[step], run_reader.load_analysis(dp, CTX, EID, "train", "cat->dog", "constrained", step))
     finally:
         ingester._stdin_handle.close()  # the Rust data server exits when its stdin closes
+
+
+# ------------------------------------------------- learned features: per-layer arrays
+def _boxes(analysis, seed=0):
+    """Learned features of every channel of every layer (2 hits; channel 1 of the last layer: 1)."""
+    rng = np.random.default_rng(seed)
+    boxes = {}
+    for layer in analysis.layers:
+        boxes[layer.name] = {
+            c: [(int(rng.integers(0, 4)), float(np.float32(rng.normal())), tuple(int(v) for v in rng.integers(0, 12, 4)))
+                for _ in range(1 if (layer.name == "block/2" and c == 1) else 2)]
+            for c in range(layer.channels)
+        }
+    return boxes
+
+
+def _rewrite_blob(path, kind, change):
+    """Rewrite an event file, replacing blob 0 of every ``.../<kind>`` tag by ``change(blob)``."""
+    events = [event_pb2.Event.FromString(record) for record in RawEventFileLoader(path).Load()]
+    with open(path, "wb") as f:
+        writer = RecordWriter(f)
+        for event in events:
+            for value in event.summary.value:
+                if value.tag.endswith("/" + kind):
+                    value.tensor.string_val[0] = change(value.tensor.string_val[0])
+            writer.write(event.SerializeToString())
+
+
+def _damage_member(npz: bytes, key: str) -> bytes:
+    """The npz with the compressed bytes of array ``key`` garbled (its zip directory intact)."""
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(npz)) as archive:
+        info = archive.getinfo(key + ".npy")
+    data = bytearray(npz)
+    name_length, extra_length = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_length + extra_length
+    for k in range(start, start + info.compress_size):
+        data[k] ^= 0x5A
+    return bytes(data)
+
+
+def test_learned_features_round_trip_as_per_layer_arrays_and_legacy_json(tmp_path):
+    """The npz format and the JSON blob of runs logged before it read back the same."""
+    import json
+
+    from summary_writers import add_learned_features, payloads
+    from summary_writers.sink import EventSink, SummaryRecord
+
+    analysis = make_analysis(seed=3)
+    boxes = _boxes(analysis)
+    with SummaryWriter(str(tmp_path / "run")) as writer:
+        for step in (0, 1):
+            add_analysis(writer, "x", analysis, step)
+        add_learned_features(writer, "x", "constrained", 0, boxes)
+        legacy = SummaryRecord(  # the format before the per-layer npz: one JSON blob
+            payloads.analysis_tag("x", "constrained", 1, metadata.KIND_LEARNED_FEATURES),
+            metadata.create_summary_metadata(metadata.KIND_LEARNED_FEATURES, "x", "constrained", 1),
+            payloads._string_tensor([json.dumps(payloads.to_jsonable(boxes)).encode("utf-8")]))
+        with EventSink(writer) as sink:
+            sink.write(legacy, 1)
+    dp = provider_for(tmp_path)
+    for step in (0, 1):
+        loaded = run_reader.load_analysis(dp, CTX, EID, "run", "x", "constrained", step)
+        assert loaded.learned_feature_store.is_legacy_json == (step == 1)
+        assert loaded.learned_features == boxes
+        for layer, per_channel in boxes.items():
+            for channel, hits in per_channel.items():
+                assert loaded.feature_hits(layer, channel) == hits
+        assert loaded.feature_hits("features.0", 99) == [] and loaded.feature_hits("no such layer", 0) == []
+        assert loaded.warnings == []
+
+
+@pytest.mark.parametrize("hits, message", [
+    ([(0, float("nan"), (0, 0, 1, 1))], "NaN"),
+    ([(0, 1.0, (0, 0, 1))], "not \\(image index"),
+    ([(-1, 1.0, (0, 0, 1, 1))], "negative"),
+])
+def test_malformed_learned_features_are_refused_with_the_culprit(tmp_path, hits, message):
+    from summary_writers import add_learned_features
+
+    with pytest.raises(ValueError, match=message):
+        add_learned_features(str(tmp_path), "x", "constrained", 0, {"layer.1": {3: hits}})
+    assert not glob.glob(str(tmp_path / "events.*"))  # refused before anything was written
+
+
+def test_a_damaged_layer_leaves_the_other_layers_readable(tmp_path):
+    """Each layer's maps and learned features are decompressed on their own, on first use:
+    a garbled layer fails alone, with a message naming the fix."""
+    from summary_writers import add_learned_features
+
+    analysis = make_analysis(seed=4, map_size=(2, 2, 2))
+    analysis.gates = [np.full_like(g, 0.9) for g in analysis.gates]  # every map logged
+    boxes = _boxes(analysis)
+    with SummaryWriter(str(tmp_path / "run")) as writer:
+        add_analysis(writer, "x", analysis, 0)
+        add_learned_features(writer, "x", "constrained", 0, boxes)
+    (path,) = glob.glob(str(tmp_path / "run" / "events.*"))
+    _rewrite_blob(path, "learned_features", lambda blob: _damage_member(blob, "images/1"))
+    _rewrite_blob(path, "arrays", lambda blob: _damage_member(blob, "maps/1/uint8"))
+    loaded = run_reader.load_analysis(provider_for(tmp_path), CTX, EID, "run", "x", "constrained", 0)
+    assert loaded.analysis.to_json() == analysis.to_json()
+    assert loaded.feature_hits("features.0", 2) == boxes["features.0"][2]
+    assert loaded.feature_hits("block/2", 5) == boxes["block/2"][5]
+    assert loaded.warnings == []
+    assert loaded.feature_hits("features.3", 0) == []
+    assert any("learned features" in w and "re-log" in w for w in loaded.warnings)
+    assert loaded.activation_maps.map(0, 1, 2) is not None and loaded.activation_maps.map(2, 0, 0) is not None
+    assert loaded.activation_maps.has_map(1, 0, 0)  # the channel list of layer 1 is intact
+    with pytest.raises(run_reader.AnalysisReadError, match="activation maps .* damaged.*re-log"):
+        loaded.activation_maps.map(1, 0, 0)

@@ -58,6 +58,25 @@ def test_npz_round_trip_refuses_objects():
     np.savez(buffer, x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError):
         codec.decode_npz(buffer.getvalue())
+    with pytest.raises(ValueError, match="pickle"):
+        codec.NpzArchive(buffer.getvalue())["x"]
+
+
+def test_npz_archive_reads_arrays_on_demand_and_names_bad_input():
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b/c": np.array([1, 2], np.int32)}
+    archive = codec.NpzArchive(codec.encode_npz(arrays))
+    assert archive.files == ["a", "b/c"] and "b/c" in archive and "d" not in archive
+    np.testing.assert_array_equal(archive["b/c"], arrays["b/c"])
+    assert archive["a"] is archive["a"]  # decoded once, then kept
+    with pytest.raises(ValueError, match="no array 'd'"):
+        archive["d"]
+    for garbage in (b"", b"{}", b"PK\x03\x04 not a zip"):
+        with pytest.raises(ValueError, match="not a valid .npz"):
+            codec.NpzArchive(garbage)
+    single = io.BytesIO()
+    np.save(single, np.zeros(3))
+    with pytest.raises(ValueError, match="single .npy"):
+        codec.NpzArchive(single.getvalue())
 
 
 @pytest.mark.parametrize("channels", [1, 3])
