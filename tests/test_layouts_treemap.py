@@ -154,3 +154,23 @@ def test_bad_memberships_are_named(bad, message):
 def test_bad_size_is_named(width, height):
     with pytest.raises(ValueError, match="width and height must be positive finite"):
         build_treemap(np.ones((1, 3), dtype=bool), width, height)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.one_of(
+        st.integers(1, 300).map(lambda n: [1.0] * n),  # equal cells, as in every region
+        st.lists(st.floats(0.01, 100.0), min_size=1, max_size=60),  # any order
+        st.lists(st.integers(1, 4).map(float), min_size=1, max_size=80),  # many ties
+    ),
+    dx=st.floats(1.0, 900.0), dy=st.floats(1.0, 900.0), x=st.floats(-50.0, 50.0), y=st.floats(-50.0, 50.0),
+)
+def test_linear_squarify_is_bit_identical_to_the_package(sizes, dx, dy, x, y):
+    """``squarify_rows`` is a linear-time rewrite of ``squarify.squarify``: the same rectangles, exactly."""
+    import squarify
+
+    from tensorboard_plugin_aevis.layouts.treemap import squarify_rows
+
+    normed = squarify.normalize_sizes(list(sizes), dx, dy)
+    expected = [(r["x"], r["y"], r["dx"], r["dy"]) for r in squarify.squarify(normed, x, y, dx, dy)]
+    assert squarify_rows(normed, x, y, dx, dy) == expected
