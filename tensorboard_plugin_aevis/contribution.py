@@ -93,7 +93,9 @@ class ContributionResult:
     preserved quantity with the fitted gates, measured through the real network;
     ``region``: the gated rectangle ``(y0, x0, y1, x1)`` (half-open) on the earlier
     layer's grid for Eq. 8, ``None`` when the whole maps are gated.
-    ``target_layer`` is ``None`` for contributions to the prediction.
+    ``target_layer`` is ``None`` for contributions to the prediction. ``crop``: the
+    rectangle of the earlier maps the computation ran on (:func:`_local_crop`), ``None``
+    when it ran on the whole maps; the result is the same either way.
     """
 
     earlier_layer: str
@@ -110,6 +112,7 @@ class ContributionResult:
     earlier_shape: Tuple[int, int, int]
     params: Dict[str, Any]
     seconds: float
+    crop: Optional[Tuple[int, int, int, int]] = None
 
     def to_json(self, top: Optional[int] = None) -> Dict[str, Any]:
         """Plain JSON values; ``top`` limits the ranked list (all maps when None)."""
@@ -200,6 +203,11 @@ class _GatedForward:
     None); ``gates``: (m, C) or None for the ungated network; ``region``: (H_e, W_e)
     float mask of the gated neurons or None for whole maps. The last gated earlier
     output is kept in ``self.gated``.
+
+    Two rectangles ``(y0, x0, y1, x1)`` on the earlier grid change what the earlier layer
+    passes on (see :func:`_local_crop`): ``crop`` passes only that crop (the rest of the
+    pass then runs on the smaller maps; ``region`` and ``self.gated`` have the crop's
+    shape), ``poison`` sets every earlier neuron outside it to NaN.
     """
 
     def __init__(self, model: nn.Module, earlier_path: str, target_path: Optional[str]):
@@ -220,6 +228,8 @@ class _GatedForward:
         self.region: Optional[torch.Tensor] = None
         self.gated: Optional[torch.Tensor] = None
         self.captured: Optional[torch.Tensor] = None
+        self.crop: Optional[Tuple[int, int, int, int]] = None
+        self.poison: Optional[Tuple[int, int, int, int]] = None
         self._replay = None
 
     # --------------------------------------------------------------- gating
@@ -227,6 +237,14 @@ class _GatedForward:
         if not isinstance(output, torch.Tensor) or output.dim() != 4:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(f"the earlier layer must output a 4-D feature map (B, C, H, W), its output is {shape}; pick a convolutional block")
+        if self.poison is not None:
+            y0, x0, y1, x1 = self.poison
+            poisoned = torch.full_like(output, float("nan"))
+            poisoned[:, :, y0:y1, x0:x1] = output[:, :, y0:y1, x0:x1]
+            output = poisoned
+        if self.crop is not None:
+            y0, x0, y1, x1 = self.crop
+            output = output[:, :, y0:y1, x0:x1]
         if self.gates is None:
             self.gated = output
             return output
@@ -514,13 +532,13 @@ def _fit_linearised(forward: _GatedForward, images, select, norms, with_area, ch
 
 
 # ----------------------------------------------------------------------- engine
-def _result(gates, fidelity, earlier_layer, target_layer, channel, area, area_neurons, mode, region, earlier_shape, params, start):
+def _result(gates, fidelity, earlier_layer, target_layer, channel, area, area_neurons, mode, region, earlier_shape, params, start, crop=None):
     scores = gates.mean(axis=0)
     ranking = sorted(range(len(scores)), key=lambda c: (-scores[c], c))
     return ContributionResult(
         earlier_layer=earlier_layer, target_layer=target_layer, channel=channel, area=area, area_neurons=area_neurons,
         mode=mode, gates=gates, scores=scores, ranking=ranking, fidelity=fidelity, region=region,
-        earlier_shape=tuple(int(v) for v in earlier_shape), params=params, seconds=time.perf_counter() - start,
+        earlier_shape=tuple(int(v) for v in earlier_shape), params=params, seconds=time.perf_counter() - start, crop=crop,
     )
 
 
@@ -546,6 +564,73 @@ def _receptive_field(forward: _GatedForward, images: torch.Tensor, select, chann
     return _region_from_gradient(grad.abs().sum(dim=(0, 1)))
 
 
+def _local_crop(forward: _GatedForward, area_mask: torch.Tensor, channel: int, reference: torch.Tensor,
+                earlier_hw: Tuple[int, int], margin: int):
+    """The crop of the earlier maps that alone determines the selected target neurons.
+
+    ``area_mask``: (H_t, W_t) bool; ``reference``: (m, P) the selected neurons of the
+    ungated pass. Candidate crop: the area's bounding box widened by ``margin`` target
+    neurons on each side, times the stride ``S = H_e / H_t`` (an integer, else no crop),
+    so that it starts at a multiple of S and the pass on the crop yields the target map
+    from neuron ``start / S`` on. A candidate is accepted when
+
+    1. structurally, the selected neurons do not depend on anything outside it: with
+       every earlier neuron outside set to NaN they stay finite (the margin doubles
+       until they do; a global operation such as a squeeze-and-excitation mean makes
+       every candidate fail);
+    2. numerically, the pass on the crop alone reproduces ``reference`` (the zero padding
+       at the crop's edges and the alignment change none of the selected neurons; a
+       branch that still carries the whole maps fails with a shape error).
+
+    Returns ``((crop (y0, x0, y1, x1), (h, w) bool mask of the selected neurons on the
+    cropped target output), margin)``; ``(None, margin)`` when the candidate is the whole
+    map already (nothing to gain); ``(None, None)`` when the sub-network between the
+    layers is not spatially local (no crop will ever pass). Call under ``torch.no_grad``.
+    """
+    (he, we), (ht, wt) = earlier_hw, tuple(area_mask.shape)
+    if he % ht or we % wt:
+        return None, None
+    sy, sx = he // ht, we // wt
+    ys = torch.nonzero(area_mask.any(dim=1)).flatten()
+    xs = torch.nonzero(area_mask.any(dim=0)).flatten()
+    ty0, ty1, tx0, tx1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    first = True
+    while True:
+        rect = (max(ty0 - margin, 0) * sy, max(tx0 - margin, 0) * sx, min((ty1 + margin) * sy, he), min((tx1 + margin) * sx, we))
+        if rect == (0, 0, he, we):
+            return None, (margin if first else None)
+        forward.poison = rect
+        try:
+            poisoned = forward.run(None, None)
+        finally:
+            forward.poison = None
+        if bool(torch.isfinite(poisoned[:, channel][:, area_mask]).all()):
+            break
+        margin, first = margin * 2, False
+    forward.crop = rect
+    try:
+        out = forward.run(None, None)
+    except RuntimeError:
+        return None, None
+    finally:
+        forward.crop = None
+    oy, ox = rect[0] // sy, rect[1] // sx
+    window = area_mask[oy : oy + out.shape[-2], ox : ox + out.shape[-1]] if out.dim() == 4 else area_mask[:0]
+    if tuple(window.shape) != tuple(out.shape[2:]) or int(window.sum()) != int(area_mask.sum()):
+        return None, None
+    scale = max(1.0, float(reference.abs().max()))
+    if not torch.allclose(out[:, channel][:, window], reference, rtol=1e-4, atol=1e-5 * scale):
+        return None, None
+    return (rect, window), margin
+
+
+def _shift(rectangle: Optional[Tuple[int, int, int, int]], crop: Optional[Tuple[int, int, int, int]]):
+    """A rectangle on the crop's grid -> the same rectangle on the whole earlier grid."""
+    if rectangle is None or crop is None:
+        return rectangle
+    return (rectangle[0] + crop[0], rectangle[1] + crop[1], rectangle[2] + crop[0], rectangle[3] + crop[1])
+
+
 class ContributionSession:
     """Many contribution queries on one model, image batch, earlier layer and target layer.
 
@@ -566,6 +651,7 @@ class ContributionSession:
         with _analysis_mode(model), self._forward.hooks(), torch.no_grad():
             self._output = self._forward.prepare(self.images, earlier_layer, target_layer)
         self.earlier_shape = tuple(int(v) for v in self._forward.gated.shape[1:])
+        self._crop_margin: Optional[int] = 1  # in target neurons; None: the layers are not spatially local, never crop
         _check_deadline(deadline)
 
     @property
@@ -576,8 +662,13 @@ class ContributionSession:
     def feature_map(self, channel: int, area: Optional[Area] = None, mode: str = "sgd", lambda_: float = DEFAULT_LAMBDA,
                     gamma: float = DEFAULT_GAMMA, steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR,
                     max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS, seed: int = 0,
-                    deadline: Optional[float] = None) -> ContributionResult:
-        """Eq. 7 (``area`` None) or Eq. 8 for map ``channel`` of the target layer (see :func:`feature_map_contributions`)."""
+                    deadline: Optional[float] = None, crop: bool = True) -> ContributionResult:
+        """Eq. 7 (``area`` None) or Eq. 8 for map ``channel`` of the target layer (see :func:`feature_map_contributions`).
+
+        With an area and ``crop`` (default), the part between the layers runs only on the
+        crop of the earlier maps that the area depends on, when :func:`_local_crop` finds
+        one; ``crop=False`` always runs on the whole maps (same result, slower).
+        """
         start = time.perf_counter()
         _check_params(mode, lambda_, gamma, steps)
         out = self._output
@@ -588,7 +679,7 @@ class ContributionSession:
         if not isinstance(channel, (int, np.integer)) or isinstance(channel, bool) or not 0 <= channel < out.shape[1]:
             raise ValueError(f"channel {channel!r} does not exist in target layer {self.target_layer!r}: it has {out.shape[1]} feature maps (0..{out.shape[1] - 1})")
         channel = int(channel)
-        rectangle = None
+        rectangle, mask = None, None
         if area is None:
             neurons = int(out.shape[2] * out.shape[3])
             select = lambda o: o[:, channel]  # noqa: E731
@@ -597,9 +688,9 @@ class ContributionSession:
             neurons = int(mask.sum())
             select = lambda o: o[:, channel][:, mask]  # noqa: E731
         params = dict(lambda_=lambda_, gamma=gamma, steps=steps, lr=lr, max_jacobian_rows=max_jacobian_rows, seed=seed)
-        gates, fidelity, region = self._fit(select, area is not None, mode, params, deadline)
+        gates, fidelity, region, used_crop = self._fit(select, mask, channel if crop else None, mode, params, deadline)
         return _result(gates, fidelity, self.earlier_layer, self.target_layer, channel, rectangle, neurons, mode, region,
-                       self.earlier_shape, _public(params), start)
+                       self.earlier_shape, _public(params), start, used_crop)
 
     def prediction(self, mode: str = "sgd", lambda_: float = DEFAULT_LAMBDA, gamma: float = DEFAULT_GAMMA,
                    steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS,
@@ -612,12 +703,17 @@ class ContributionSession:
         if self._output.dim() != 2:
             raise ValueError(f"the model outputs shape {tuple(self._output.shape)}; contributions to the prediction need logits (B, K)")
         params = dict(lambda_=lambda_, gamma=gamma, steps=steps, lr=lr, max_jacobian_rows=max_jacobian_rows, seed=seed)
-        gates, fidelity, _ = self._fit(lambda o: o - o.mean(dim=1, keepdim=True), False, mode, params, deadline)
+        gates, fidelity, _, _ = self._fit(lambda o: o - o.mean(dim=1, keepdim=True), None, None, mode, params, deadline)
         return _result(gates, fidelity, self.earlier_layer, None, None, None, 0, mode, None, self.earlier_shape, _public(params), start)
 
-    def _fit(self, select, with_area: bool, mode: str, params: Dict[str, Any], deadline: Optional[float]):
-        """(gates (m, C), fidelity (m,), gated region rectangle or None) for the preserved quantity ``select(out)``."""
-        forward, images, channels = self._forward, self.images, self.earlier_shape[0]
+    def _fit(self, select, area_mask: Optional[torch.Tensor], crop_channel: Optional[int], mode: str, params: Dict[str, Any],
+             deadline: Optional[float]):
+        """(gates (m, C), fidelity (m,), gated region rectangle or None, crop or None) for the preserved ``select(out)``.
+
+        ``area_mask``: (H_t, W_t) bool for Eq. 8, else None; ``crop_channel``: the target
+        channel when the computation may run on a crop of the earlier maps, else None.
+        """
+        forward, with_area = self._forward, area_mask is not None
         reference = select(self._output).detach()
         norms = reference.flatten(1).pow(2).sum(1)
         if not bool((norms > 0).all()):
@@ -626,18 +722,35 @@ class ContributionSession:
                 f"the preserved neurons are all zero for example(s) {zero}: nothing to explain; "
                 "select an area where the target map is active on every example"
             )
-        lambda_, gamma, steps = params["lambda_"], params["gamma"], params["steps"]
         with _analysis_mode(self.model), forward.hooks():
             _check_deadline(deadline)
-            if mode == "sgd":
-                region, rectangle = _receptive_field(forward, images, select, channels) if with_area else (None, None)
-                with torch.enable_grad():
-                    gates = _fit_sgd(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps, params["lr"], deadline)
-            else:
-                gates, region, rectangle = _fit_linearised(forward, images, select, norms, with_area, channels, lambda_, gamma, steps,
-                                                           params["max_jacobian_rows"], params["seed"], deadline)
-            with torch.no_grad():
-                fidelity = _relative_error(select(forward.run(gates, region)), reference, norms)
+            crop = None
+            if with_area and crop_channel is not None and self._crop_margin is not None:
+                with torch.no_grad():
+                    found, self._crop_margin = _local_crop(forward, area_mask, crop_channel, reference, self.earlier_shape[1:], self._crop_margin)
+                if found is not None:
+                    crop, window = found
+                    select = lambda o: o[:, crop_channel][:, window]  # noqa: E731
+            try:
+                forward.crop = crop
+                gates, fidelity, rectangle = self._fit_gates(select, reference, norms, with_area, mode, params, deadline)
+            finally:
+                forward.crop = None
+        return gates, fidelity, _shift(rectangle, crop), crop
+
+    def _fit_gates(self, select, reference, norms, with_area, mode, params, deadline):
+        """The fit itself (inside the hooks, on the crop when ``forward.crop`` is set)."""
+        forward, images, channels = self._forward, self.images, self.earlier_shape[0]
+        lambda_, gamma, steps = params["lambda_"], params["gamma"], params["steps"]
+        if mode == "sgd":
+            region, rectangle = _receptive_field(forward, images, select, channels) if with_area else (None, None)
+            with torch.enable_grad():
+                gates = _fit_sgd(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps, params["lr"], deadline)
+        else:
+            gates, region, rectangle = _fit_linearised(forward, images, select, norms, with_area, channels, lambda_, gamma, steps,
+                                                       params["max_jacobian_rows"], params["seed"], deadline)
+        with torch.no_grad():
+            fidelity = _relative_error(select(forward.run(gates, region)), reference, norms)
         return gates.numpy(), fidelity.numpy(), rectangle
 
 

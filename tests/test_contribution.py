@@ -313,3 +313,66 @@ def test_quadratic_solver_reaches_the_reference_optimum(m, gamma):
     assert np.all((gates >= 0) & (gates <= 1))
     assert objective(gates)[0] <= reference.fun * 1.01
     assert objective(gates)[0] < objective(np.ones(m * 40))[0] * 0.9
+
+
+class _GlobalScale(nn.Module):
+    """Squeeze-and-excitation style: every output neuron depends on the whole map (not spatially local)."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(x.mean(dim=(2, 3), keepdim=True))
+
+
+@pytest.mark.parametrize(
+    "earlier,target,area,expect_crop",
+    [
+        ("layer2.0", "layer2.1", (4, 5, 8, 9), (2, 3, 10, 11)),  # same grid: two 3x3 convs widen the area by 2
+        # stride 2: three 3x3 convs on the 12x12 grid and a strided one need a margin of 3.5 target neurons;
+        # the margin doubles 1 -> 2 -> 4, clipped at the top and right edges
+        ("layer1", "layer2.1", (2, 7, 4, 9), (0, 6, 16, 24)),
+        ("layer1.1.conv2", "layer2.0", (4, 4, 6, 6), None),  # the residual sum inside layer1.1 still carries whole maps
+    ],
+)
+def test_crop_to_the_area_equals_the_whole_maps(earlier, target, area, expect_crop):
+    """Eq. 8 on the crop of the earlier maps the area depends on gives the whole-map result:
+    the same SGD gates, and the same Jacobian for the quadratic mode (whose box-constrained
+    optimum is not unique when J has fewer rows than maps, so its gates are compared through J)."""
+    torch.manual_seed(6)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    images = torch.rand(2, 3, 96, 96)
+    session = contribution.ContributionSession(model, images, earlier, target)
+    out = session._output
+    channel = int(out[:, :, area[0] : area[2], area[1] : area[3]].amin(dim=(0, 2, 3)).argmax())  # active on both images
+    whole = session.feature_map(channel, area, mode="sgd", steps=8, crop=False)
+    cropped = session.feature_map(channel, area, mode="sgd", steps=8)
+    assert whole.crop is None and cropped.crop == expect_crop
+    assert session.feature_map(channel, area, mode="quadratic").crop == expect_crop
+    np.testing.assert_allclose(cropped.gates, whole.gates, atol=1e-4)
+    np.testing.assert_allclose(cropped.fidelity, whole.fidelity, rtol=1e-3, atol=1e-6)
+    assert cropped.region == whole.region
+    if expect_crop is None:
+        return
+    forward, channels = session._forward, session.earlier_shape[0]
+    mask, _ = contribution._area_mask(area, out.shape[2], out.shape[3])
+    with contribution._analysis_mode(model), forward.hooks():
+        jac_whole, _, _, rect_whole = contribution._jacobian(forward, images, lambda o: o[:, channel][:, mask], channels, 64, 0, True)
+        with torch.no_grad():
+            (crop, window), _ = contribution._local_crop(forward, mask, channel, out[:, channel][:, mask], session.earlier_shape[1:], 1)
+        forward.crop = crop
+        jac_crop, _, _, rect_crop = contribution._jacobian(forward, images, lambda o: o[:, channel][:, window], channels, 64, 0, True)
+        forward.crop = None
+    torch.testing.assert_close(jac_crop, jac_whole, rtol=1e-4, atol=1e-5 * float(jac_whole.abs().max()))
+    assert contribution._shift(rect_crop, crop) == rect_whole
+
+
+def test_crop_refused_for_a_global_operation():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(6, 4, 3, padding=1), _GlobalScale()))
+    images = torch.rand(1, 3, 16, 16) + 0.5
+    session = contribution.ContributionSession(model, images, "0", "1")
+    channel = int(session._output[0, :, 6:9, 6:9].amin(dim=(1, 2)).argmax())
+    for mode in MODES:
+        whole = session.feature_map(channel, (6, 6, 9, 9), mode=mode, steps=5, crop=False)
+        result = session.feature_map(channel, (6, 6, 9, 9), mode=mode, steps=5)
+        assert result.crop is None and session._crop_margin is None
+        np.testing.assert_allclose(result.gates, whole.gates, atol=1e-6)
+        assert result.region == whole.region == (0, 0, 16, 16)  # the mean reaches every earlier neuron
