@@ -221,6 +221,7 @@ class AEVisPlugin(base_plugin.TBPlugin):
             "/neuron": self._neuron,
             "/activation_map": self._activation_map,
             "/learned_feature": self._learned_feature,
+            "/reference_image": self._reference_image,
         }
         apps = {path: self._get_route(handler) for path, handler in routes.items()}
         apps["/contribution"] = self._post_route(self._contribution)
@@ -409,7 +410,8 @@ class AEVisPlugin(base_plugin.TBPlugin):
             a = loaded.analysis
             layer = _layer_index(a, layer_name)
             _check_channel(a, layer, channel)
-            query = {"run": key[1], "analysis": key[2], "method": key[3], "step": key[4], "layer": layer_name, "channel": channel}
+            analysis_query = {"run": key[1], "analysis": key[2], "method": key[3], "step": key[4]}
+            query = {**analysis_query, "layer": layer_name, "channel": channel}
             examples = []
             thresholds = a.thresholds()
             for i in range(a.num_examples):
@@ -423,7 +425,8 @@ class AEVisPlugin(base_plugin.TBPlugin):
                 })
             features = [
                 {"rank": rank, "activation": box["activation"], "reference_image": box["image"], "box": box["box"],
-                 "url": f"learned_feature?{urllib.parse.urlencode({**query, 'rank': rank})}"}
+                 "url": f"learned_feature?{urllib.parse.urlencode({**query, 'rank': rank})}",
+                 "reference_url": f"reference_image?{urllib.parse.urlencode({**analysis_query, 'index': box['image']})}"}
                 for rank, box in enumerate(_feature_boxes(loaded, layer, channel))
             ]
             return json_text({"layer": layer_name, "layer_index": layer, "channel": channel,
@@ -470,6 +473,16 @@ class AEVisPlugin(base_plugin.TBPlugin):
             return _crop_png(loaded, boxes[rank])
 
         return http_util.Respond(request, self._cached(("learned_feature",) + key + (layer_name, channel, rank), compute), PNG_TYPE)
+
+    def _reference_image(self, request: wrappers.Request, params: Params):
+        key = self._analysis_key(request, params)
+        index = params.integer("index", lo=0)
+        loaded = self._loaded(request, key)
+        count = len(loaded.reference_image_pngs)
+        if index >= count:
+            raise HttpError(404, f"reference image {index} was not logged: this analysis has {count} reference images"
+                                 + (f" (0..{count - 1})" if count else "; log them with add_analysis(..., reference_images=...)"))
+        return http_util.Respond(request, loaded.reference_image_pngs[index], PNG_TYPE)
 
     def _contribution(self, request: wrappers.Request):
         handler = self.contribution_handler or _service_handler()

@@ -196,6 +196,10 @@ def test_neuron_activation_map_and_learned_feature(client, logdir):
     y0, x0, y1, x1 = feature["box"]
     reference = small.reference_images[feature["reference_image"]]
     np.testing.assert_allclose(crop.transpose(2, 0, 1) / 255.0, reference[:, y0:y1, x0:x1], atol=1 / 255 + 1e-6)
+    # The whole reference image the box is drawn on, and the crop is its box.
+    whole = png(client.get(ROOT + feature["reference_url"]))
+    np.testing.assert_allclose(whole.transpose(2, 0, 1) / 255.0, reference, atol=1 / 255 + 1e-6)
+    np.testing.assert_array_equal(whole[y0:y1, x0:x1], crop)
 
 
 # ----------------------------------------------------------------------- errors
@@ -213,6 +217,7 @@ def test_neuron_activation_map_and_learned_feature(client, logdir):
     ("neuron", {"layer": "LAYER", "channel": 999}, 404, "channel 999 does not exist"),
     ("image", {"example": 3}, 404, "example 3 does not exist"),
     ("learned_feature", {"layer": "LAYER", "channel": 0, "rank": 99}, 404, "learned features"),
+    ("reference_image", {"index": 999}, 404, "reference image 999 was not logged"),
 ])
 def test_bad_requests_get_a_clear_json_error(client, logdir, route, params, status, message):
     _, small, _ = logdir
