@@ -121,7 +121,8 @@ class LearnedFeatures:
     """The logged learned features of an analysis, decoded one layer at a time on first use.
 
     Reads the per-layer npz of ``summary_writers.payloads`` and, for runs logged before
-    it, the older single JSON blob (decoded whole on first use). Methods raise
+    it, the older single JSON blob (parsed whole on first use, each channel converted
+    when asked for). Methods raise
     AnalysisReadError when the data is damaged.
     """
 
@@ -130,7 +131,7 @@ class LearnedFeatures:
         self._lock = threading.Lock()
         self._archive: Optional[NpzArchive] = None
         self._layer_index: Optional[Dict[str, int]] = None
-        self._legacy: Optional[Dict[str, Dict[int, List[Hit]]]] = None
+        self._legacy: Optional[Dict[str, Any]] = None
 
     @property
     def is_legacy_json(self) -> bool:
@@ -141,7 +142,7 @@ class LearnedFeatures:
         with self._lock:
             if self._layer_index is None:
                 if self.is_legacy_json:
-                    self._legacy = _legacy_learned_features(self._blob)
+                    self._legacy = _legacy_json(self._blob)
                     self._layer_index = {}
                 else:
                     try:
@@ -155,14 +156,14 @@ class LearnedFeatures:
     def layers(self) -> List[str]:
         """The layer names with logged learned features."""
         archive, index = self._open()
-        return list(index) if archive is not None else list(self._legacy or {})
+        return list(index) if archive is not None else list(self._legacy)
 
     def hits(self, layer: str, channel: int) -> List[Hit]:
         """``[(reference image index, activation, (y0, x0, y1, x1)), ...]`` of one feature
         map, best first; empty when none were logged for it."""
         archive, index = self._open()
-        if archive is None:
-            return list((self._legacy or {}).get(layer, {}).get(int(channel), []))
+        if archive is None:  # legacy JSON: convert only this channel's entry
+            return _legacy_hits(self._legacy.get(layer, {}).get(str(int(channel)), []))
         i = index.get(layer)
         if i is None:
             return []
@@ -176,7 +177,8 @@ class LearnedFeatures:
         """Every layer: ``{layer: {channel: [(image, activation, (y0, x0, y1, x1)), ...]}}``."""
         archive, index = self._open()
         if archive is None:
-            return dict(self._legacy or {})
+            return {layer: {int(c): _legacy_hits(hits) for c, hits in per_channel.items()}
+                    for layer, per_channel in self._legacy.items()}
         result = {}
         for layer, i in index.items():
             channels = _array(archive, f"channels/{i}", "learned features")
@@ -198,17 +200,23 @@ class LearnedFeatures:
         ]
 
 
-def _legacy_learned_features(blob: bytes) -> Dict[str, Dict[int, List[Hit]]]:
+def _legacy_json(blob: bytes) -> Dict[str, Any]:
     """The JSON blob of runs logged before the per-layer npz: ``{layer: {channel: [[image,
-    activation, [y0, x0, y1, x1]], ...]}}`` -> its original form (tuples, int channels)."""
+    activation, [y0, x0, y1, x1]], ...]}}`` (parsed, not yet converted)."""
     try:
         value = json.loads(blob.decode("utf-8"))
-        return {
-            layer: {int(channel): [(int(i), float(a), tuple(int(v) for v in box)) for i, a, box in hits]
-                    for channel, hits in channels.items()}
-            for layer, channels in value.items()
-        }
-    except (ValueError, UnicodeDecodeError, TypeError, AttributeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AnalysisReadError(f"the learned features of this analysis are damaged ({exc}); re-log the analysis") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise AnalysisReadError("the learned features of this analysis are not {layer: {channel: hits}}; re-log the analysis")
+    return value
+
+
+def _legacy_hits(hits: Any) -> List[Hit]:
+    """One channel's JSON hits -> [(image, activation, (y0, x0, y1, x1)), ...]."""
+    try:
+        return [(int(i), float(a), tuple(int(v) for v in box)) for i, a, box in hits]
+    except (ValueError, TypeError) as exc:
         raise AnalysisReadError(f"the learned features of this analysis are damaged ({exc}); re-log the analysis") from exc
 
 

@@ -94,6 +94,23 @@ def test_eq6_no_shared_region_farther_than_plain_squarify(rows):
     assert d_opt.keys() == d_plain.keys()
     for pattern in d_opt:
         assert d_opt[pattern] <= d_plain[pattern] + 1e-6
+    # the same, computed independently from the cells: the centroid of each shared
+    # region's (equal-area) cells against the mean centre of the containers of its sets
+    def shared_distances(tm):
+        centres = {c.member: c.rect.centre for c in tm.containers}
+        out = {}
+        for pattern in {c.members for c in tm.cells if len(c.members) >= 2}:
+            cells = [c.rect.centre for c in tm.cells if c.members == pattern]
+            parents = [centres[i] for i in pattern if i in centres]
+            target = np.mean(parents, axis=0)
+            out[pattern] = float(np.hypot(*(np.mean(cells, axis=0) - target)))
+        return out
+
+    independent_opt, independent_plain = shared_distances(optimised), shared_distances(plain)
+    assert independent_opt.keys() == {p for p in d_opt}
+    for pattern, distance in independent_opt.items():
+        assert distance == pytest.approx(d_opt[pattern], abs=1e-6)
+        assert distance <= independent_plain[pattern] + 1e-6
     # the search keeps squarify's quality within the documented bound
     if plain.regions:
         worst_plain = max(r.rect.aspect for r in plain.regions)

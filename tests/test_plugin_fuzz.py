@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from werkzeug.test import Client
 
 from run_fixtures import tensorboard_app, write_corrupt_run, write_small_run
+from tensorboard_plugin_aevis import aevis_plugin
 
 ROOT = "/data/plugin/aevis/"
 SECRET = "AEVIS-SECRET-7f3a9c"
@@ -24,14 +25,19 @@ REQUESTS = {"count": 0}
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz")
-    (base / "secret.txt").write_text(SECRET)  # outside the logdir: must never be served
+    (base / "secret.txt").write_text(SECRET)  # outside the logdir and the static dir: never served
+    static = base / "static"  # the dashboard files, next to the secret: "static/../secret.txt" must fail
+    static.mkdir()
+    (static / "index.js").write_text("export function render() {}\n")
     logdir = base / "logdir"
     logdir.mkdir()
     small = write_small_run(str(logdir), run="small", name="a<b>&'\"", steps=(0,), methods=("constrained",))
     write_corrupt_run(str(logdir), run="corrupt")
-    app, close = tensorboard_app(str(logdir))
-    yield Client(app), small
-    close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aevis_plugin, "STATIC_DIR", str(static))
+        app, close = tensorboard_app(str(logdir))
+        yield Client(app), small
+        close()
 
 
 hostile_text = st.one_of(
@@ -79,7 +85,7 @@ def check(response):
     assert response.mimetype in ("application/json", "image/png", "text/javascript"), response.mimetype
     if response.mimetype == "application/json":
         value = json.loads(text)
-        assert "<" not in text and ">" not in text  # user strings cannot read as markup
+        assert "<" not in text and ">" not in text and "&" not in text  # user strings cannot read as markup
         if response.status_code != 200:
             assert isinstance(value, dict) and isinstance(value["error"], str) and value["error"]
 
@@ -96,14 +102,32 @@ def test_get_routes_survive_hostile_parameters(served, route):
     fuzz()
 
 
+TRAVERSALS = [
+    "static/../secret.txt", "static/..%2Fsecret.txt", "static/%2e%2e%2fsecret.txt", "static/..\\secret.txt",
+    "static/%2E%2E/secret.txt", "static//secret.txt", "static/./../secret.txt", "static/..", "static/%00index.js",
+    "static/index.js%00.png", "static/..%5csecret.txt", "static/....//secret.txt", "../secret.txt", "..%2F..%2Fsecret.txt",
+]
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(path=st.text(max_size=30), method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD"]))
+@given(path=st.one_of(st.text(max_size=30), st.sampled_from(TRAVERSALS),
+                      st.tuples(st.sampled_from(TRAVERSALS), st.text(max_size=8)).map("".join)),
+       method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD"]))
 def test_unknown_paths_and_methods(served, path, method):
     client, _ = served
-    response = client.open(ROOT + urllib.parse.quote(path, safe="/%."), method=method)
+    response = client.open(ROOT + urllib.parse.quote(path, safe="/%.\\"), method=method)
     REQUESTS["count"] += 1
     text = response.get_data(as_text=True)
     assert response.status_code < 500 and "Traceback" not in text and SECRET not in text
+
+
+def test_static_files_are_served_and_nothing_beside_them(served):
+    """The control for the traversal fuzzing: the static dir's file is served, its neighbour is not."""
+    client, _ = served
+    assert client.get(ROOT + "static/index.js").get_data(as_text=True).startswith("export function")
+    for path in TRAVERSALS:
+        response = client.get(ROOT + path)
+        assert response.status_code == 404 and SECRET not in response.get_data(as_text=True), path
 
 
 json_values = st.recursive(

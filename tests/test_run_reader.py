@@ -469,16 +469,20 @@ def test_learned_features_round_trip_as_per_layer_arrays_and_legacy_json(tmp_pat
     analysis = make_analysis(seed=3)
     boxes = _boxes(analysis)
     with SummaryWriter(str(tmp_path / "run")) as writer:
-        for step in (0, 1):
+        for step in (0, 1, 2):
             add_analysis(writer, "x", analysis, step)
         add_learned_features(writer, "x", "constrained", 0, boxes)
-        legacy = SummaryRecord(  # the format before the per-layer npz: one JSON blob
-            payloads.analysis_tag("x", "constrained", 1, metadata.KIND_LEARNED_FEATURES),
-            metadata.create_summary_metadata(metadata.KIND_LEARNED_FEATURES, "x", "constrained", 1),
-            payloads._string_tensor([json.dumps(payloads.to_jsonable(boxes)).encode("utf-8")]))
-        with EventSink(writer) as sink:
-            sink.write(legacy, 1)
+        for step, blob in ((1, json.dumps(payloads.to_jsonable(boxes))), (2, '{"features.0": {"0": [[1, 2.0]]}}')):
+            legacy = SummaryRecord(  # the format before the per-layer npz: one JSON blob
+                payloads.analysis_tag("x", "constrained", step, metadata.KIND_LEARNED_FEATURES),
+                metadata.create_summary_metadata(metadata.KIND_LEARNED_FEATURES, "x", "constrained", step),
+                payloads._string_tensor([blob.encode("utf-8")]))
+            with EventSink(writer) as sink:
+                sink.write(legacy, step)
     dp = provider_for(tmp_path)
+    damaged = run_reader.load_analysis(dp, CTX, EID, "run", "x", "constrained", 2)  # a hit without its box
+    assert damaged.feature_hits("features.0", 0) == [] and damaged.learned_features is None
+    assert len(damaged.warnings) == 1 and "learned features" in damaged.warnings[0] and "re-log" in damaged.warnings[0]
     for step in (0, 1):
         loaded = run_reader.load_analysis(dp, CTX, EID, "run", "x", "constrained", step)
         assert loaded.learned_feature_store.is_legacy_json == (step == 1)
@@ -528,3 +532,32 @@ def test_a_damaged_layer_leaves_the_other_layers_readable(tmp_path):
     assert loaded.activation_maps.has_map(1, 0, 0)  # the channel list of layer 1 is intact
     with pytest.raises(run_reader.AnalysisReadError, match="activation maps .* damaged.*re-log"):
         loaded.activation_maps.map(1, 0, 0)
+
+    # through the plugin: the damaged layer answers 404 naming the fix, the others are served
+    import json
+    import urllib.parse
+
+    from werkzeug.test import Client
+
+    from run_fixtures import tensorboard_app
+
+    run_reader._cache.clear()
+    app, close = tensorboard_app(str(tmp_path))
+    client = Client(app)
+
+    def get(route, **params):
+        query = {"run": "run", "analysis": "x", "method": "constrained", "step": 0, **params}
+        return client.get(f"/data/plugin/aevis/{route}?{urllib.parse.urlencode(query)}")
+
+    try:
+        assert get("activation_map", layer="features.0", channel=1, example=2).status_code == 200
+        damaged = get("activation_map", layer="features.3", channel=0, example=0)
+        assert damaged.status_code == 404 and "re-log" in json.loads(damaged.get_data())["error"]
+        assert get("learned_feature", layer="features.0", channel=2, rank=0).status_code == 404  # no reference images logged
+        neuron = json.loads(get("neuron", layer="block/2", channel=5).get_data())
+        assert [(f["reference_image"], f["box"]) for f in neuron["learned_features"]] == \
+            [(i, list(box)) for i, _, box in boxes["block/2"][5]]
+        neuron = json.loads(get("neuron", layer="features.3", channel=0).get_data())
+        assert neuron["learned_features"] == [] and all(e["activation_map"] for e in neuron["examples"])
+    finally:
+        close()
