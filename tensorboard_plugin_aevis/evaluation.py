@@ -13,7 +13,8 @@ For a classifier and a labelled image set:
 5. top-K score of an example = number of detected patterns among its K targets most
    similar to the adversarial example (similarity 1/dis); averaged per source class and
    overall. Also per method: label preservation, kept fraction and stability
-   (Jaccard of the binary datapaths of the same images under another chain order).
+   (Jaccard of the binary datapaths of the same images under another chain order,
+   and under perturbed initialisations of the gates).
 
 Work is split by source image: rank ``i`` of ``n`` handles the sources whose index is
 ``i`` modulo ``n`` and appends one JSON line per finished source to
@@ -103,7 +104,9 @@ class EvalConfig:
     mu: float = 1.0
     targeted: bool = False
     seed: int = 0
-    stability_every: int = 10  # chain-order stability is measured on every k-th source (0: never)
+    stability_every: int = 10  # stability (chain order, init) is measured on every k-th source (0: never)
+    init_noise: float = 0.5  # perturbed starts for the init stability: gates start at 1 - init_noise * U(0, 1)
+    init_seeds: int = 2  # perturbed runs per method and stability source
     layers: Any = "auto"
     extraction_params: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
     max_sources: Optional[int] = None
@@ -210,12 +213,31 @@ def score_analysis(analysis: Analysis, r: int, ks: Sequence[int]) -> Dict[str, A
     }
 
 
+def mean_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over images of the Jaccard of two sets of binary datapaths ``(N, G)``."""
+    return float(np.mean([jaccard(x, y) for x, y in zip(a, b)]))
+
+
 def _order_stability(model: nn.Module, images: torch.Tensor, roles: List[str], method: str, reference: Analysis,
                      extract: Callable[..., Analysis]) -> float:
     """Mean Jaccard of each image's binary datapath between the default chain (adversarial,
     source, targets) and the chain that starts with the source (source, adversarial, targets)."""
     swapped = extract(model, images, roles, method, order=["source", "adversarial", "target"])
-    return float(np.mean([jaccard(a, b) for a, b in zip(_flat_binary(reference), _flat_binary(swapped))]))
+    return mean_jaccard(_flat_binary(reference), _flat_binary(swapped))
+
+
+def init_seeds(seed: int, index: int, count: int) -> List[int]:
+    """The ``count`` seeds of the perturbed starts of source ``index`` (the same on every rank)."""
+    return [int(v) for v in _rng(seed, index, 3).integers(0, 2**31 - 1, size=count)]
+
+
+def _init_stability(model: nn.Module, images: torch.Tensor, roles: List[str], method: str, reference: Analysis,
+                    extract: Callable[..., Analysis], noise: float, seeds: Sequence[int]) -> float:
+    """Mean Jaccard of the binary datapaths over every pair of runs among the default start
+    (all gates 1) and one run per seed starting at ``1 - noise * U(0, 1)``."""
+    runs = [_flat_binary(reference)] + [_flat_binary(extract(model, images, roles, method, init_noise=noise, seed=s))
+                                        for s in seeds]
+    return float(np.mean([mean_jaccard(runs[i], runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))]))
 
 
 def evaluate_source(model: nn.Module, data: EvalData, pool_correct: torch.Tensor, index: int, config: EvalConfig, r: int,
@@ -251,6 +273,9 @@ def evaluate_source(model: nn.Module, data: EvalData, pool_correct: torch.Tensor
         result = score_analysis(analysis, r, config.top_k)
         if measure_stability and method == "constrained":  # DGR has no chain: its order cannot matter
             result["stability_order"] = _order_stability(model, images, roles, method, analysis, extract)
+        if measure_stability and config.init_seeds > 0:
+            seeds = init_seeds(config.seed, index, config.init_seeds)
+            result["stability_init"] = _init_stability(model, images, roles, method, analysis, extract, config.init_noise, seeds)
         record["methods"][method] = result
     record["status"] = "done"
     return record
@@ -290,6 +315,9 @@ def run_shard(model: nn.Module, data: EvalData, config: EvalConfig, logdir: str,
         raise EvaluationError(f"shard {rank}/{world_size} does not exist: use --shard i/n with 0 <= i < n")
     if config.n_targets < 1:
         raise EvaluationError(f"n_targets must be at least 1, got {config.n_targets}")
+    if config.init_seeds < 0 or (config.init_seeds > 0 and not 0 < config.init_noise < 1):
+        raise EvaluationError(f"init stability needs init_seeds >= 0 and 0 < init_noise < 1 (gates start at 1 - init_noise * U(0, 1)); "
+                              f"got init_seeds={config.init_seeds}, init_noise={config.init_noise}; use --init-seeds 0 to skip it")
     extract = extract or make_extractor(config, data.class_names, device)
     model = model.to(device).eval()
     num_layers = _num_layers(model, data.source_images[:1].to(device), config.layers)
@@ -432,6 +460,7 @@ def summarize(header: Dict[str, Any], records: List[Dict[str, Any]], extra_r: Se
             by_class[class_names[c]]["n"] = len(mine)
         preserved = np.concatenate([row["label_preserved"] for row in rows])
         stability = [row["stability_order"] for row in rows if "stability_order" in row]
+        stability_init = [row["stability_init"] for row in rows if "stability_init" in row]
         methods[method] = {
             "top_k": {str(k): float(np.mean([sc[k] for sc in scores])) for k in ks},
             "by_class": by_class,
@@ -441,6 +470,8 @@ def summarize(header: Dict[str, Any], records: List[Dict[str, Any]], extra_r: Se
             "examples_with_a_pattern": float(np.mean([any(det) for det in _detections(rows, r)])),
             "stability_order": float(np.mean(stability)) if stability else None,
             "stability_examples": len(stability),
+            "stability_init": float(np.mean(stability_init)) if stability_init else None,
+            "stability_init_examples": len(stability_init),
         }
         for extra in extra_r:
             if extra == r or not 1 <= extra < header["num_layers"]:
@@ -465,12 +496,14 @@ def markdown_table(summary: Dict[str, Any]) -> str:
             cells = [f"{row['by_class'][c][k]:.3f}" for c in classes] + [f"**{row['top_k'][k]:.3f}**"]
             lines.append(f"| top-{k} | {m} | " + " | ".join(cells) + " |")
     lines += ["", "| method | label preservation (images) | examples fully preserved | kept fraction "
-              "| examples with a pattern (any target) | stability: chain order (Jaccard) |", "|---|---:|---:|---:|---:|---:|"]
+              "| examples with a pattern (any target) | stability: chain order (Jaccard) | stability: perturbed init (Jaccard) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for m in methods:
         row = summary["methods"][m]
         stab = ("n/a (no chain)" if m == "dgr" else "not measured") if row["stability_order"] is None else f"{row['stability_order']:.3f} (n={row['stability_examples']})"
+        init = "not measured" if row.get("stability_init") is None else f"{row['stability_init']:.3f} (n={row['stability_init_examples']})"
         lines.append(f"| {m} | {row['label_preservation']:.3f} | {row['examples_all_preserved']:.3f} | {row['kept_fraction']:.3f} "
-                     f"| {row['examples_with_a_pattern']:.3f} | {stab} |")
+                     f"| {row['examples_with_a_pattern']:.3f} | {stab} | {init} |")
     if summary.get("r_sensitivity"):
         lines += ["", "| r (sensitivity) | method | " + " | ".join(f"top-{k}" for k in ks) + " |", "|---|---|" + "---:|" * len(ks)]
         for extra, per in summary["r_sensitivity"].items():
@@ -493,7 +526,7 @@ def write_summary(logdir: str, summary: Dict[str, Any]) -> str:
                 writer.add_scalar(f"evaluation/{m}/top_{k}", v, 0)
                 for c, cls in row["by_class"].items():
                     writer.add_scalar(f"evaluation_by_class/{m}/top_{k}/{c}", cls[k], 0)
-            for key in ("label_preservation", "kept_fraction", "examples_with_a_pattern", "stability_order"):
+            for key in ("label_preservation", "kept_fraction", "examples_with_a_pattern", "stability_order", "stability_init"):
                 if row[key] is not None:
                     writer.add_scalar(f"evaluation/{m}/{key}", row[key], 0)
         writer.add_text("evaluation/table", markdown_table(summary), 0)

@@ -19,7 +19,7 @@ from tensorboard_plugin_aevis.fashion_cnn import FASHION_MNIST_ROOT, FashionCNN,
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_ROOT), reason="apt-get install dataset-fashion-mnist")
 VENV_BIN = os.path.dirname(sys.executable)
-CLASSES = 4  # Fashion-MNIST classes 0..3 in the small datasets below
+CLASSES = 4  # Fashion-MNIST classes 0..3 are the sources of the small dataset below
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,7 +46,8 @@ def small_data():
     images, labels = load_fashion_mnist(split="test")
     keep = labels < CLASSES
     src, src_labels = class_subset(images[keep], labels[keep], per_class=2, seed=1)
-    pool, pool_labels = class_subset(images[keep], labels[keep], per_class=12, seed=2)
+    # targets of every class: an adversarial example may fall into any of the 10
+    pool, pool_labels = class_subset(images, labels, per_class=12, seed=2)
     return EvalData("small", to_tensor(src), torch.as_tensor(src_labels), to_tensor(pool), torch.as_tensor(pool_labels),
                     [f"c{i}" for i in range(10)], [f"s{i}" for i in range(len(src_labels))])
 
@@ -143,6 +144,35 @@ def test_one_process_run_matches_independent_computation(trained, small_data, tm
     assert summary["methods"]["constrained"]["stability_order"] is not None
     assert summary["methods"]["dgr"]["stability_order"] is None
 
+    # init stability: mean Jaccard over the pairs of {default start, one run per seed}, both methods
+    stable = [rec for rec in done if rec["index"] % config.stability_every == 0]
+    assert stable, "no source was sampled for stability"
+    rec = stable[0]
+    seeds = evaluation.init_seeds(config.seed, rec["index"], config.init_seeds)
+    assert len(set(seeds)) == config.init_seeds == 2
+    for method in ("constrained", "dgr"):
+        runs = [independent_binary(model, small_data, rec, method, config, {})]
+        runs += [independent_binary(model, small_data, rec, method, config, dict(init_noise=config.init_noise, seed=s)) for s in seeds]
+        pairs = [(0, 1), (0, 2), (1, 2)]
+        expected = np.mean([np.mean([(x & y).sum() / max((x | y).sum(), 1) for x, y in zip(runs[i], runs[j])]) for i, j in pairs])
+        assert rec["methods"][method]["stability_init"] == pytest.approx(expected)
+        assert summary["methods"][method]["stability_init"] == pytest.approx(
+            np.mean([r["methods"][method]["stability_init"] for r in stable]))
+    # the perturbed starts do change some datapath (else the measure would not test anything)
+    assert min(r["methods"][m]["stability_init"] for r in stable for m in ("constrained", "dgr")) < 1
+
+
+def independent_binary(model, data, rec, method, config, extra):
+    """(N, G) boolean datapaths of the record's batch [adversarial, source, targets], extracted directly."""
+    from tensorboard_plugin_aevis.attacks import mi_fgsm
+
+    i = rec["index"]
+    adv = mi_fgsm(model, data.source_images[i:i + 1], label=data.source_labels[i:i + 1], eps=config.eps)
+    images = torch.cat([adv, data.source_images[i:i + 1], data.pool_images[torch.as_tensor(rec["target_indices"])]])
+    roles = ["adversarial", "source"] + ["target"] * len(rec["target_indices"])
+    a = extract_datapaths(model, images, roles, method=method, **config.extraction_params[method], **extra)
+    return np.concatenate(a.binary(), axis=1).astype(bool)
+
 
 def data_label(data, rec):
     return int(data.source_labels[rec["index"]])
@@ -175,8 +205,9 @@ def test_shards_merge_to_the_one_process_table_and_resume_skips_finished_sources
     assert restarted == evaluation.load_records(two)[1]
     kept = json.loads(lines[1])["index"]
     redone = [rec for rec in restarted if rec["index"] != kept and rec["status"] == "done"]
-    # two methods per source, plus the chain-order stability run of every 3rd source; none for the kept one
-    assert len(calls) == sum(2 + (rec["index"] % 3 == 0) for rec in redone)
+    # two methods per source; every 3rd source adds the chain-order run (constrained) and two perturbed starts per
+    # method; none for the kept one
+    assert len(calls) == sum(2 + 5 * (rec["index"] % 3 == 0) for rec in redone)
 
 
 def test_results_of_other_settings_are_not_mixed(trained, small_data, tmp_path):
@@ -198,9 +229,17 @@ def test_summary_is_logged_to_tensorboard(trained, small_data, tmp_path):
         for k in ("1", "3", "5"):
             (event,) = acc.Scalars(f"evaluation/{method}/top_{k}")
             assert event.value == pytest.approx(summary["methods"][method]["top_k"][k])
+        (event,) = acc.Scalars(f"evaluation/{method}/stability_init")
+        assert event.value == pytest.approx(summary["methods"][method]["stability_init"])
     (text,) = acc.Tensors("evaluation/table/text_summary")
     assert "| top-1 | constrained |" in text.tensor_proto.string_val[0].decode()
     assert json.load(open(tmp_path / "results.json"))["counts"] == summary["counts"]
+
+
+def test_bad_init_stability_settings_are_refused(trained, small_data, tmp_path):
+    model, _ = trained
+    with pytest.raises(EvaluationError, match="0 < init_noise < 1.*--init-seeds 0"):
+        evaluation.run_shard(model, small_data, EvalConfig(**SMALL, init_noise=1.0), str(tmp_path), progress=False)
 
 
 def test_no_misclassified_example_is_a_clear_error(trained, small_data, tmp_path):

@@ -53,7 +53,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--attack-steps", type=int, default=10, help="MI-FGSM iterations (default 10)")
     parser.add_argument("--targeted", choices=("auto", "yes", "no"), default="auto",
                         help="targeted attack at another class of the dataset (auto: yes for photos only)")
-    parser.add_argument("--stability-every", type=int, default=10, help="measure chain-order stability on every k-th source (0: never)")
+    parser.add_argument("--stability-every", type=int, default=10,
+                        help="measure stability (chain order, perturbed init) on every k-th source (0: never)")
+    parser.add_argument("--init-noise", type=float, default=0.5,
+                        help="init stability: gates start at 1 - NOISE * U(0,1), NOISE in (0, 1) (default 0.5)")
+    parser.add_argument("--init-seeds", type=int, default=2, help="init stability: perturbed runs per method (default 2; 0: off)")
     parser.add_argument("--r-sensitivity", default="", help="comma-separated other r values to report top-K for (e.g. 2,3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads per process (default: torch's choice; 1 is much faster on a busy machine)")
@@ -196,6 +200,7 @@ def build(args):
     config = EvalConfig(n_targets=args.targets, methods=methods, r=args.r,
                         eps=DEFAULT_EPS[kind] if args.eps is None else args.eps, attack_steps=args.attack_steps,
                         targeted=targeted, seed=args.seed, stability_every=args.stability_every,
+                        init_noise=args.init_noise, init_seeds=args.init_seeds,
                         max_sources=args.max_sources)
     return model, data, config
 
