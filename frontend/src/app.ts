@@ -7,7 +7,7 @@
 
 import { ApiError, getJson, postJson, routeUrl } from "./api";
 import { pathColors, ROLE_LABELS } from "./colors";
-import { clear, el, select } from "./dom";
+import { afterNextFrame, clear, el, select } from "./dom";
 import { exportPng, exportSvg, fileStem } from "./exportView";
 import { defaultExpanded, toggleGroup } from "./graphModel";
 import { readViewState, writeViewState, type ViewState } from "./hashState";
@@ -52,6 +52,17 @@ function chainGraph(layers: string[]): GraphData {
   };
 }
 
+/** The pending answers of one analysis, keyed by the state that asked for them. */
+interface AnalysisRequests {
+  /** JSON of [analysisKey, asked examples]. */
+  key: string;
+  asked: number[] | undefined;
+  manifest: Promise<AnalysisManifest>;
+  graph: Promise<{ graph: GraphData | null; error: unknown }>;
+  /** null: the asked examples did not fit; ask again with the repaired list. */
+  river: Promise<RiverData | null>;
+}
+
 export class App {
   private state: ViewState;
   private runs: RunListing[] = [];
@@ -63,6 +74,8 @@ export class App {
   private expanded = new Set<string>();
   /** Contribution scores shown as dotted fills in the treemap of `layer` (per channel). */
   private contribution: { key: string; layer: string; scores: number[]; label: string } | null = null;
+  /** Set once the first river is drawn (the performance marks are made once). */
+  private riverShown = false;
   /** Incremented per analysis load; stale answers are dropped. */
   private generation = 0;
   private readonly host = hostWindow();
@@ -106,6 +119,9 @@ export class App {
   }
 
   async start(): Promise<void> {
+    // A link that names an analysis: ask for it together with the run list, not after it.
+    const linked = this.state.run !== undefined && this.state.analysis !== undefined && this.state.method !== undefined
+      && this.state.step !== undefined ? this.requestAnalysis() : null;
     try {
       const answer = await getJson<RunsResponse>("runs");
       this.runs = answer.runs ?? [];
@@ -114,12 +130,13 @@ export class App {
       this.message("error", describeError(err));
       return;
     }
+    performance.mark("aevis-runs");
     if (this.runs.length === 0) {
       await this.showNoRuns();
       return;
     }
     this.resolveSelection();
-    await this.loadAnalysis();
+    await this.loadAnalysis(linked);
   }
 
   // ------------------------------------------------------------- messages
@@ -244,17 +261,41 @@ export class App {
   }
 
   // ------------------------------------------------------------- network level
-  private async loadAnalysis(): Promise<void> {
+  /** Ask for the three answers the river needs (manifest, graph, river), all at once. */
+  private requestAnalysis(): AnalysisRequests {
+    const params = this.analysisParams();
+    const asked = this.state.examples;
+    const key = JSON.stringify([this.analysisKey(), asked ?? null]);
+    const manifest = getJson<AnalysisManifest>("analysis", params);
+    const graph = getJson<GraphData>("graph", params).then(
+      (answer) => ({ graph: answer, error: null }),
+      (error: unknown) => ({ graph: null, error }),
+    );
+    // An example list from a link that does not fit this analysis is repaired and asked for again.
+    const river = getJson<RiverData>("river", { ...params, examples: asked?.join(",") }).catch((err: unknown) => {
+      if (asked === undefined) throw err;
+      return null;
+    });
+    // A request made for a link that turns out not to fit is dropped: never an unhandled rejection.
+    manifest.catch(() => undefined);
+    river.catch(() => undefined);
+    return { key, asked, manifest, graph, river };
+  }
+
+  private async loadAnalysis(prefetched: AnalysisRequests | null = null): Promise<void> {
     const generation = ++this.generation;
+    const run = this.currentRun();
+    const wanted = JSON.stringify([this.analysisKey(), this.state.examples ?? null]);
+    // Requests first: drawing the controls and writing the hash need no answer.
+    const requests = run && this.currentAnalysis() ? (prefetched?.key === wanted ? prefetched : this.requestAnalysis()) : null;
     this.renderControls();
-    this.saveState();
     this.networkPanel.hidden = true;
     this.treemapPanel.hidden = true;
     this.neuronPanel.hidden = true;
-    const run = this.currentRun();
-    if (!run) return;
-    if (!this.currentAnalysis()) {
-      this.message("info", `Run "${run.run}" has no AEVis data: it logged no add_analysis summaries.`);
+    // The hash is written once the answers are in (each write costs TensorBoard's page some ms).
+    if (!run || !requests) {
+      this.saveState();
+      if (run) this.message("info", `Run "${run.run}" has no AEVis data: it logged no add_analysis summaries.`);
       return;
     }
     const params = this.analysisParams();
@@ -262,31 +303,23 @@ export class App {
     let manifest: AnalysisManifest;
     let river: RiverData;
     let graph: GraphData | null;
-    const riverFor = (examples: number[] | undefined) => getJson<RiverData>("river", { ...params, examples: examples?.join(",") });
     try {
-      const graphRequest = getJson<GraphData>("graph", params).catch((err: unknown) => {
-        if (generation === this.generation) {
-          const missing = err instanceof ApiError && err.status === 404;
-          this.message(missing ? "info" : "warning", `${describeError(err)} — the river is drawn along the gated layers as a chain instead.`);
-        }
-        return null;
-      });
-      // The river is asked for in parallel with the manifest; an example list from a
-      // link that does not fit this analysis is repaired and asked for again.
-      const asked = this.state.examples;
-      const riverRequest = riverFor(asked).catch((err: unknown) => {
-        if (asked === undefined) throw err;
-        return null;
-      });
-      [manifest, graph] = await Promise.all([getJson<AnalysisManifest>("analysis", params), graphRequest]);
-      const examples = resolveExamples(asked, manifest.examples.map((e) => e.index));
-      const first = await riverRequest;
+      manifest = await requests.manifest;
+      const examples = resolveExamples(requests.asked, manifest.examples.map((e) => e.index));
+      const first = await requests.river;
       const same = first !== null && JSON.stringify(first.paths.map((p) => p.example).sort()) === JSON.stringify([...examples].sort());
-      river = same ? first! : await riverFor(examples);
+      river = same ? first! : await getJson<RiverData>("river", { ...params, examples: examples.join(",") });
+      const answered = await requests.graph;
+      graph = answered.graph;
+      if (answered.error !== null && generation === this.generation) {
+        const missing = answered.error instanceof ApiError && answered.error.status === 404;
+        this.message(missing ? "info" : "warning", `${describeError(answered.error)} — the river is drawn along the gated layers as a chain instead.`);
+      }
       this.state.examples = examples;
     } catch (err) {
       if (generation !== this.generation) return;
       loading.remove();
+      this.saveState();
       this.message("error", describeError(err));
       return;
     }
@@ -314,8 +347,14 @@ export class App {
     }
     this.renderSummary();
     this.networkPanel.hidden = false;
+    if (!this.riverShown) performance.mark("aevis-data");
     this.drawNetwork();
-    performance.mark("aevis-river-painted");
+    if (!this.riverShown) {
+      // First river: its paths are in the DOM now; the second mark follows the frame that paints them.
+      this.riverShown = true;
+      performance.mark("aevis-river-drawn");
+      afterNextFrame(() => performance.mark("aevis-river-painted"));
+    }
     if (this.state.layer) void this.loadTreemap();
   }
 

@@ -58,3 +58,8 @@ export function select(
   control.addEventListener("change", () => onChange(control.value));
   return el("label", { class: "control" }, [el("span", {}, [label]), control]);
 }
+
+/** Run `callback` after the next frame is rendered: a task queued from requestAnimationFrame runs once that frame's paint is done. */
+export function afterNextFrame(callback: () => void): void {
+  requestAnimationFrame(() => setTimeout(callback, 0));
+}

@@ -24,9 +24,21 @@ export interface VisibleGraph {
   gatedAnchor: Map<number, string>;
 }
 
+/** Parent of each group id, per graph (computed once: groupChain is called per node). */
+const parentMaps = new WeakMap<GraphData, Map<string, string | null>>();
+
+function parentsOf(graph: GraphData): Map<string, string | null> {
+  let parents = parentMaps.get(graph);
+  if (!parents) {
+    parents = new Map(graph.groups.map((g) => [g.id, g.parent]));
+    parentMaps.set(graph, parents);
+  }
+  return parents;
+}
+
 /** Ids of `group` and its ancestors, outermost first. */
 export function groupChain(graph: GraphData, group: string | null): string[] {
-  const parents = new Map(graph.groups.map((g) => [g.id, g.parent]));
+  const parents = parentsOf(graph);
   const chain: string[] = [];
   const seen = new Set<string>();
   let current = group;

@@ -5,7 +5,7 @@
  */
 
 import { layoutDag, type Layout } from "./dagLayout";
-import { clear, el, svgEl, svgTitle } from "./dom";
+import { afterNextFrame, clear, el, svgEl, svgTitle } from "./dom";
 import { groupChain, layerToOpen, visibleGraph, type VisibleNode } from "./graphModel";
 import { centreOn, fitTransform, IDENTITY, panBy, visibleContent, zoomAt, type Transform } from "./panZoom";
 import { layerAnchors, riverPoints, smoothPath, type Box, type Point } from "./riverGeometry";
@@ -63,6 +63,8 @@ export class NetworkView {
   private transform: Transform = IDENTITY;
   private layout: Layout | null = null;
   private draggedSincePointerDown = false;
+  /** Number of render() calls, so a deferred mini-map update of an older drawing is skipped. */
+  private renders = 0;
 
   constructor() {
     this.viewport = svgEl("g", { class: "viewport" });
@@ -85,6 +87,8 @@ export class NetworkView {
 
   /** Draw the graph and the river; returns the number of river paths drawn. */
   render(input: NetworkInput): number {
+    // Measured before the new drawing exists: reading a size later would force a layout of the whole graph.
+    const width = this.svg.getBoundingClientRect().width || 800;
     clear(this.viewport);
     const visible = visibleGraph(input.graph, input.expanded);
     const sizes = new Map(visible.nodes.map((n) => [n.id, nodeSize(n)]));
@@ -95,7 +99,8 @@ export class NetworkView {
     );
     this.layout = layout;
     // Short graphs get a shorter view; tall ones scroll inside it.
-    this.svg.setAttribute("height", String(Math.round(Math.max(240, Math.min(VIEW_HEIGHT, layout.height + 2 * BAND_WIDTH + 80)))));
+    const height = Math.round(Math.max(240, Math.min(VIEW_HEIGHT, layout.height + 2 * BAND_WIDTH + 80)));
+    this.svg.setAttribute("height", String(height));
 
     const groupsLayer = svgEl("g", { class: "expanded-groups" });
     const edgesLayer = svgEl("g", { class: "edges" });
@@ -139,8 +144,12 @@ export class NetworkView {
     });
     this.drawMarkers(markersLayer, input.river, anchors);
     this.drawHits(hitsLayer, input, anchors, manifestIndex);
-    this.updateMinimap(riverLayer, nodesLayer);
-    this.fit();
+    this.fit([width, height]);
+    // The mini-map copies the drawing: it waits until the river is on screen.
+    const drawn = ++this.renders;
+    afterNextFrame(() => {
+      if (drawn === this.renders) this.updateMinimap(riverLayer, nodesLayer);
+    });
     return input.river.paths.length;
   }
 
@@ -293,10 +302,10 @@ export class NetworkView {
     return [r.width || 800, r.height || VIEW_HEIGHT];
   }
 
-  private setTransform(t: Transform): void {
+  private setTransform(t: Transform, size: [number, number] = this.viewSize()): void {
     this.transform = t;
     this.viewport.setAttribute("transform", `translate(${t.x},${t.y}) scale(${t.k})`);
-    const [w, h] = this.viewSize();
+    const [w, h] = size;
     const v = visibleContent(t, w, h);
     this.minimapView.setAttribute("x", String(v.x));
     this.minimapView.setAttribute("y", String(v.y));
@@ -305,9 +314,9 @@ export class NetworkView {
   }
 
   /** Show the whole graph; deep models are shown at a legible zoom from the start instead. */
-  fit(): void {
+  fit(size: [number, number] = this.viewSize()): void {
     if (!this.layout) return;
-    const [w, h] = this.viewSize();
+    const [w, h] = size;
     const margin = BAND_WIDTH;
     const content = { x: -margin, y: -margin - 20, width: this.layout.width + 2 * margin, height: this.layout.height + 2 * margin + 20 };
     let t = fitTransform(content, w, h, 8, 1.5);
@@ -316,7 +325,7 @@ export class NetworkView {
       const k = Math.min(0.8, h / content.height);
       t = { k, x: -content.x * k + 8, y: (h - content.height * k) / 2 - content.y * k };
     }
-    this.setTransform(t);
+    this.setTransform(t, size);
   }
 
   zoomBy(factor: number): void {

@@ -180,6 +180,9 @@ function select(label, options, value, onChange, name) {
   control.addEventListener("change", () => onChange(control.value));
   return el("label", { class: "control" }, [el("span", {}, [label]), control]);
 }
+function afterNextFrame(callback) {
+  requestAnimationFrame(() => setTimeout(callback, 0));
+}
 
 // src/exportView.ts
 var SVG_NS2 = "http://www.w3.org/2000/svg";
@@ -239,8 +242,17 @@ function fileStem(parts) {
 }
 
 // src/graphModel.ts
+var parentMaps = /* @__PURE__ */ new WeakMap();
+function parentsOf(graph) {
+  let parents = parentMaps.get(graph);
+  if (!parents) {
+    parents = new Map(graph.groups.map((g) => [g.id, g.parent]));
+    parentMaps.set(graph, parents);
+  }
+  return parents;
+}
 function groupChain(graph, group) {
-  const parents = new Map(graph.groups.map((g) => [g.id, g.parent]));
+  const parents = parentsOf(graph);
   const chain = [];
   const seen = /* @__PURE__ */ new Set();
   let current = group;
@@ -679,6 +691,8 @@ var NetworkView = class {
     this.transform = IDENTITY;
     this.layout = null;
     this.draggedSincePointerDown = false;
+    /** Number of render() calls, so a deferred mini-map update of an older drawing is skipped. */
+    this.renders = 0;
     this.viewport = svgEl("g", { class: "viewport" });
     this.svg = svgEl("svg", { class: "network-svg", width: "100%", height: VIEW_HEIGHT, role: "img", "aria-label": "model graph with datapath river" }, [
       svgEl("defs", {}, [
@@ -698,6 +712,7 @@ var NetworkView = class {
   }
   /** Draw the graph and the river; returns the number of river paths drawn. */
   render(input) {
+    const width = this.svg.getBoundingClientRect().width || 800;
     clear(this.viewport);
     const visible = visibleGraph(input.graph, input.expanded);
     const sizes = new Map(visible.nodes.map((n) => [n.id, nodeSize(n)]));
@@ -707,7 +722,8 @@ var NetworkView = class {
       { rankGap: 36, rowGap: BAND_WIDTH + 28 }
     );
     this.layout = layout;
-    this.svg.setAttribute("height", String(Math.round(Math.max(240, Math.min(VIEW_HEIGHT, layout.height + 2 * BAND_WIDTH + 80)))));
+    const height = Math.round(Math.max(240, Math.min(VIEW_HEIGHT, layout.height + 2 * BAND_WIDTH + 80)));
+    this.svg.setAttribute("height", String(height));
     const groupsLayer = svgEl("g", { class: "expanded-groups" });
     const edgesLayer = svgEl("g", { class: "edges" });
     const nodesLayer = svgEl("g", { class: "nodes" });
@@ -746,8 +762,11 @@ var NetworkView = class {
     });
     this.drawMarkers(markersLayer, input.river, anchors);
     this.drawHits(hitsLayer, input, anchors, manifestIndex);
-    this.updateMinimap(riverLayer, nodesLayer);
-    this.fit();
+    this.fit([width, height]);
+    const drawn = ++this.renders;
+    afterNextFrame(() => {
+      if (drawn === this.renders) this.updateMinimap(riverLayer, nodesLayer);
+    });
     return input.river.paths.length;
   }
   drawExpandedGroups(layer, input, nodes, layout) {
@@ -908,10 +927,10 @@ var NetworkView = class {
     const r = this.svg.getBoundingClientRect();
     return [r.width || 800, r.height || VIEW_HEIGHT];
   }
-  setTransform(t) {
+  setTransform(t, size = this.viewSize()) {
     this.transform = t;
     this.viewport.setAttribute("transform", `translate(${t.x},${t.y}) scale(${t.k})`);
-    const [w, h] = this.viewSize();
+    const [w, h] = size;
     const v = visibleContent(t, w, h);
     this.minimapView.setAttribute("x", String(v.x));
     this.minimapView.setAttribute("y", String(v.y));
@@ -919,9 +938,9 @@ var NetworkView = class {
     this.minimapView.setAttribute("height", String(v.height));
   }
   /** Show the whole graph; deep models are shown at a legible zoom from the start instead. */
-  fit() {
+  fit(size = this.viewSize()) {
     if (!this.layout) return;
-    const [w, h] = this.viewSize();
+    const [w, h] = size;
     const margin = BAND_WIDTH;
     const content = { x: -margin, y: -margin - 20, width: this.layout.width + 2 * margin, height: this.layout.height + 2 * margin + 20 };
     let t = fitTransform(content, w, h, 8, 1.5);
@@ -929,7 +948,7 @@ var NetworkView = class {
       const k = Math.min(0.8, h / content.height);
       t = { k, x: -content.x * k + 8, y: (h - content.height * k) / 2 - content.y * k };
     }
-    this.setTransform(t);
+    this.setTransform(t, size);
   }
   zoomBy(factor) {
     const [w, h] = this.viewSize();
@@ -1418,6 +1437,8 @@ var App = class {
     this.expanded = /* @__PURE__ */ new Set();
     /** Contribution scores shown as dotted fills in the treemap of `layer` (per channel). */
     this.contribution = null;
+    /** Set once the first river is drawn (the performance marks are made once). */
+    this.riverShown = false;
     /** Incremented per analysis load; stale answers are dropped. */
     this.generation = 0;
     this.host = hostWindow();
@@ -1459,6 +1480,7 @@ var App = class {
     this.host.addEventListener("hashchange", () => this.onExternalHashChange());
   }
   async start() {
+    const linked = this.state.run !== void 0 && this.state.analysis !== void 0 && this.state.method !== void 0 && this.state.step !== void 0 ? this.requestAnalysis() : null;
     try {
       const answer = await getJson("runs");
       this.runs = answer.runs ?? [];
@@ -1467,12 +1489,13 @@ var App = class {
       this.message("error", describeError(err));
       return;
     }
+    performance.mark("aevis-runs");
     if (this.runs.length === 0) {
       await this.showNoRuns();
       return;
     }
     this.resolveSelection();
-    await this.loadAnalysis();
+    await this.loadAnalysis(linked);
   }
   // ------------------------------------------------------------- messages
   message(kind, text) {
@@ -1602,17 +1625,36 @@ var App = class {
     return { run: this.state.run, analysis: this.state.analysis, method: this.state.method, step: this.state.step };
   }
   // ------------------------------------------------------------- network level
-  async loadAnalysis() {
+  /** Ask for the three answers the river needs (manifest, graph, river), all at once. */
+  requestAnalysis() {
+    const params = this.analysisParams();
+    const asked = this.state.examples;
+    const key = JSON.stringify([this.analysisKey(), asked ?? null]);
+    const manifest = getJson("analysis", params);
+    const graph = getJson("graph", params).then(
+      (answer) => ({ graph: answer, error: null }),
+      (error) => ({ graph: null, error })
+    );
+    const river = getJson("river", { ...params, examples: asked?.join(",") }).catch((err) => {
+      if (asked === void 0) throw err;
+      return null;
+    });
+    manifest.catch(() => void 0);
+    river.catch(() => void 0);
+    return { key, asked, manifest, graph, river };
+  }
+  async loadAnalysis(prefetched = null) {
     const generation = ++this.generation;
+    const run = this.currentRun();
+    const wanted = JSON.stringify([this.analysisKey(), this.state.examples ?? null]);
+    const requests = run && this.currentAnalysis() ? prefetched?.key === wanted ? prefetched : this.requestAnalysis() : null;
     this.renderControls();
-    this.saveState();
     this.networkPanel.hidden = true;
     this.treemapPanel.hidden = true;
     this.neuronPanel.hidden = true;
-    const run = this.currentRun();
-    if (!run) return;
-    if (!this.currentAnalysis()) {
-      this.message("info", `Run "${run.run}" has no AEVis data: it logged no add_analysis summaries.`);
+    if (!run || !requests) {
+      this.saveState();
+      if (run) this.message("info", `Run "${run.run}" has no AEVis data: it logged no add_analysis summaries.`);
       return;
     }
     const params = this.analysisParams();
@@ -1620,29 +1662,23 @@ var App = class {
     let manifest;
     let river;
     let graph;
-    const riverFor = (examples) => getJson("river", { ...params, examples: examples?.join(",") });
     try {
-      const graphRequest = getJson("graph", params).catch((err) => {
-        if (generation === this.generation) {
-          const missing = err instanceof ApiError && err.status === 404;
-          this.message(missing ? "info" : "warning", `${describeError(err)} — the river is drawn along the gated layers as a chain instead.`);
-        }
-        return null;
-      });
-      const asked = this.state.examples;
-      const riverRequest = riverFor(asked).catch((err) => {
-        if (asked === void 0) throw err;
-        return null;
-      });
-      [manifest, graph] = await Promise.all([getJson("analysis", params), graphRequest]);
-      const examples = resolveExamples(asked, manifest.examples.map((e) => e.index));
-      const first = await riverRequest;
+      manifest = await requests.manifest;
+      const examples = resolveExamples(requests.asked, manifest.examples.map((e) => e.index));
+      const first = await requests.river;
       const same = first !== null && JSON.stringify(first.paths.map((p) => p.example).sort()) === JSON.stringify([...examples].sort());
-      river = same ? first : await riverFor(examples);
+      river = same ? first : await getJson("river", { ...params, examples: examples.join(",") });
+      const answered = await requests.graph;
+      graph = answered.graph;
+      if (answered.error !== null && generation === this.generation) {
+        const missing = answered.error instanceof ApiError && answered.error.status === 404;
+        this.message(missing ? "info" : "warning", `${describeError(answered.error)} — the river is drawn along the gated layers as a chain instead.`);
+      }
       this.state.examples = examples;
     } catch (err) {
       if (generation !== this.generation) return;
       loading.remove();
+      this.saveState();
       this.message("error", describeError(err));
       return;
     }
@@ -1670,8 +1706,13 @@ var App = class {
     }
     this.renderSummary();
     this.networkPanel.hidden = false;
+    if (!this.riverShown) performance.mark("aevis-data");
     this.drawNetwork();
-    performance.mark("aevis-river-painted");
+    if (!this.riverShown) {
+      this.riverShown = true;
+      performance.mark("aevis-river-drawn");
+      afterNextFrame(() => performance.mark("aevis-river-painted"));
+    }
     if (this.state.layer) void this.loadTreemap();
   }
   renderSummary() {
@@ -1985,6 +2026,7 @@ button:hover { background: #eeeeee; }
 
 // src/index.ts
 async function render() {
+  performance.mark("aevis-start");
   const style = document.createElement("style");
   style.textContent = STYLES;
   document.head.appendChild(style);
