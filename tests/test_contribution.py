@@ -298,7 +298,7 @@ def test_quadratic_objective_matches_the_torch_penalties(m):
     np.testing.assert_allclose(grad, z.grad.numpy().reshape(-1), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("m,gamma", [(1, 0.0), (3, 0.3)])
+@pytest.mark.parametrize("m,gamma", [(1, 0.0), (2, 0.0), (3, 0.3)])
 def test_quadratic_solver_reaches_the_reference_optimum(m, gamma):
     """The solver's box-constrained optimum against a tightly converged L-BFGS-B run on the same objective."""
     import scipy.optimize
@@ -376,3 +376,19 @@ def test_crop_refused_for_a_global_operation():
         assert result.crop is None and session._crop_margin is None
         np.testing.assert_allclose(result.gates, whole.gates, atol=1e-6)
         assert result.region == whole.region == (0, 0, 16, 16)  # the mean reaches every earlier neuron
+
+
+@pytest.mark.parametrize("rows,maps,seed", [(6, 40, 0), (16, 1024, 1), (64, 300, 2), (3, 3, 3)])
+def test_box_quadratic_meets_the_optimality_conditions(rows, maps, seed):
+    """The uncoupled solver's answer satisfies KKT: gradient >= 0 at z = 0, <= 0 at z = 1, 0 between."""
+    rng = np.random.default_rng(seed)
+    jac = rng.normal(size=(rows, maps)) * rng.random(maps) ** 3  # few strong maps, many weak: rank-deficient Hessian
+    jac[:, 1] = jac[:, 0]  # duplicate columns: a non-unique optimum
+    linear = 0.5 / maps
+    z = contribution._solve_box_quadratic(jac, linear, 20000, None)
+    grad = linear - 2.0 * jac.T @ (jac @ (1.0 - z))
+    tol = 1e-5 * linear
+    assert np.all((z >= 0) & (z <= 1))
+    assert np.all(grad[z == 0] >= -tol) and np.all(grad[z == 1] <= tol)
+    inside = (z > 0) & (z < 1)
+    assert np.all(np.abs(grad[inside]) <= tol)
