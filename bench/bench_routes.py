@@ -64,6 +64,7 @@ def requests_for(run: dict) -> dict:
         "neuron": {**ids, "layer": layer, "channel": channel},
         "activation_map": {**ids, "layer": layer, "channel": channel, "example": 0},
         "learned_feature": {**ids, "layer": layer, "channel": channel, "rank": 0},
+        "reference_image": {**ids, "index": 0},
     }
 
 

@@ -17,8 +17,9 @@ from tensorboard_plugin_aevis import aevis_plugin
 ROOT = "/data/plugin/aevis/"
 SECRET = "AEVIS-SECRET-7f3a9c"
 ALLOWED = {200, 400, 404, 405, 413, 501}
-GET_ROUTES = ["runs", "analysis", "image", "graph", "river", "treemap", "neuron", "activation_map", "learned_feature", "static/index.js"]
-PARAMS = ["run", "analysis", "method", "step", "example", "examples", "diff", "layer", "channel", "rank", "width", "height"]
+GET_ROUTES = ["runs", "analysis", "image", "graph", "river", "treemap", "neuron", "activation_map", "learned_feature",
+              "reference_image", "static/index.js"]
+PARAMS = ["run", "analysis", "method", "step", "example", "examples", "diff", "layer", "channel", "rank", "index", "width", "height"]
 REQUESTS = {"count": 0}
 
 
@@ -59,7 +60,7 @@ def valid_values(small):
         "method": st.sampled_from(["constrained", "dgr"]), "step": st.sampled_from(["0", "1"]),
         "example": st.integers(0, 3).map(str), "examples": st.sampled_from(["0,1,2", "0,1", "2", "1,2"]),
         "diff": st.sampled_from(["0,1", "2,0"]), "layer": st.sampled_from([l.name for l in analysis.layers]),
-        "channel": st.integers(0, 20).map(str), "rank": st.integers(0, 6).map(str),
+        "channel": st.integers(0, 20).map(str), "rank": st.integers(0, 6).map(str), "index": st.integers(0, 5).map(str),
         "width": st.integers(40, 900).map(str), "height": st.integers(40, 900).map(str),
     }
 
