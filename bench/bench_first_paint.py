@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 CHROMIUM = "/usr/bin/chromium"
@@ -236,6 +237,10 @@ def main() -> None:
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_runs(url, proc)
+            if layers is None:
+                query = urllib.parse.urlencode({"run": RUN, "analysis": ANALYSIS, "method": "constrained", "step": 0})
+                with urllib.request.urlopen(f"{url}/data/plugin/aevis/analysis?{query}", timeout=120) as r:
+                    layers = len(json.loads(r.read())["layers"])
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 loads = [measure(browser, url) for _ in range(max(1, args.repeats))]

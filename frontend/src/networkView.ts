@@ -112,7 +112,10 @@ export class NetworkView {
 
     this.drawExpandedGroups(groupsLayer, input, visible.nodes, layout);
     for (const edge of layout.edges) {
-      edgesLayer.appendChild(svgEl("path", { d: smoothPath(edge.points), fill: "none", stroke: "#bdbdbd", "stroke-width": 1.2, "marker-end": "url(#aevis-arrow)" }));
+      edgesLayer.appendChild(svgEl("path", {
+        class: "graph-edge", "data-source": edge.source, "data-target": edge.target,
+        d: smoothPath(edge.points), fill: "none", stroke: "#bdbdbd", "stroke-width": 1.2, "marker-end": "url(#aevis-arrow)",
+      }));
     }
     const selectedIndex = input.selectedLayer === null ? -1 : input.layerNames.indexOf(input.selectedLayer);
     for (const node of visible.nodes) nodesLayer.appendChild(this.drawNode(node, layout, input, selectedIndex));

@@ -1,13 +1,14 @@
 /**
  * Neuron level: one feature map's activation map over each example image (green:
  * darker is higher), its max activation and gate per example, and its learned
- * features (top-activating reference crops) with their activations.
+ * features (top-activating reference crops) with their activations, each beside its
+ * whole reference image with the receptive-field box drawn on it.
  */
 
 import { getRangedImage } from "./api";
 import { clear, el } from "./dom";
 import { dequantise, formatValue, greenLookupTable } from "./scales";
-import type { NeuronData } from "./types";
+import type { LearnedFeature, NeuronData } from "./types";
 
 export interface NeuronInput {
   data: NeuronData;
@@ -19,6 +20,8 @@ export interface NeuronInput {
 }
 
 const MAP_SIZE = 112;
+/** Shown width of a learned feature's whole reference image (its height keeps the aspect). */
+const REFERENCE_SIZE = 72;
 const LUT = greenLookupTable();
 
 /** Draw a grey-scale bitmap onto `canvas` through the green ramp; returns the grey levels (H*W). */
@@ -36,6 +39,26 @@ function paintGreen(canvas: HTMLCanvasElement, bitmap: ImageBitmap): Uint8Clampe
   }
   ctx.putImageData(image, 0, 0);
   return levels;
+}
+
+/** Percent offsets (left, top, width, height) of `box` = [y0, x0, y1, x1] in a `width` x `height` image, clipped to it. */
+export function boxPercent(box: [number, number, number, number], width: number, height: number): [number, number, number, number] {
+  const clip = (v: number, hi: number) => Math.min(hi, Math.max(0, v));
+  const [y0, x0, y1, x1] = [clip(box[0], height), clip(box[1], width), clip(box[2], height), clip(box[3], width)];
+  return [(100 * x0) / width, (100 * y0) / height, (100 * (x1 - x0)) / width, (100 * (y1 - y0)) / height];
+}
+
+/** The whole reference image with the learned feature's receptive-field box drawn on it. */
+function learnedFeatureSource(f: LearnedFeature): HTMLElement {
+  const image = el("img", { src: f.reference_url, alt: `reference image ${f.reference_image}`, width: REFERENCE_SIZE });
+  const box = el("div", { class: "rf-box" });
+  box.hidden = true;
+  image.addEventListener("load", () => {
+    const [left, top, width, height] = boxPercent(f.box, image.naturalWidth, image.naturalHeight);
+    Object.assign(box.style, { left: `${left}%`, top: `${top}%`, width: `${width}%`, height: `${height}%` });
+    box.hidden = false;
+  });
+  return el("div", { class: "reference" }, [image, box]);
 }
 
 /** A rectangle of neurons chosen on an activation map: [y0, x0, y1, x1) in a grid of [h, w]. */
@@ -162,9 +185,12 @@ export class NeuronView {
       features.appendChild(el("div", { class: "note" }, ["no learned features logged (log reference images with add_analysis to see them)"]));
     }
     for (const f of data.learned_features) {
-      features.appendChild(el("figure", { class: "learned-feature" }, [
-        el("img", { src: f.url, alt: `learned feature rank ${f.rank + 1}`, width: 72, height: 72 }),
-        el("figcaption", {}, [`#${f.rank + 1}: ${formatValue(f.activation)}`]),
+      const [y0, x0, y1, x1] = f.box;
+      features.appendChild(el("figure", { class: "learned-feature", "data-rank": f.rank }, [
+        el("div", { class: "pair" }, [learnedFeatureSource(f), el("img", { class: "crop", src: f.url, alt: `learned feature rank ${f.rank + 1}`, width: 72, height: 72 })]),
+        el("figcaption", { title: `reference image ${f.reference_image}, rows ${y0}–${y1 - 1}, columns ${x0}–${x1 - 1}` }, [
+          `#${f.rank + 1}: ${formatValue(f.activation)} · image ${f.reference_image}`,
+        ]),
       ]));
     }
     this.element.append(
@@ -172,7 +198,7 @@ export class NeuronView {
       ...(input.actions ? [input.actions] : []),
       el("div", { class: "legend-ramp" }, ["activation: ", el("span", { class: "ramp" }), " low → high · drag on a map to select an area of neurons"]),
       cards,
-      el("h4", {}, ["Learned features (top-activating reference crops)"]),
+      el("h4", {}, ["Learned features (top-activating reference images: receptive-field box, and its crop)"]),
       features,
     );
     const painted = await Promise.all(pending);

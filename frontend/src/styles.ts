@@ -62,6 +62,12 @@ button:hover { background: #eeeeee; }
 .out-path { color: #9e9e9e; }
 .learned-features { display: flex; flex-wrap: wrap; gap: 8px; }
 .learned-feature { margin: 0; font-size: 11px; text-align: center; }
+.learned-feature .pair { display: flex; gap: 4px; align-items: flex-start; justify-content: center; }
+.reference { position: relative; overflow: hidden; line-height: 0; }
+.reference img { display: block; }
+.learned-feature img { image-rendering: pixelated; }
+.learned-feature img.crop { object-fit: contain; background: #fafafa; }
+.rf-box { position: absolute; border: 2px solid #ff6f00; box-shadow: 0 0 0 1px rgba(255,255,255,0.8); pointer-events: none; box-sizing: border-box; }
 .legend-ramp .ramp { display: inline-block; width: 90px; height: 10px; vertical-align: -1px; background: linear-gradient(to right, rgb(247,252,245), rgb(199,233,192), rgb(116,196,118), rgb(35,139,69), rgb(0,68,27)); }
 .note { color: #757575; font-size: 12px; }
 .error { color: #b71c1c; }

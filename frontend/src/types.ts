@@ -185,7 +185,10 @@ export interface LearnedFeature {
   reference_image: number;
   /** Receptive-field box in the reference image: [y0, x0, y1, x1]. */
   box: [number, number, number, number];
+  /** PNG of the crop (the box). */
   url: string;
+  /** PNG of the whole reference image the box lies in. */
+  reference_url: string;
 }
 
 export interface NeuronData {

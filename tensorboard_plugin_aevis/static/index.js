@@ -733,7 +733,16 @@ var NetworkView = class {
     this.viewport.append(groupsLayer, edgesLayer, nodesLayer, riverLayer, markersLayer, hitsLayer);
     this.drawExpandedGroups(groupsLayer, input, visible.nodes, layout);
     for (const edge of layout.edges) {
-      edgesLayer.appendChild(svgEl("path", { d: smoothPath(edge.points), fill: "none", stroke: "#bdbdbd", "stroke-width": 1.2, "marker-end": "url(#aevis-arrow)" }));
+      edgesLayer.appendChild(svgEl("path", {
+        class: "graph-edge",
+        "data-source": edge.source,
+        "data-target": edge.target,
+        d: smoothPath(edge.points),
+        fill: "none",
+        stroke: "#bdbdbd",
+        "stroke-width": 1.2,
+        "marker-end": "url(#aevis-arrow)"
+      }));
     }
     const selectedIndex = input.selectedLayer === null ? -1 : input.layerNames.indexOf(input.selectedLayer);
     for (const node of visible.nodes) nodesLayer.appendChild(this.drawNode(node, layout, input, selectedIndex));
@@ -1038,6 +1047,7 @@ var NetworkView = class {
 
 // src/neuronView.ts
 var MAP_SIZE = 112;
+var REFERENCE_SIZE = 72;
 var LUT = greenLookupTable();
 function paintGreen(canvas, bitmap) {
   canvas.width = bitmap.width;
@@ -1053,6 +1063,22 @@ function paintGreen(canvas, bitmap) {
   }
   ctx.putImageData(image, 0, 0);
   return levels;
+}
+function boxPercent(box, width, height) {
+  const clip = (v, hi) => Math.min(hi, Math.max(0, v));
+  const [y0, x0, y1, x1] = [clip(box[0], height), clip(box[1], width), clip(box[2], height), clip(box[3], width)];
+  return [100 * x0 / width, 100 * y0 / height, 100 * (x1 - x0) / width, 100 * (y1 - y0) / height];
+}
+function learnedFeatureSource(f) {
+  const image = el("img", { src: f.reference_url, alt: `reference image ${f.reference_image}`, width: REFERENCE_SIZE });
+  const box = el("div", { class: "rf-box" });
+  box.hidden = true;
+  image.addEventListener("load", () => {
+    const [left, top, width, height] = boxPercent(f.box, image.naturalWidth, image.naturalHeight);
+    Object.assign(box.style, { left: `${left}%`, top: `${top}%`, width: `${width}%`, height: `${height}%` });
+    box.hidden = false;
+  });
+  return el("div", { class: "reference" }, [image, box]);
 }
 var NeuronView = class {
   constructor() {
@@ -1166,9 +1192,12 @@ var NeuronView = class {
       features.appendChild(el("div", { class: "note" }, ["no learned features logged (log reference images with add_analysis to see them)"]));
     }
     for (const f of data.learned_features) {
-      features.appendChild(el("figure", { class: "learned-feature" }, [
-        el("img", { src: f.url, alt: `learned feature rank ${f.rank + 1}`, width: 72, height: 72 }),
-        el("figcaption", {}, [`#${f.rank + 1}: ${formatValue(f.activation)}`])
+      const [y0, x0, y1, x1] = f.box;
+      features.appendChild(el("figure", { class: "learned-feature", "data-rank": f.rank }, [
+        el("div", { class: "pair" }, [learnedFeatureSource(f), el("img", { class: "crop", src: f.url, alt: `learned feature rank ${f.rank + 1}`, width: 72, height: 72 })]),
+        el("figcaption", { title: `reference image ${f.reference_image}, rows ${y0}–${y1 - 1}, columns ${x0}–${x1 - 1}` }, [
+          `#${f.rank + 1}: ${formatValue(f.activation)} · image ${f.reference_image}`
+        ])
       ]));
     }
     this.element.append(
@@ -1176,7 +1205,7 @@ var NeuronView = class {
       ...input.actions ? [input.actions] : [],
       el("div", { class: "legend-ramp" }, ["activation: ", el("span", { class: "ramp" }), " low → high · drag on a map to select an area of neurons"]),
       cards,
-      el("h4", {}, ["Learned features (top-activating reference crops)"]),
+      el("h4", {}, ["Learned features (top-activating reference images: receptive-field box, and its crop)"]),
       features
     );
     const painted = await Promise.all(pending);
@@ -2018,6 +2047,12 @@ button:hover { background: #eeeeee; }
 .out-path { color: #9e9e9e; }
 .learned-features { display: flex; flex-wrap: wrap; gap: 8px; }
 .learned-feature { margin: 0; font-size: 11px; text-align: center; }
+.learned-feature .pair { display: flex; gap: 4px; align-items: flex-start; justify-content: center; }
+.reference { position: relative; overflow: hidden; line-height: 0; }
+.reference img { display: block; }
+.learned-feature img { image-rendering: pixelated; }
+.learned-feature img.crop { object-fit: contain; background: #fafafa; }
+.rf-box { position: absolute; border: 2px solid #ff6f00; box-shadow: 0 0 0 1px rgba(255,255,255,0.8); pointer-events: none; box-sizing: border-box; }
 .legend-ramp .ramp { display: inline-block; width: 90px; height: 10px; vertical-align: -1px; background: linear-gradient(to right, rgb(247,252,245), rgb(199,233,192), rgb(116,196,118), rgb(35,139,69), rgb(0,68,27)); }
 .note { color: #757575; font-size: 12px; }
 .error { color: #b71c1c; }

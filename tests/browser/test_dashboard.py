@@ -26,6 +26,12 @@ def served_run(tmp_path_factory):
     tb.close()
 
 
+def hex_to_rgb(colour: str) -> str:
+    """'#1e88e5' -> 'rgb(30,136,229)' (how the browser reports a style colour, spaces removed)."""
+    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r},{g},{b})"
+
+
 def params(written, method="constrained", step=3):
     return {"run": written.run, "analysis": written.name, "method": method, "step": step}
 
@@ -47,10 +53,21 @@ def test_river_treemap_and_neuron_levels(served_run, page):
     # The last step is the default and the step selector lists both steps.
     assert frame.eval_on_selector('select[name="step"]', "s => [...s.options].map(o => o.value)") == ["0", "3"]
     assert frame.eval_on_selector('select[name="method"]', "s => [...s.options].map(o => o.value)") == ["constrained", "dgr"]
+    # Legend: one entry per datapath (its name and role, in its path's colour), then the marker keys.
+    manifest = tb.aevis("analysis", **params(written))
+    stroke = {int(p.get_attribute("data-example")): p.get_attribute("stroke") for p in paths}
+    role_label = {"source": "source (normal)", "adversarial": "adversarial", "target": "target (normal)"}
+    for p in river["paths"]:
+        item = frame.locator(f'.legend .item[data-example="{p["example"]}"]')
+        assert item.inner_text() == f'{p["name"]} — {role_label[p["role"]]}'
+        swatch = item.locator(".swatch").evaluate("s => s.style.background")
+        assert swatch.replace(" ", "") == hex_to_rgb(stroke[p["example"]])
+    # Diverging / merging markers: one per marker the backend sent, at its layer.
+    drawn = sorted((m.get_attribute("class"), int(m.get_attribute("data-layer"))) for m in frame.query_selector_all("g.marker"))
+    assert drawn == sorted((f'marker {m["kind"]}', m["layer"]) for m in river["markers"])
     screenshot(page, "dashboard-network.png")
 
     # Hover shows distances from the backend.
-    manifest = tb.aevis("analysis", **params(written))
     first_layer = manifest["layers"][0]["name"]
     hit = frame.locator(f'rect.layer-hit[data-layer="{first_layer}"]')
     hit.hover()
@@ -107,6 +124,23 @@ def test_river_treemap_and_neuron_levels(served_run, page):
     assert all(s == [shape["height"], shape["width"]] for s in sizes)
     values = frame.locator(".neuron-example .values").all_inner_texts()
     assert len(values) == len(neuron["examples"])
+    # Learned features: each crop beside its whole reference image, the receptive-field box drawn on it.
+    features = neuron["learned_features"]
+    assert features, "the run logged reference images, so the feature map has learned features"
+    assert frame.locator("figure.learned-feature").count() == len(features)
+    frame.wait_for_function("n => document.querySelectorAll('.rf-box:not([hidden])').length === n", arg=len(features), timeout=60_000)
+    for f in features:
+        figure = frame.locator(f'figure.learned-feature[data-rank="{f["rank"]}"]')
+        image = figure.locator(".reference img")
+        natural = image.evaluate("i => [i.naturalHeight, i.naturalWidth]")
+        assert natural == list(written.reference_images[f["reference_image"]].shape[1:])
+        shown, box = image.bounding_box(), figure.locator(".rf-box").bounding_box()
+        y0, x0, y1, x1 = (max(0, min(v, n)) for v, n in zip(f["box"], natural * 2))
+        scale = shown["width"] / natural[1]
+        assert box["x"] - shown["x"] == pytest.approx(x0 * scale, abs=1.0)
+        assert box["y"] - shown["y"] == pytest.approx(y0 * scale, abs=1.0)
+        assert box["width"] == pytest.approx((x1 - x0) * scale, abs=1.0)
+        assert box["height"] == pytest.approx((y1 - y0) * scale, abs=1.0)
     screenshot(page, "dashboard-neuron.png")
     page.set_viewport_size({"width": 1400, "height": 1900})  # the iframe shows all three levels
     frame.wait_for_selector(".activation-map canvas")
@@ -136,6 +170,26 @@ def test_state_in_hash_reopens_view(served_run, page):
     assert frame.locator("g.treemap-cell").count() == len(treemap["cells"])
     frame.wait_for_selector(".neuron h3")
     assert frame.locator(".neuron h3").inner_text() == f"Feature map {channel} of {layer}"
+
+
+def test_datapath_selector_redraws_the_river(served_run, page):
+    tb, written = served_run
+    frame = dashboard(page, tb)
+    frame.wait_for_selector("path.river-path")
+    assert frame.locator('input[name="datapath"]:checked').count() == 3
+    frame.locator('input[name="datapath"][value="1"]').uncheck()
+    frame.wait_for_function("() => document.querySelectorAll('path.river-path').length === 2")
+    drawn = sorted(int(p.get_attribute("data-example")) for p in frame.query_selector_all("path.river-path"))
+    assert drawn == [0, 2]
+    river = tb.aevis("river", **params(written), examples="0,2")
+    assert river["layout"] == "least_squares" and len(river["paths"]) == 2
+    assert "aevis.examples=0%2C2" in page.evaluate("location.hash")
+    # The river compares at least two datapaths: the last two stay chosen.
+    frame.locator('input[name="datapath"][value="2"]').click()  # the dashboard ticks it again
+    frame.wait_for_selector(".message.warning")
+    assert "at least two" in frame.locator(".message.warning").inner_text()
+    assert frame.locator('input[name="datapath"]:checked').count() == 2
+    assert frame.locator("path.river-path").count() == 2
 
 
 def test_export_svg_and_png(served_run, page, tmp_path):
