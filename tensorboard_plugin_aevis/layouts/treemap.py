@@ -268,44 +268,42 @@ def _place_regions(
     max_rounds: int,
 ) -> Dict[Pattern, Rect]:
     """Rectangles of ``patterns`` (given size-sorted) inside ``frame``; with
-    ``optimise``, the Eq. 6 local search described in the module docstring."""
+    ``optimise``, the Eq. 6 local search described in the module docstring.
 
-    def layouts(order: Sequence[Pattern]) -> List[Dict[Pattern, Rect]]:
-        """The eight symmetric placements of ``order``: squarify in the frame or in the
-        transposed frame (axes swapped back), each mirrored left-right and / or top-bottom."""
+    A candidate is an order plus one of eight symmetric placements: squarify in the
+    frame or in the transposed frame (axes swapped back), each mirrored left-right and /
+    or top-bottom. Mirroring keeps every rectangle's sides, so the aspect test is done
+    once per squarify call, and only the shared regions' centres are mirrored to score.
+    """
+    swapped = Rect(frame.y, frame.x, frame.dy, frame.dx)
+
+    def bases(order: Sequence[Pattern]) -> Tuple[List[Rect], List[Rect]]:
         sized = [sizes[p] for p in order]
-        swapped = Rect(frame.y, frame.x, frame.dy, frame.dx)
-        bases = [_squarify(sized, frame), [Rect(r.y, r.x, r.dy, r.dx) for r in _squarify(sized, swapped)]]
-        return [
-            {p: r.mirrored(frame, fx, fy) for p, r in zip(order, rects)}
-            for rects in bases
-            for fx in (False, True)
-            for fy in (False, True)
-        ]
+        return _squarify(sized, frame), [Rect(r.y, r.x, r.dy, r.dx) for r in _squarify(sized, swapped)]
 
-    def distances(placement: Dict[Pattern, Rect]) -> Dict[Pattern, float]:
-        out = {}
-        for p, (tx, ty) in targets.items():
-            x, y = placement[p].centre
-            out[p] = math.hypot(x - tx, y - ty)
-        return out
-
-    plain = layouts(patterns)[0]
+    plain = dict(zip(patterns, bases(patterns)[0]))
     if not optimise or not targets:
         return plain
-    plain_dist = distances(plain)
+    plain_dist = {}
+    for p, (tx, ty) in targets.items():
+        x, y = plain[p].centre
+        plain_dist[p] = math.hypot(x - tx, y - ty)
     aspect_limit = max_aspect_growth * max(r.aspect for r in plain.values())
+    mirrors = [(fx, fy) for fx in (False, True) for fy in (False, True)]
 
-    def score(placement: Dict[Pattern, Rect]) -> Optional[float]:
-        """Sum of squared distances, or None when the candidate is not acceptable."""
-        if max(r.aspect for r in placement.values()) > aspect_limit + 1e-9:
-            return None
-        d = distances(placement)
-        if any(d[p] > plain_dist[p] + 1e-9 for p in d):
-            return None
-        return sum(v * v for v in d.values())
+    def score(rects: Dict[Pattern, Rect], flip_x: bool, flip_y: bool) -> Optional[float]:
+        """Sum of squared distances of the mirrored placement, or None when a shared
+        region ends up farther from its target than in the plain placement."""
+        total = 0.0
+        for p, (tx, ty) in targets.items():
+            x, y = rects[p].mirrored(frame, flip_x, flip_y).centre
+            d = math.hypot(x - tx, y - ty)
+            if d > plain_dist[p] + 1e-9:
+                return None
+            total += d * d
+        return total
 
-    best_order, best = list(patterns), plain
+    best_order, best_choice = list(patterns), (0, False, False)
     best_score = sum(v * v for v in plain_dist.values())
     for _ in range(max_rounds):
         improved = False
@@ -317,10 +315,15 @@ def _place_regions(
                     order.insert(j, order.pop(i))
                     candidates.append(order)
         for order in candidates:
-            for placement in layouts(order):
-                s = score(placement)
-                if s is not None and s < best_score - 1e-9:
-                    best_order, best, best_score, improved = order, placement, s, True
+            for base, rects in enumerate(bases(order)):
+                if max(r.aspect for r in rects) > aspect_limit + 1e-9:
+                    continue  # the same for all four mirror images
+                by_pattern = dict(zip(order, rects))
+                for fx, fy in mirrors:
+                    s = score(by_pattern, fx, fy)
+                    if s is not None and s < best_score - 1e-9:
+                        best_order, best_choice, best_score, improved = order, (base, fx, fy), s, True
         if not improved:
             break
-    return best
+    base, fx, fy = best_choice
+    return {p: r.mirrored(frame, fx, fy) for p, r in zip(best_order, bases(best_order)[base])}
