@@ -122,8 +122,7 @@ class LearnedFeatures:
 
     Reads the per-layer npz of ``summary_writers.payloads`` and, for runs logged before
     it, the older single JSON blob (parsed whole on first use, each channel converted
-    when asked for). Methods raise
-    AnalysisReadError when the data is damaged.
+    when asked for). Methods raise AnalysisReadError when the data is damaged.
     """
 
     def __init__(self, blob: bytes):
