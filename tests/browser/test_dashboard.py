@@ -108,6 +108,15 @@ def test_river_treemap_and_neuron_levels(served_run, page):
         expected = abs(cell["activation_diff"]) / treemap["max_abs_activation_diff"] * (cell["dy"] - 2)
         assert abs(height - expected) < 0.5
     assert "aevis.layer=" + urllib.parse.quote(layer, safe="") in page.evaluate("location.hash")
+    # Hover on a cell shows its values: the backend's activation difference (3 significant digits).
+    if nonzero:
+        frame.locator(f'g.treemap-cell[data-channel="{cell["channel"]}"]').hover()
+        tip = frame.locator(".treemap .tooltip")
+        tip.wait_for(state="visible")
+        lines = tip.inner_text().splitlines()
+        assert lines[0] == f'feature map {cell["channel"]}'
+        shown = float(next(l for l in lines if l.startswith("activation")).rsplit(": ", 1)[1])
+        assert shown == pytest.approx(cell["activation_diff"], rel=5e-3)
 
     # Neuron level: clicking a feature map shows its activation map over each example.
     channel = max(treemap["cells"], key=lambda c: abs(c["activation_diff"] or 0))["channel"]
