@@ -179,11 +179,33 @@ def _analysis_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict)
+
+
+def _unit_length(root: nn.Module, parts: Sequence[str]) -> int:
+    """How many leading path parts name the child of ``root`` that ``root``'s forward calls.
+
+    Usually 1; more when the child sits in a ModuleList / ModuleDict (never called
+    itself): ``_blocks.8`` is the unit of ``_blocks.8.conv`` under an EfficientNet.
+    """
+    module = root
+    for i, part in enumerate(parts):
+        module = getattr(module, part)
+        if not isinstance(module, _CONTAINERS):
+            return i + 1
+    return len(parts)
+
+
 class _ChildrenAsLeaves(torch.fx.Tracer):
-    """Traces one module's forward with its direct children kept as opaque calls."""
+    """Traces one module's forward with its called children (see :func:`_unit_length`) kept as opaque calls."""
+
+    def __init__(self, root: nn.Module):
+        super().__init__()
+        self._root = root
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return "." not in qualified_name
+        parts = qualified_name.split(".")
+        return _unit_length(self._root, parts) == len(parts)
 
 
 def _clone(value: Any) -> Any:
@@ -281,14 +303,14 @@ class _GatedForward:
         Checks that the earlier layer runs before the target, builds the replay and
         returns the ungated target output (the model output when the target is None).
         """
-        lca = self.model.get_submodule(self._lca_path)
-        captured: Dict[str, Any] = {}
-
-        def capture_lca_inputs(module, args, kwargs):
-            captured.setdefault("args", args)
-            captured.setdefault("kwargs", kwargs)
-
-        handle = lca.register_forward_pre_hook(capture_lca_inputs, with_kwargs=True)
+        parts = self._lca_path.split(".") if self._lca_path else []
+        ancestors = [".".join(parts[:k]) for k in range(len(parts), -1, -1)]  # the LCA, its parent, ..., the root
+        calls: Dict[str, Tuple[Any, Any]] = {}
+        handles = [
+            self.model.get_submodule(path).register_forward_pre_hook(
+                lambda module, args, kwargs, path=path: calls.setdefault(path, (args, kwargs)), with_kwargs=True)
+            for path in ancestors
+        ]
         self.gates, self.captured, self.gated = None, None, None
         try:
             out = self.model(images)
@@ -297,7 +319,16 @@ class _GatedForward:
         except _StopForward:
             out = self.captured
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
+        called = next((path for path in ancestors if path in calls), None)  # a ModuleList LCA is never called itself
+        if called is not None and called != self._lca_path:
+            depth = len(called.split(".")) if called else 0
+            self._earlier_rel = earlier_path.split(".")[depth:]
+            self._target_rel = target_path.split(".")[depth:] if target_path is not None else []
+            self._lca_path = called
+        lca = self.model.get_submodule(self._lca_path)
+        captured = {"args": calls.get(self._lca_path, ((), {}))[0], "kwargs": calls.get(self._lca_path, ((), {}))[1]}
         if self.gated is None:
             where = f"target layer {target_path!r}" if target_path is not None else "the model output"
             raise ValueError(
@@ -316,15 +347,16 @@ class _GatedForward:
         if kwargs or not self._earlier_rel:
             return None
         try:
-            graph_module = torch.fx.GraphModule(lca, _ChildrenAsLeaves().trace(lca))
+            graph_module = torch.fx.GraphModule(lca, _ChildrenAsLeaves(lca).trace(lca))
         except Exception:  # any tracing failure (data-dependent control flow, ...): replay the whole LCA
             return None
         nodes = list(graph_module.graph.nodes)
-        first = [n for n in nodes if n.op == "call_module" and n.target == self._earlier_rel[0]]
+        unit = _unit_length(lca, self._earlier_rel)
+        first = [n for n in nodes if n.op == "call_module" and n.target == ".".join(self._earlier_rel[:unit])]
         if len(first) != 1 or sum(n.op == "placeholder" for n in nodes) != len(args):
             return None
         start = nodes.index(first[0])
-        earlier_is_child = len(self._earlier_rel) == 1
+        earlier_is_child = unit == len(self._earlier_rel)
         interpreter = torch.fx.Interpreter(graph_module)
         interpreter.args_iter = iter(args)
         prefix = nodes[: start + 1] if earlier_is_child else nodes[:start]

@@ -392,3 +392,42 @@ def test_box_quadratic_meets_the_optimality_conditions(rows, maps, seed):
     assert np.all(grad[z == 0] >= -tol) and np.all(grad[z == 1] <= tol)
     inside = (z > 0) & (z < 1)
     assert np.all(np.abs(grad[inside]) <= tol)
+
+
+class _ListNet(nn.Module):
+    """Blocks in an nn.ModuleList (as EfficientNet's ``_blocks``): the list itself is never called."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU()) for _ in range(3)])
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x) + x
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("earlier,target", [("blocks.0", "blocks.2"), ("blocks.0.0", "blocks.1"), ("blocks.1", None)])
+def test_layers_inside_a_module_list(earlier, target):
+    """The replay works when the layers' common ancestor is a ModuleList, and equals a hooked forward pass."""
+    torch.manual_seed(8)
+    model = _ListNet().eval()
+    images = torch.rand(2, 3, 10, 10)
+    modules = dict(model.named_modules())
+    forward = contribution._GatedForward(model, earlier, target)
+    with contribution._analysis_mode(model), forward.hooks(), torch.no_grad():
+        forward.prepare(images, earlier, target)
+        assert forward._lca_path == ""  # moved up from 'blocks' to the model, which is called
+        gates = torch.rand(2, 6)
+        replayed = forward.run(gates, None)
+    captured = {}
+    h1 = modules[earlier].register_forward_hook(lambda m, i, o: o * gates[:, :, None, None])
+    h2 = modules[target or ""].register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    with torch.no_grad():
+        model(images)
+    h1.remove()
+    h2.remove()
+    torch.testing.assert_close(replayed, captured["out"], rtol=1e-4, atol=1e-5)
