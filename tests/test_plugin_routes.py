@@ -131,6 +131,19 @@ def test_river_four_paths_least_squares_keeps_the_order(client, logdir):
     y = {p["example"]: np.array(p["y"]) for p in answer["paths"]}
     for upper, lower in zip(answer["order"], answer["order"][1:]):
         assert (y[upper] <= y[lower] + 1e-9).all()
+    # the fitted screen distances, best scaled, are no worse than an even spacing in that order
+    pairs = [tuple(map(int, k.split(","))) for k in answer["distances"]]
+    D = np.array([answer["distances"][f"{i},{j}"] for i, j in pairs])  # (pairs, L)
+    even = {e: float(rank) for rank, e in enumerate(answer["order"])}
+
+    def residual(screen):
+        s, d = screen.ravel(), D.ravel()
+        a = max(float(s @ d) / float(s @ s), 0.0) if s @ s > 0 else 0.0
+        return float(((a * s - d) ** 2).sum())
+
+    fitted = np.array([np.abs(y[i] - y[j]) for i, j in pairs])
+    spaced = np.array([np.full(D.shape[1], abs(even[i] - even[j])) for i, j in pairs])
+    assert residual(fitted) <= residual(spaced) + 1e-9
 
 
 # ----------------------------------------------------------------------- treemap
