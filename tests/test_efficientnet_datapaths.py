@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tensorboard_plugin_aevis.attacks import mi_fgsm
 from tensorboard_plugin_aevis.extraction import extract_datapaths
 from tensorboard_plugin_aevis.models import load_model
 from tensorboard_plugin_aevis.sample_images import load_photo
@@ -25,3 +26,23 @@ def test_binarised_datapaths_keep_labels_with_few_feature_maps():
     for example, fraction in zip(analysis.examples, kept):
         assert example.binary_label == example.label and example.gated_label == example.label, example.name
         assert fraction <= MAX_KEPT, (example.name, fraction)
+
+
+@pytest.mark.slow
+def test_confident_targeted_adversarial_chain_is_sparse():
+    """The demo's triplet: the cat attacked towards 'espresso' (confidence ~0.9998), the cat, the
+    coffee photo. The fidelity temperature keeps the saturated adversarial from collapsing to the
+    whole network (100 % kept without it), and the chained datapaths with it."""
+    model = load_model("efficientnet-lite0")
+    cat, coffee = load_photo("chelsea")[None], load_photo("coffee")[None]
+    with torch.no_grad():
+        espresso = int(model(coffee).argmax(dim=1))
+    adversarial = mi_fgsm(model, cat, target=torch.tensor([espresso]))
+    analysis = extract_datapaths(model, torch.cat([adversarial, cat, coffee]), ["adversarial", "source", "target"],
+                                 keep_activation_maps=False)
+    kept = analysis.kept_fraction()
+    print([round(float(k), 4) for k in kept], analysis.params["fidelity_temperature"])
+    assert analysis.examples[0].label == espresso and analysis.examples[0].confidence > 0.99
+    assert analysis.params["fidelity_temperature"][0] > 1 and analysis.params["fidelity_temperature"][1:] == [1.0, 1.0]
+    assert all(e.gated_label == e.label and e.binary_label == e.label for e in analysis.examples)
+    assert (kept <= 0.25).all(), kept

@@ -80,6 +80,8 @@ def test_labels_kept_gates_in_range_and_datapaths_sparse(small, small_analysis):
     assert [l.channels for l in a.layers] == [8, 16, 16]
     assert (a.kept_fraction() < 0.9).all()  # the L1 term removed feature maps
     assert a.method == "constrained" and a.threshold == 0.5
+    confident = [e.confidence > 0.95 for e in a.examples]
+    assert [t > 1 for t in a.params["fidelity_temperature"]] == confident
     assert a.params["order"] == [[1], [0], [2, 3]]  # adversarial, source, then the targets batched
 
 
@@ -101,10 +103,10 @@ def test_binary_labels_match_an_independent_gated_forward(small, small_analysis)
 
 
 def test_label_repair_keeps_every_binarised_label_with_a_minimal_top_k(small, tmp_path):
-    """Three steps with a strong L1 term: no checked iterate keeps the binarised label, so the engine
-    lowers each such example's threshold to the smallest top-k datapath that keeps it."""
+    """Four steps with a strong L1 term and threshold 0.9: no checked iterate keeps the binarised label,
+    so the engine lowers each such example's threshold to the smallest top-k datapath that keeps it."""
     model, images = small
-    a = extract_datapaths(model, images, ROLES, steps=3, lambda_=5.0, lr=0.3)
+    a = extract_datapaths(model, images, ROLES, steps=4, lambda_=20.0, lr=0.3, threshold=0.9)
     labels = [e.label for e in a.examples]
     at_global = labels_by_hand(model, images, [g > a.threshold for g in a.gates]).tolist()
     repaired = [i for i, e in enumerate(a.examples) if e.threshold is not None]
@@ -182,6 +184,22 @@ def test_constraint_pulls_datapaths_together(small):
     # the adversarial example comes first in the chain: no constraint acts on it
     for gf, gt in zip(free.gates, tied.gates):
         np.testing.assert_array_equal(gf[1], gt[1])
+
+
+def test_fidelity_temperature_caps_the_confidence_at_0_95():
+    from tensorboard_plugin_aevis.extraction import FIDELITY_MAX_CONFIDENCE, _fidelity_temperatures
+
+    logits = torch.tensor([[0.0, 1.0, 0.5], [12.0, 0.0, -3.0], [0.0, 0.0, 40.0], [2.0, 2.0, 2.0]])
+    t = _fidelity_temperatures(logits)
+    confidence = torch.softmax(logits, dim=1).amax(dim=1)
+    assert confidence[0] < 0.95 and confidence[1] > 0.95 and confidence[2] > 0.95
+    assert t[0] == 1.0 and t[3] == 1.0  # unsure predictions: Eq. 5 as written
+    tempered = torch.softmax(logits / t[:, None], dim=1)
+    np.testing.assert_allclose(tempered[1:3].amax(dim=1).numpy(), FIDELITY_MAX_CONFIDENCE, atol=1e-5)
+    assert torch.equal(tempered.argmax(dim=1)[:3], logits.argmax(dim=1)[:3])
+    # the sigmoid of the margin for two classes: 0.95 at margin / T = log(19)
+    two = _fidelity_temperatures(torch.tensor([[0.0, 9.0]]))
+    assert float(two[0]) == pytest.approx(9.0 / np.log(19.0), rel=1e-5)
 
 
 def test_init_noise_zero_is_the_default_and_seeds_perturb_the_start(small):
