@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--target-layer", default="model.layer3.2")
     parser.add_argument("--earlier-layer", default="model.layer3.1")
     parser.add_argument("--area-side", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, help="SGD steps (default: the engine's)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()

@@ -34,25 +34,35 @@ The gamma term uses a smoothed norm ``sqrt(||d||^2 + 1e-8)`` (differentiable at 
 Modes:
 
 - ``"sgd"`` (default, as the paper): gates start at 1 and are fitted through the real
-  network with Adam (a first-order stochastic-gradient method, scale free, which
-  converges in tens of steps where plain SGD needs a per-layer learning rate),
-  clamped to [0, 1] after every step.
+  network with Adam (a first-order stochastic-gradient method, scale free, where plain
+  SGD needs a per-layer learning rate), clamped to [0, 1] after every step, until the
+  loss plateaus (at most ``steps``, default 100: with lr 0.1 a gate needs 10 steps just
+  to travel from 1 to 0, and the former fixed 20 steps left the resnet50 benchmark's
+  loss 2.6x above its plateau with 165 gates still in transit).
 - ``"quadratic"``: linearise ``f(z) ~ f(1) - J (1 - z)`` with ``J = df/dz`` from one
   batched backward pass (``autograd.grad(is_grads_batched=True)``, one row per
   preserved neuron) to the earlier feature maps, which also gives the Eq. 8 region;
   when more than ``max_jacobian_rows`` neurons are preserved, ``J`` is replaced by a
   Gaussian sketch ``S J`` (``S``: ``(max_jacobian_rows, P)``, ``E[S^T S] = I``, seeded),
   so the fidelity is kept in expectation. The box-constrained convex problem in ``z``
-  is then solved by accelerated projected gradient, or L-BFGS-B when the gamma term
-  couples several examples (see :func:`_fit_quadratic`).
-  (Re-linearising at the solution, Gauss-Newton style, was tried on resnet18 and did
-  not bring the ranking consistently closer to SGD's, so there is one linearisation.)
+  is then solved exactly (accelerated projected gradient finished by an active-set
+  method), or by L-BFGS-B when the gamma term couples several examples (see
+  :func:`_fit_quadratic`). Then ``relinearise`` (default 1) Gauss-Newton steps:
+  linearise again at the solution and solve again from it. Why: the solution gates
+  most maps to 0, far from z = 1, where a ReLU network's response is no longer the
+  tangent's; on the resnet50 benchmark the one step lowers the objective measured
+  through the network from 0.0375 to 0.0321 (SGD: 0.0136) and raises the rank
+  correlation with SGD from 0.50 to 0.59; on EfficientNet-Lite0 (trained weights,
+  blocks 8 -> 9) it reaches SGD's answer exactly. It costs a second Jacobian.
 
 Cost: one real forward pass up to the target layer (:class:`ContributionSession`
 prepares it once; see :class:`_GatedForward` for the replay), then only the part
 between the two layers is re-run: per SGD step one forward and one backward pass of
 that part; for the quadratic mode one forward and one backward pass with P rows
-(P = preserved neurons, at most ``max_jacobian_rows``).
+(P = preserved neurons, at most ``max_jacobian_rows``) per linearisation. With an
+area (Eq. 8) that part runs only on the crop of the earlier maps the area depends on,
+when the layers between are spatially local (:func:`_local_crop`; 5.4x fewer
+neurons for a 4x4 area behind a 3x3 convolution on a 14x14 map).
 
 The score of a map is its gate averaged over the examples (the paper's "contribution",
 in [0, 1]); ``ranking`` sorts the maps by score, highest first (ties: lower channel
@@ -80,6 +90,7 @@ PLATEAU_WINDOW = 10
 PLATEAU_RTOL = 1e-3
 DEFAULT_LR = 0.1
 DEFAULT_MAX_JACOBIAN_ROWS = 64
+DEFAULT_RELINEARISE = 1
 _NORM_EPS = 1e-8
 
 Area = Union[Tuple[int, int, int, int], Sequence[int], np.ndarray, torch.Tensor]
@@ -226,7 +237,7 @@ class _GatedForward:
     ``run(gates, region)`` -> the target output (the model output when the target is
     None); ``gates``: (m, C) or None for the ungated network; ``region``: (H_e, W_e)
     float mask of the gated neurons or None for whole maps. The last gated earlier
-    output is kept in ``self.gated``.
+    output is kept in ``self.gated`` (and before the gates in ``self.ungated``).
 
     Two rectangles ``(y0, x0, y1, x1)`` on the earlier grid change what the earlier layer
     passes on (see :func:`_local_crop`): ``crop`` passes only that crop (the rest of the
@@ -251,6 +262,7 @@ class _GatedForward:
         self.gates: Optional[torch.Tensor] = None
         self.region: Optional[torch.Tensor] = None
         self.gated: Optional[torch.Tensor] = None
+        self.ungated: Optional[torch.Tensor] = None
         self.captured: Optional[torch.Tensor] = None
         self.crop: Optional[Tuple[int, int, int, int]] = None
         self.poison: Optional[Tuple[int, int, int, int]] = None
@@ -269,6 +281,7 @@ class _GatedForward:
         if self.crop is not None:
             y0, x0, y1, x1 = self.crop
             output = output[:, :, y0:y1, x0:x1]
+        self.ungated = output
         if self.gates is None:
             self.gated = output
             return output
@@ -432,7 +445,7 @@ def _area_mask(area: Area, height: int, width: int) -> Tuple[torch.Tensor, Optio
     return mask, (y0, x0, y1, x1)
 
 
-def _check_params(mode: str, lambda_: float, gamma: float, steps: int) -> None:
+def _check_params(mode: str, lambda_: float, gamma: float, steps: int, relinearise: int = DEFAULT_RELINEARISE) -> None:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if not (np.isfinite(lambda_) and lambda_ >= 0):
@@ -441,6 +454,8 @@ def _check_params(mode: str, lambda_: float, gamma: float, steps: int) -> None:
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not isinstance(relinearise, int) or relinearise < 0:
+        raise ValueError(f"relinearise must be an integer >= 0, got {relinearise!r}")
 
 
 # ------------------------------------------------------------------- objectives
@@ -479,19 +494,22 @@ def _fit_sgd(forward: _GatedForward, images, select, reference, norms, region, c
     return z.detach(), len(losses)
 
 
-def _jacobian(forward: _GatedForward, images, select, channels, max_rows, seed, with_area) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Any]:
-    """(D J, D, region mask, rectangle) at z = 1 from ONE batched backward pass.
+def _jacobian(forward: _GatedForward, images, select, channels, max_rows, seed, with_area, gates: Optional[torch.Tensor] = None,
+              region: Optional[torch.Tensor] = None):
+    """(D J, D, region mask, rectangle, D f) at ``gates`` (default z = 1) from ONE batched backward pass.
 
-    The backward gives the gradient of every (sketched) preserved neuron w.r.t. the
-    earlier feature maps, (R, m, C, H_e, W_e); its support is the receptive field (Eq. 8
-    region, when ``with_area``) and ``J[r, i, k] = sum_hw grad * activation * region``.
+    The backward gives the gradient of every (sketched) preserved neuron w.r.t. the gated
+    earlier feature maps, (R, m, C, H_e, W_e); at z = 1 its support is the receptive field
+    (Eq. 8 region, when ``with_area``; else ``region`` is used as given) and
+    ``J[r, i, k] = sum_hw grad * activation * region`` (the ungated activation).
     ``D`` (R, P) is the identity when P <= ``max_rows``, else a seeded Gaussian sketch
-    with ``E[D^T D] = I``; ``D J`` has shape (m, R, C).
+    with ``E[D^T D] = I``; ``D J`` has shape (m, R, C) and ``D f``, the sketched preserved
+    neurons at ``gates``, (m, R).
     """
-    z = torch.ones(images.shape[0], channels, requires_grad=True)
+    z = (torch.ones(images.shape[0], channels) if gates is None else gates.clone()).requires_grad_(True)
     with torch.enable_grad():
-        preserved = select(forward.run(z, None)).flatten(1)  # (m, P)
-    activation = forward.gated
+        preserved = select(forward.run(z, region)).flatten(1)  # (m, P)
+    activation, ungated = forward.gated, forward.ungated.detach()
     m, p = preserved.shape
     if p <= max_rows:
         directions = torch.eye(p)
@@ -499,24 +517,28 @@ def _jacobian(forward: _GatedForward, images, select, channels, max_rows, seed, 
         directions = torch.randn(max_rows, p, generator=torch.Generator().manual_seed(seed)) / max_rows**0.5
     batched = directions.unsqueeze(1).expand(len(directions), m, p).contiguous()
     (spatial,) = torch.autograd.grad(preserved, activation, grad_outputs=batched, is_grads_batched=True)
-    region, rectangle = _region_from_gradient(spatial.abs().sum(dim=(0, 1, 2))) if with_area else (None, None)
-    weighted = activation.detach() if region is None else activation.detach() * region
+    rectangle = None
+    if with_area:
+        region, rectangle = _region_from_gradient(spatial.abs().sum(dim=(0, 1, 2)))
+    weighted = ungated if region is None else ungated * region
     rows = (spatial * weighted.unsqueeze(0)).sum(dim=(-1, -2))  # (R, m, C)
-    return rows.permute(1, 0, 2).contiguous(), directions, region, rectangle
+    return rows.permute(1, 0, 2).contiguous(), directions, region, rectangle, preserved.detach() @ directions.T
 
 
-def _quadratic_objective(jac64: np.ndarray, lambda_: float, gamma: float, deadline: Optional[float]):
-    """``objective(flat z) -> (value, gradient)`` of sum_i ||J_i (1 - z_i)||^2 + penalties.
+def _quadratic_objective(jac64: np.ndarray, lambda_: float, gamma: float, deadline: Optional[float], target64: Optional[np.ndarray] = None):
+    """``objective(flat z) -> (value, gradient)`` of sum_i ||b_i - J_i z_i||^2 + penalties.
 
-    ``jac64``: (m, R, C) float64, already divided by ``sqrt(n_i)``; the penalties are
+    ``jac64``: (m, R, C) float64, already divided by ``sqrt(n_i)``; ``target64``: b (m, R),
+    scaled alike, default ``J 1`` (the residual is then ``J (1 - z)``); the penalties are
     those of :func:`_penalties`, in numpy (the solver calls this hundreds of times).
     """
     m, _, c = jac64.shape
+    target64 = jac64.sum(axis=2) if target64 is None else target64
 
     def objective(flat: np.ndarray) -> Tuple[float, np.ndarray]:
         _check_deadline(deadline)
         z = flat.reshape(m, c)
-        residual = np.einsum("irc,ic->ir", jac64, 1.0 - z)
+        residual = target64 - np.einsum("irc,ic->ir", jac64, z)
         grad = -2.0 * np.einsum("irc,ir->ic", jac64, residual) + lambda_ / c
         value = float((residual**2).sum()) + lambda_ * float(z.mean(axis=1).sum())
         if gamma > 0 and m > 1:
@@ -529,28 +551,37 @@ def _quadratic_objective(jac64: np.ndarray, lambda_: float, gamma: float, deadli
     return objective
 
 
-def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma: float, steps: int, deadline: Optional[float]) -> torch.Tensor:
-    """Minimise sum_i ||J_i (1 - z_i)||^2 / n_i + penalties over z in [0, 1]^(m x C); ``jac``: (m, R, C).
+def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma: float, steps: int, deadline: Optional[float],
+                   target: Optional[torch.Tensor] = None, start: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Minimise sum_i ||b_i - J_i z_i||^2 / n_i + penalties over z in [0, 1]^(m x C); ``jac``: (m, R, C).
 
-    Uncoupled examples (m = 1 or gamma = 0): one box-constrained quadratic per example,
+    ``target``: b (m, R), default ``J 1`` (residual ``J (1 - z)``, the linearisation at
+    z = 1); ``start``: the solvers' first iterate (m, C), default all ones. Uncoupled examples (m = 1 or gamma = 0): one box-constrained quadratic per example,
     :func:`_solve_box_quadratic`. Coupled examples: the smoothed gamma norms are too
     stiff for fixed steps, so scipy's L-BFGS-B with bounds. Both run at most
     ``50 * steps`` iterations.
     """
     m, _, c = jac.shape
-    jac64 = jac.double().numpy() / np.sqrt(norms.double().numpy())[:, None, None]
+    scale = np.sqrt(norms.double().numpy())
+    jac64 = jac.double().numpy() / scale[:, None, None]
+    target64 = jac64.sum(axis=2) if target is None else target.double().numpy() / scale[:, None]
+    start64 = np.ones((m, c)) if start is None else start.double().numpy()
     if m > 1 and gamma > 0:
         solution = scipy.optimize.minimize(
-            _quadratic_objective(jac64, lambda_, gamma, deadline), np.ones(m * c), jac=True, method="L-BFGS-B",
-            bounds=[(0.0, 1.0)] * (m * c), options={"maxiter": 50 * steps, "ftol": 1e-12},
+            _quadratic_objective(jac64, lambda_, gamma, deadline, target64), start64.reshape(-1), jac=True, method="L-BFGS-B",
+            bounds=[(0.0, 1.0)] * (m * c), options={"maxiter": 50 * steps, "ftol": 1e-12, "gtol": 1e-9},
         )
         return torch.tensor(solution.x.reshape(m, c), dtype=torch.float32)
-    gates = [_solve_box_quadratic(j, lambda_ / c, 50 * steps, deadline) for j in jac64]
+    gates = [_solve_box_quadratic(j, lambda_ / c, 50 * steps, deadline, b, z0) for j, b, z0 in zip(jac64, target64, start64)]
     return torch.tensor(np.stack(gates), dtype=torch.float32)
 
 
-def _solve_box_quadratic(jac: np.ndarray, linear: float, max_iter: int, deadline: Optional[float], warm_up: int = 100) -> np.ndarray:
-    """argmin over z in [0, 1]^C of ``||J (1 - z)||^2 + linear * sum(z)``; ``jac``: (R, C) -> (C,).
+def _solve_box_quadratic(jac: np.ndarray, linear: float, max_iter: int, deadline: Optional[float], target: Optional[np.ndarray] = None,
+                         start: Optional[np.ndarray] = None, warm_up: int = 100) -> np.ndarray:
+    """argmin over z in [0, 1]^C of ``||b - J z||^2 + linear * sum(z)``; ``jac``: (R, C) -> (C,).
+
+    ``target``: b (R,), default ``J 1``; ``start``: the first iterate, default all ones
+    (when given, the active-set finish is tried from it first).
 
     Accelerated projected gradient (FISTA, step 1 / Lipschitz constant, adaptive momentum
     restarts, O'Donoghue and Candes 2015) for ``warm_up`` iterations finds roughly which
@@ -560,11 +591,16 @@ def _solve_box_quadratic(jac: np.ndarray, linear: float, max_iter: int, deadline
     the optimum, FISTA goes on, up to ``max_iter`` iterations in all.
     """
     jac_t = np.ascontiguousarray(jac.T)
+    target = jac.sum(axis=1) if target is None else target
     lipschitz = max(2.0 * float(np.linalg.norm(jac, 2)) ** 2, 1e-12)
-    z = np.ones(jac.shape[1])
+    z = np.ones(jac.shape[1]) if start is None else np.clip(start, 0.0, 1.0)
+    if start is not None:  # a warm start (the previous Gauss-Newton solution) is usually close to the active set
+        exact = _active_set(jac, jac_t, target, linear, z, 4 * jac.shape[0] + 16)
+        if exact is not None:
+            return exact
     y, momentum = z.copy(), 1.0
     for iteration in range(1, max_iter + 1):
-        grad = linear - 2.0 * (jac_t @ (jac @ (1.0 - y)))
+        grad = linear - 2.0 * (jac_t @ (target - jac @ y))
         candidate = np.clip(y - grad / lipschitz, 0.0, 1.0)
         if (y - candidate) @ (candidate - z) > 0:  # adaptive restart: the momentum points uphill
             momentum = 1.0
@@ -576,13 +612,13 @@ def _solve_box_quadratic(jac: np.ndarray, linear: float, max_iter: int, deadline
             break
         if iteration % warm_up == 0:
             _check_deadline(deadline)
-            exact = _active_set(jac, jac_t, linear, z, 4 * jac.shape[0] + 16)
+            exact = _active_set(jac, jac_t, target, linear, z, 4 * jac.shape[0] + 16)
             if exact is not None:
                 return exact
     return z
 
 
-def _active_set(jac: np.ndarray, jac_t: np.ndarray, linear: float, start: np.ndarray, max_iter: int) -> Optional[np.ndarray]:
+def _active_set(jac: np.ndarray, jac_t: np.ndarray, target: np.ndarray, linear: float, start: np.ndarray, max_iter: int) -> Optional[np.ndarray]:
     """Primal active-set method for the box quadratic of :func:`_solve_box_quadratic` from ``start``.
 
     Gates at a bound stay fixed; the free ones move to the minimiser on their subspace
@@ -597,7 +633,7 @@ def _active_set(jac: np.ndarray, jac_t: np.ndarray, linear: float, start: np.nda
     free = (z > 0.0) & (z < 1.0)
     tol = 1e-6 * max(linear, 1e-12)
     for _ in range(max_iter):
-        grad = linear - 2.0 * (jac_t @ (jac @ (1.0 - z)))
+        grad = linear - 2.0 * (jac_t @ (target - jac @ z))
         if free.sum() > 4 * jac.shape[0]:
             return None
         if free.any():
@@ -617,7 +653,7 @@ def _active_set(jac: np.ndarray, jac_t: np.ndarray, linear: float, start: np.nda
                     z[blocking] = 1.0 if step[int(limits.argmin())] > 0 else 0.0
                     free[blocking] = False
                     continue
-                grad = linear - 2.0 * (jac_t @ (jac @ (1.0 - z)))
+                grad = linear - 2.0 * (jac_t @ (target - jac @ z))
         wrong = np.where(free, 0.0, np.where(z == 0.0, np.maximum(-grad, 0.0), np.maximum(grad, 0.0)))
         worst = int(wrong.argmax())
         if wrong[worst] <= tol and (not free.any() or np.abs(grad[free]).max() <= tol):
@@ -628,10 +664,23 @@ def _active_set(jac: np.ndarray, jac_t: np.ndarray, linear: float, start: np.nda
     return None
 
 
-def _fit_linearised(forward: _GatedForward, images, select, norms, with_area, channels, lambda_, gamma, steps, max_rows, seed, deadline):
-    """Quadratic mode: linearise at z = 1 and solve -> (gates (m, C), region mask, rectangle)."""
-    jac, _, region, rectangle = _jacobian(forward, images, select, channels, max_rows, seed, with_area)
-    return _fit_quadratic(jac, norms, lambda_, gamma, steps, deadline), region, rectangle
+def _fit_linearised(forward: _GatedForward, images, select, reference, norms, with_area, channels, lambda_, gamma, steps, max_rows, seed,
+                    relinearise, deadline):
+    """Quadratic mode -> (gates (m, C), region mask, rectangle).
+
+    Linearise at z = 1 and solve (method-notes Sec. 4); then ``relinearise`` times
+    (Gauss-Newton): linearise again at the solution z_t, ``f(z) ~ f(z_t) + J_t (z - z_t)``,
+    and solve ``||D (f_0 - f(z_t)) + J_t z_t - J_t z||^2 / n + penalties`` from z_t.
+    """
+    jac, directions, region, rectangle, _ = _jacobian(forward, images, select, channels, max_rows, seed, with_area)
+    gates = _fit_quadratic(jac, norms, lambda_, gamma, steps, deadline)
+    goal = reference.flatten(1) @ directions.T  # D f_0, (m, R)
+    for _ in range(relinearise):
+        _check_deadline(deadline)
+        jac, _, _, _, at_gates = _jacobian(forward, images, select, channels, max_rows, seed, False, gates, region)
+        target = goal - at_gates + (jac @ gates.unsqueeze(-1)).squeeze(-1)
+        gates = _fit_quadratic(jac, norms, lambda_, gamma, steps, deadline, target, gates)
+    return gates, region, rectangle
 
 
 # ----------------------------------------------------------------------- engine
@@ -765,7 +814,7 @@ class ContributionSession:
     def feature_map(self, channel: int, area: Optional[Area] = None, mode: str = "sgd", lambda_: float = DEFAULT_LAMBDA,
                     gamma: float = DEFAULT_GAMMA, steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR,
                     max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS, seed: int = 0,
-                    deadline: Optional[float] = None, crop: bool = True) -> ContributionResult:
+                    deadline: Optional[float] = None, crop: bool = True, relinearise: int = DEFAULT_RELINEARISE) -> ContributionResult:
         """Eq. 7 (``area`` None) or Eq. 8 for map ``channel`` of the target layer (see :func:`feature_map_contributions`).
 
         With an area and ``crop`` (default), the part between the layers runs only on the
@@ -773,7 +822,7 @@ class ContributionSession:
         one; ``crop=False`` always runs on the whole maps (same result, slower).
         """
         start = time.perf_counter()
-        _check_params(mode, lambda_, gamma, steps)
+        _check_params(mode, lambda_, gamma, steps, relinearise)
         out = self._output
         if self.target_layer is None:
             raise ValueError("this session's target is the prediction; create one with a target_layer for feature maps")
@@ -790,22 +839,22 @@ class ContributionSession:
             mask, rectangle = _area_mask(area, int(out.shape[2]), int(out.shape[3]))
             neurons = int(mask.sum())
             select = lambda o: o[:, channel][:, mask]  # noqa: E731
-        params = dict(lambda_=lambda_, gamma=gamma, steps=steps, lr=lr, max_jacobian_rows=max_jacobian_rows, seed=seed)
+        params = dict(lambda_=lambda_, gamma=gamma, steps=steps, lr=lr, max_jacobian_rows=max_jacobian_rows, seed=seed, relinearise=relinearise)
         gates, fidelity, region, used_crop = self._fit(select, mask, channel if crop else None, mode, params, deadline)
         return _result(gates, fidelity, self.earlier_layer, self.target_layer, channel, rectangle, neurons, mode, region,
                        self.earlier_shape, _public(params), start, used_crop)
 
     def prediction(self, mode: str = "sgd", lambda_: float = DEFAULT_LAMBDA, gamma: float = DEFAULT_GAMMA,
                    steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS,
-                   seed: int = 0, deadline: Optional[float] = None) -> ContributionResult:
+                   seed: int = 0, deadline: Optional[float] = None, relinearise: int = DEFAULT_RELINEARISE) -> ContributionResult:
         """Contributions to the prediction (centred logits; see :func:`prediction_contributions`)."""
         start = time.perf_counter()
-        _check_params(mode, lambda_, gamma, steps)
+        _check_params(mode, lambda_, gamma, steps, relinearise)
         if self.target_layer is not None:
             raise ValueError("this session's target is a feature map; create one with target_layer=None for the prediction")
         if self._output.dim() != 2:
             raise ValueError(f"the model outputs shape {tuple(self._output.shape)}; contributions to the prediction need logits (B, K)")
-        params = dict(lambda_=lambda_, gamma=gamma, steps=steps, lr=lr, max_jacobian_rows=max_jacobian_rows, seed=seed)
+        params = dict(lambda_=lambda_, gamma=gamma, steps=steps, lr=lr, max_jacobian_rows=max_jacobian_rows, seed=seed, relinearise=relinearise)
         gates, fidelity, _, _ = self._fit(lambda o: o - o.mean(dim=1, keepdim=True), None, None, mode, params, deadline)
         return _result(gates, fidelity, self.earlier_layer, None, None, None, 0, mode, None, self.earlier_shape, _public(params), start)
 
@@ -851,8 +900,8 @@ class ContributionSession:
                 gates, params["steps_run"] = _fit_sgd(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps,
                                                       params["lr"], deadline)
         else:
-            gates, region, rectangle = _fit_linearised(forward, images, select, norms, with_area, channels, lambda_, gamma, steps,
-                                                       params["max_jacobian_rows"], params["seed"], deadline)
+            gates, region, rectangle = _fit_linearised(forward, images, select, reference, norms, with_area, channels, lambda_, gamma, steps,
+                                                       params["max_jacobian_rows"], params["seed"], params["relinearise"], deadline)
         with torch.no_grad():
             fidelity = _relative_error(select(forward.run(gates, region)), reference, norms)
         return gates.numpy(), fidelity.numpy(), rectangle
@@ -878,6 +927,7 @@ def feature_map_contributions(
     max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS,
     seed: int = 0,
     deadline: Optional[float] = None,
+    relinearise: int = DEFAULT_RELINEARISE,
 ) -> ContributionResult:
     """Contribution of each feature map of ``earlier_layer`` to map ``channel`` of ``target_layer``.
 
@@ -885,16 +935,17 @@ def feature_map_contributions(
     model's input space; [0, 1] for a ClassifierWrapper). ``area``: None for Eq. 7
     (whole target map) or, for Eq. 8, a half-open rectangle ``(y0, x0, y1, x1)`` in
     target-map neuron coordinates or an ``(H_t, W_t)`` boolean neuron mask.
-    ``steps``: optimiser steps (SGD) or a 50th of the solver's iteration cap
-    (quadratic). ``deadline``: a ``time.monotonic()`` value after which
+    ``steps``: the most optimiser steps (SGD stops earlier once its loss plateaus) or a
+    50th of the solver's iteration cap (quadratic). ``relinearise``: Gauss-Newton
+    re-linearisations of the quadratic mode after the one at z = 1. ``deadline``: a ``time.monotonic()`` value after which
     :class:`ContributionTimeout` is raised (checked between steps). Raises ValueError
     for an unknown layer or channel, an area outside the map, or an earlier layer that
     does not run before the target. One query of a fresh :class:`ContributionSession`.
     """
     start = time.perf_counter()
-    _check_params(mode, lambda_, gamma, steps)
+    _check_params(mode, lambda_, gamma, steps, relinearise)
     session = ContributionSession(model, images, earlier_layer, target_layer, deadline=deadline)
-    result = session.feature_map(channel, area, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, deadline)
+    result = session.feature_map(channel, area, mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, deadline, relinearise=relinearise)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -911,6 +962,7 @@ def prediction_contributions(
     max_jacobian_rows: int = DEFAULT_MAX_JACOBIAN_ROWS,
     seed: int = 0,
     deadline: Optional[float] = None,
+    relinearise: int = DEFAULT_RELINEARISE,
 ) -> ContributionResult:
     """Contribution of each feature map of ``layer`` to the final prediction.
 
@@ -918,8 +970,8 @@ def prediction_contributions(
     with gates on ``layer`` only; other arguments as in :func:`feature_map_contributions`.
     """
     start = time.perf_counter()
-    _check_params(mode, lambda_, gamma, steps)
+    _check_params(mode, lambda_, gamma, steps, relinearise)
     session = ContributionSession(model, images, layer, None, deadline=deadline)
-    result = session.prediction(mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, deadline)
+    result = session.prediction(mode, lambda_, gamma, steps, lr, max_jacobian_rows, seed, deadline, relinearise)
     result.seconds = time.perf_counter() - start
     return result

@@ -141,7 +141,7 @@ def test_quadratic_jacobian_matches_finite_differences_of_a_linear_path(max_rows
     with contribution._analysis_mode(model), forward.hooks():
         with torch.no_grad():
             forward.prepare(images, "0", "1")
-        jac, directions, region, rectangle = contribution._jacobian(forward, images, select, 5, max_rows, 0, area is not None)
+        jac, directions, region, rectangle, _ = contribution._jacobian(forward, images, select, 5, max_rows, 0, area is not None)
         neurons = 49 if area is None else 6
         assert directions.shape == ((neurons, neurons) if max_rows >= neurons else (max_rows, neurons))
         assert rectangle == (None if area is None else (1, 1, 5, 6))
@@ -354,11 +354,11 @@ def test_crop_to_the_area_equals_the_whole_maps(earlier, target, area, expect_cr
     forward, channels = session._forward, session.earlier_shape[0]
     mask, _ = contribution._area_mask(area, out.shape[2], out.shape[3])
     with contribution._analysis_mode(model), forward.hooks():
-        jac_whole, _, _, rect_whole = contribution._jacobian(forward, images, lambda o: o[:, channel][:, mask], channels, 64, 0, True)
+        jac_whole, _, _, rect_whole, _ = contribution._jacobian(forward, images, lambda o: o[:, channel][:, mask], channels, 64, 0, True)
         with torch.no_grad():
             (crop, window), _ = contribution._local_crop(forward, mask, channel, out[:, channel][:, mask], session.earlier_shape[1:], 1)
         forward.crop = crop
-        jac_crop, _, _, rect_crop = contribution._jacobian(forward, images, lambda o: o[:, channel][:, window], channels, 64, 0, True)
+        jac_crop, _, _, rect_crop, _ = contribution._jacobian(forward, images, lambda o: o[:, channel][:, window], channels, 64, 0, True)
         forward.crop = None
     torch.testing.assert_close(jac_crop, jac_whole, rtol=1e-4, atol=1e-5 * float(jac_whole.abs().max()))
     assert contribution._shift(rect_crop, crop) == rect_whole
@@ -431,3 +431,38 @@ def test_layers_inside_a_module_list(earlier, target):
     h1.remove()
     h2.remove()
     torch.testing.assert_close(replayed, captured["out"], rtol=1e-4, atol=1e-5)
+
+
+def test_jacobian_at_other_gates_matches_central_differences():
+    """Gauss-Newton needs J at the solution: d f / d z_k at z_t against central differences of the real network."""
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(5, 4, 3, padding=1), nn.Tanh()),
+                          nn.Conv2d(4, 2, 3, padding=1))
+    images = torch.rand(2, 3, 8, 8)
+    mask, _ = contribution._area_mask((2, 2, 5, 6), 8, 8)
+    select = lambda out: out[:, 1][:, mask]  # noqa: E731
+    forward = contribution._GatedForward(model, "0", "2")
+    with contribution._analysis_mode(model), forward.hooks():
+        with torch.no_grad():
+            forward.prepare(images, "0", "2")
+        _, _, region, _, _ = contribution._jacobian(forward, images, select, 5, 64, 0, True)
+        gates = torch.rand(2, 5) * 0.6 + 0.2
+        jac, directions, _, _, at_gates = contribution._jacobian(forward, images, select, 5, 64, 0, False, gates, region)
+        with torch.no_grad():
+            torch.testing.assert_close(at_gates, select(forward.run(gates, region)).flatten(1) @ directions.T)
+            for k in range(5):
+                step = torch.zeros(2, 5)
+                step[:, k] = 1e-2
+                column = (select(forward.run(gates + step, region)) - select(forward.run(gates - step, region))).flatten(1) / 2e-2
+                torch.testing.assert_close(jac[:, :, k], column @ directions.T, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("area", [None, (3, 3, 7, 7)])
+def test_relinearising_a_path_linear_in_the_gates_changes_nothing(area):
+    """Where f is linear in z the first linearisation is exact, so the Gauss-Newton step keeps its solution."""
+    model = one_wire_model()
+    images = torch.rand(2, 3, 12, 12)
+    once = feature_map_contributions(model, images, "1", 1, "0", area=area, mode="quadratic", relinearise=0)
+    twice = feature_map_contributions(model, images, "1", 1, "0", area=area, mode="quadratic", relinearise=2)
+    np.testing.assert_allclose(twice.gates, once.gates, atol=1e-4)
+    assert twice.params["relinearise"] == 2
