@@ -60,9 +60,11 @@ batch. Threshold ``z > 0``.
 
 **Best iterate.** Each step's forward pass gives the gated prediction of the current
 gates for free; the lowest-loss iterate whose continuous AND binarised
-(``z > threshold``) datapaths both keep the ungated label is returned. The binarised
-label is checked every ``check_every`` steps (one extra forward pass, no backward).
-When no checked iterate keeps both labels, the lowest-loss iterate keeping the
+(``z > threshold``) datapaths both keep the ungated label is returned. The iterates of
+every ``check_every``-th step (and the last) are the candidates: after the fit they are
+tried in order of loss, one batched forward pass (no backward) per round, and an
+example stops at the first whose binarised datapath keeps the label; usually the
+first round settles every example. When no checked iterate keeps both labels, the lowest-loss iterate keeping the
 continuous label is returned, and when none does, the start ``z = 1`` (the whole
 network, which keeps the label by definition). The start is only this fallback: for
 an unsure prediction the loss of ``z = 1`` (no fidelity loss, every gate paid for)
@@ -315,7 +317,8 @@ class _GateFit:
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         whole = torch.ones(b, self.n_gates, device=x.device)  # the fallback: the whole network
         best_cont = (whole.clone(), torch.full((b,), math.inf, device=x.device))
-        best_both = (whole.clone(), torch.full((b,), math.inf, device=x.device))
+        checked: List[torch.Tensor] = []  # the gates (b, n_gates) at the check steps
+        checked_loss: List[torch.Tensor] = []  # their losses (b,), inf where the continuous label was lost
         histories: List[List[float]] = [[] for _ in range(b)]
         converge = self.method == "constrained"
         for t in range(steps):
@@ -330,8 +333,8 @@ class _GateFit:
                 if t > 0:  # the start (z = 1 without init_noise) is not a fitted datapath
                     _keep_better(best_cont, zt, loss, keeps)
                 if t > 0 and (t % CHECK_EVERY == 0 or t == steps - 1):
-                    both = keeps & (self.forward(x, self.binarise(zt)).argmax(dim=1) == labels)
-                    _keep_better(best_both, zt, loss, both)
+                    checked.append(zt.detach().clone())
+                    checked_loss.append(torch.where(keeps, loss, torch.full_like(loss, math.inf)))
                 for k in range(b):
                     if active[k]:
                         histories[k].append(float(loss[k]))
@@ -346,15 +349,46 @@ class _GateFit:
         if bar is not None:
             bar.update(steps - 1 - t)
         with torch.no_grad():
-            chosen = torch.where(torch.isfinite(best_both[1])[:, None], best_both[0], best_cont[0])  # ones if neither
-            both_logits = self.forward(torch.cat([x, x]), torch.cat([chosen, self.binarise(chosen)]))
-            gated_labels, binary_labels = both_logits.argmax(dim=1).split(b)
+            chosen, gated_labels, binary_labels = self.choose(x, labels, checked, checked_loss, best_cont[0])
             thresholds = torch.full((b,), self.cfg["threshold"], dtype=torch.float64)
             lost = torch.nonzero(binary_labels != labels)[:, 0]
             if self.method == "constrained" and lost.numel() > 0:
                 thresholds[lost.cpu()], binary_labels[lost] = self.repair(x[lost], chosen[lost], labels[lost])
         return {"gates": chosen, "gated_labels": gated_labels, "binary_labels": binary_labels, "histories": histories,
                 "thresholds": thresholds}
+
+    def choose(self, x: torch.Tensor, labels: torch.Tensor, checked: List[torch.Tensor], checked_loss: List[torch.Tensor],
+               best_cont: torch.Tensor):
+        """The best iterate per example (module docstring) and its continuous and binarised labels (B,).
+
+        The checked iterates that kept the continuous label are tried in order of loss, all
+        examples in one forward pass per round; an example stops at the first whose binarised
+        datapath keeps the label: the lowest-loss iterate keeping both, usually found in the
+        first round (one pass, where checking every iterate as it comes costs one per check).
+        Otherwise ``best_cont`` (B, n_gates): the lowest-loss iterate keeping the continuous
+        label, or the whole network.
+        """
+        b = x.shape[0]
+        chosen = best_cont.clone()
+        gated_labels, binary_labels = labels.clone(), labels.clone()
+        unresolved = torch.ones(b, dtype=torch.bool, device=x.device)
+        if checked:
+            gates, losses = torch.stack(checked), torch.stack(checked_loss)  # (S, B, n_gates), (S, B)
+            ranked_loss, ranked = torch.sort(losses, dim=0, stable=True)  # equal losses: the earlier step first
+            for loss_r, step_r in zip(ranked_loss, ranked):
+                rows = torch.nonzero(unresolved & torch.isfinite(loss_r))[:, 0]
+                if rows.numel() == 0:
+                    break
+                candidate = gates[step_r[rows], rows]
+                keeps = self.forward(x[rows], self.binarise(candidate)).argmax(dim=1) == labels[rows]
+                chosen[rows[keeps]] = candidate[keeps]
+                unresolved[rows[keeps]] = False
+        rows = torch.nonzero(unresolved)[:, 0]
+        if rows.numel() > 0:
+            r = rows.numel()
+            both = self.forward(torch.cat([x[rows], x[rows]]), torch.cat([chosen[rows], self.binarise(chosen[rows])]))
+            gated_labels[rows], binary_labels[rows] = both.argmax(dim=1).split(r)
+        return chosen, gated_labels, binary_labels
 
     def repair(self, x: torch.Tensor, z: torch.Tensor, labels: torch.Tensor):
         """Per-example thresholds (R,) float64 and binarised labels (R,) of the smallest top-k datapaths
