@@ -65,8 +65,12 @@ when the layers between are spatially local (:func:`_local_crop`; 5.4x fewer
 neurons for a 4x4 area behind a 3x3 convolution on a 14x14 map).
 
 The score of a map is its gate averaged over the examples (the paper's "contribution",
-in [0, 1]); ``ranking`` sorts the maps by score, highest first (ties: lower channel
-index first). The model is put in eval mode and its parameters' ``requires_grad``
+in [0, 1]); ``ranking`` sorts the maps by score, highest first. Many maps tie (at exactly
+1 or 0: the box bounds), so ties are ordered by the fit's gradient at its gates,
+averaged over the examples: at z = 1 a more negative gradient (how much the loss would
+grow per unit the gate is lowered: the bound's KKT multiplier) means a more needed map;
+at z = 0 a smaller one, a map closer to being kept. The gradient is the last SGD step's
+or the (last) quadratic's. Then lower channel index first. The model is put in eval mode and its parameters' ``requires_grad``
 switched off for the duration of a call, then restored; hooks are removed on exit.
 """
 
@@ -473,9 +477,10 @@ def _relative_error(preserved: torch.Tensor, reference: torch.Tensor, norms: tor
     return ((preserved - reference) ** 2).flatten(1).sum(1) / norms
 
 
-def _fit_sgd(forward: _GatedForward, images, select, reference, norms, region, channels, lambda_, gamma, steps, lr, deadline) -> Tuple[torch.Tensor, int]:
-    """Adam from z = 1 -> (gates (m, C), steps run): at most ``steps``, fewer once the loss
-    has plateaued (it fell by less than ``PLATEAU_RTOL`` of itself over ``PLATEAU_WINDOW`` steps)."""
+def _fit_sgd(forward: _GatedForward, images, select, reference, norms, region, channels, lambda_, gamma, steps, lr, deadline):
+    """Adam from z = 1 -> (gates (m, C), steps run, the loss gradient (m, C) of the last step):
+    at most ``steps``, fewer once the loss has plateaued (it fell by less than
+    ``PLATEAU_RTOL`` of itself over ``PLATEAU_WINDOW`` steps)."""
     z = torch.ones(images.shape[0], channels, requires_grad=True)
     optimizer = torch.optim.Adam([z], lr=lr)
     losses: List[float] = []
@@ -491,7 +496,7 @@ def _fit_sgd(forward: _GatedForward, images, select, reference, norms, region, c
         losses.append(float(loss.detach()))
         if len(losses) > PLATEAU_WINDOW and losses[-PLATEAU_WINDOW - 1] - losses[-1] < PLATEAU_RTOL * abs(losses[-1]):
             break
-    return z.detach(), len(losses)
+    return z.detach(), len(losses), z.grad.detach().clone()
 
 
 def _jacobian(forward: _GatedForward, images, select, channels, max_rows, seed, with_area, gates: Optional[torch.Tensor] = None,
@@ -556,7 +561,8 @@ def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma
     """Minimise sum_i ||b_i - J_i z_i||^2 / n_i + penalties over z in [0, 1]^(m x C); ``jac``: (m, R, C).
 
     ``target``: b (m, R), default ``J 1`` (residual ``J (1 - z)``, the linearisation at
-    z = 1); ``start``: the solvers' first iterate (m, C), default all ones. Uncoupled examples (m = 1 or gamma = 0): one box-constrained quadratic per example,
+    z = 1); ``start``: the solvers' first iterate (m, C), default all ones. Uncoupled
+    examples (m = 1 or gamma = 0): one box-constrained quadratic per example,
     :func:`_solve_box_quadratic`. Coupled examples: the smoothed gamma norms are too
     stiff for fixed steps, so scipy's L-BFGS-B with bounds. Both run at most
     ``50 * steps`` iterations.
@@ -666,7 +672,7 @@ def _active_set(jac: np.ndarray, jac_t: np.ndarray, target: np.ndarray, linear: 
 
 def _fit_linearised(forward: _GatedForward, images, select, reference, norms, with_area, channels, lambda_, gamma, steps, max_rows, seed,
                     relinearise, deadline):
-    """Quadratic mode -> (gates (m, C), region mask, rectangle).
+    """Quadratic mode -> (gates (m, C), region mask, rectangle, the last quadratic's gradient at the gates (m, C)).
 
     Linearise at z = 1 and solve (method-notes Sec. 4); then ``relinearise`` times
     (Gauss-Newton): linearise again at the solution z_t, ``f(z) ~ f(z_t) + J_t (z - z_t)``,
@@ -675,18 +681,26 @@ def _fit_linearised(forward: _GatedForward, images, select, reference, norms, wi
     jac, directions, region, rectangle, _ = _jacobian(forward, images, select, channels, max_rows, seed, with_area)
     gates = _fit_quadratic(jac, norms, lambda_, gamma, steps, deadline)
     goal = reference.flatten(1) @ directions.T  # D f_0, (m, R)
+    target = None
     for _ in range(relinearise):
         _check_deadline(deadline)
         jac, _, _, _, at_gates = _jacobian(forward, images, select, channels, max_rows, seed, False, gates, region)
         target = goal - at_gates + (jac @ gates.unsqueeze(-1)).squeeze(-1)
         gates = _fit_quadratic(jac, norms, lambda_, gamma, steps, deadline, target, gates)
-    return gates, region, rectangle
+    scale = np.sqrt(norms.double().numpy())
+    jac64 = jac.double().numpy() / scale[:, None, None]
+    target64 = None if target is None else target.double().numpy() / scale[:, None]
+    _, grad = _quadratic_objective(jac64, lambda_, gamma, None, target64)(gates.double().numpy().reshape(-1))
+    return gates, region, rectangle, torch.from_numpy(grad.reshape(gates.shape))
 
 
 # ----------------------------------------------------------------------- engine
-def _result(gates, fidelity, earlier_layer, target_layer, channel, area, area_neurons, mode, region, earlier_shape, params, start, crop=None):
+def _result(gates, fidelity, pressure, earlier_layer, target_layer, channel, area, area_neurons, mode, region, earlier_shape, params, start,
+            crop=None):
+    """The result; ``pressure`` (m, C): the objective's gradient at the gates, which orders maps of equal score."""
     scores = gates.mean(axis=0)
-    ranking = sorted(range(len(scores)), key=lambda c: (-scores[c], c))
+    hold = pressure.mean(axis=0)
+    ranking = sorted(range(len(scores)), key=lambda c: (-scores[c], hold[c], c))
     return ContributionResult(
         earlier_layer=earlier_layer, target_layer=target_layer, channel=channel, area=area, area_neurons=area_neurons,
         mode=mode, gates=gates, scores=scores, ranking=ranking, fidelity=fidelity, region=region,
@@ -840,8 +854,8 @@ class ContributionSession:
             neurons = int(mask.sum())
             select = lambda o: o[:, channel][:, mask]  # noqa: E731
         params = dict(lambda_=lambda_, gamma=gamma, steps=steps, lr=lr, max_jacobian_rows=max_jacobian_rows, seed=seed, relinearise=relinearise)
-        gates, fidelity, region, used_crop = self._fit(select, mask, channel if crop else None, mode, params, deadline)
-        return _result(gates, fidelity, self.earlier_layer, self.target_layer, channel, rectangle, neurons, mode, region,
+        gates, fidelity, pressure, region, used_crop = self._fit(select, mask, channel if crop else None, mode, params, deadline)
+        return _result(gates, fidelity, pressure, self.earlier_layer, self.target_layer, channel, rectangle, neurons, mode, region,
                        self.earlier_shape, _public(params), start, used_crop)
 
     def prediction(self, mode: str = "sgd", lambda_: float = DEFAULT_LAMBDA, gamma: float = DEFAULT_GAMMA,
@@ -855,12 +869,13 @@ class ContributionSession:
         if self._output.dim() != 2:
             raise ValueError(f"the model outputs shape {tuple(self._output.shape)}; contributions to the prediction need logits (B, K)")
         params = dict(lambda_=lambda_, gamma=gamma, steps=steps, lr=lr, max_jacobian_rows=max_jacobian_rows, seed=seed, relinearise=relinearise)
-        gates, fidelity, _, _ = self._fit(lambda o: o - o.mean(dim=1, keepdim=True), None, None, mode, params, deadline)
-        return _result(gates, fidelity, self.earlier_layer, None, None, None, 0, mode, None, self.earlier_shape, _public(params), start)
+        gates, fidelity, pressure, _, _ = self._fit(lambda o: o - o.mean(dim=1, keepdim=True), None, None, mode, params, deadline)
+        return _result(gates, fidelity, pressure, self.earlier_layer, None, None, None, 0, mode, None, self.earlier_shape, _public(params), start)
 
     def _fit(self, select, area_mask: Optional[torch.Tensor], crop_channel: Optional[int], mode: str, params: Dict[str, Any],
              deadline: Optional[float]):
-        """(gates (m, C), fidelity (m,), gated region rectangle or None, crop or None) for the preserved ``select(out)``.
+        """(gates (m, C), fidelity (m,), gradient at the gates (m, C), gated region rectangle or None, crop or None)
+        for the preserved ``select(out)``.
 
         ``area_mask``: (H_t, W_t) bool for Eq. 8, else None; ``crop_channel``: the target
         channel when the computation may run on a crop of the earlier maps, else None.
@@ -885,10 +900,10 @@ class ContributionSession:
                     select = lambda o: o[:, crop_channel][:, window]  # noqa: E731
             try:
                 forward.crop = crop
-                gates, fidelity, rectangle = self._fit_gates(select, reference, norms, with_area, mode, params, deadline)
+                gates, fidelity, pressure, rectangle = self._fit_gates(select, reference, norms, with_area, mode, params, deadline)
             finally:
                 forward.crop = None
-        return gates, fidelity, _shift(rectangle, crop), crop
+        return gates, fidelity, pressure, _shift(rectangle, crop), crop
 
     def _fit_gates(self, select, reference, norms, with_area, mode, params, deadline):
         """The fit itself (inside the hooks, on the crop when ``forward.crop`` is set)."""
@@ -897,14 +912,14 @@ class ContributionSession:
         if mode == "sgd":
             region, rectangle = _receptive_field(forward, images, select, channels) if with_area else (None, None)
             with torch.enable_grad():
-                gates, params["steps_run"] = _fit_sgd(forward, images, select, reference, norms, region, channels, lambda_, gamma, steps,
-                                                      params["lr"], deadline)
+                gates, params["steps_run"], pressure = _fit_sgd(forward, images, select, reference, norms, region, channels, lambda_, gamma,
+                                                                steps, params["lr"], deadline)
         else:
-            gates, region, rectangle = _fit_linearised(forward, images, select, reference, norms, with_area, channels, lambda_, gamma, steps,
+            gates, region, rectangle, pressure = _fit_linearised(forward, images, select, reference, norms, with_area, channels, lambda_, gamma, steps,
                                                        params["max_jacobian_rows"], params["seed"], params["relinearise"], deadline)
         with torch.no_grad():
             fidelity = _relative_error(select(forward.run(gates, region)), reference, norms)
-        return gates.numpy(), fidelity.numpy(), rectangle
+        return gates.numpy(), fidelity.numpy(), pressure.numpy(), rectangle
 
 
 def _public(params: Dict[str, Any]) -> Dict[str, Any]:

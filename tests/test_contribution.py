@@ -466,3 +466,24 @@ def test_relinearising_a_path_linear_in_the_gates_changes_nothing(area):
     twice = feature_map_contributions(model, images, "1", 1, "0", area=area, mode="quadratic", relinearise=2)
     np.testing.assert_allclose(twice.gates, once.gates, atol=1e-4)
     assert twice.params["relinearise"] == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_maps_of_equal_score_are_ranked_by_how_much_the_fit_needs_them(mode):
+    """A large lambda sends every gate to 0 (a tie); the maps wired to the target then rank by
+    how much of it they carry (the gradient at z = 0: -2 <w_k m_k, f> / ||f||^2 + lambda / C),
+    not by channel index, and the two unwired maps come last."""
+    torch.manual_seed(10)
+    earlier = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    weight = torch.zeros(1, 4, 1, 1)
+    weight[0, 1], weight[0, 3] = 1.0, 3.0
+    model = nn.Sequential(earlier, _conv(4, 1, weight))
+    images = torch.rand(1, 3, 10, 10)
+    with torch.no_grad():
+        maps = earlier(images)[0]
+        target = weight[0, 1] * maps[1] + weight[0, 3] * maps[3]
+        carried = {k: float((weight[0, k] * maps[k] * target).sum()) for k in (1, 3)}
+    assert min(carried.values()) > 0
+    result = feature_map_contributions(model, images, "1", 0, "0", mode=mode, lambda_=50.0)
+    assert np.all(result.scores == 0.0)
+    assert result.ranking == sorted((1, 3), key=lambda k: -carried[k]) + [0, 2]
