@@ -1,0 +1,27 @@
+"""``aevis bench --json``: one JSON object with the fields the extraction issue names."""
+
+import json
+
+import pytest
+
+from tensorboard_plugin_aevis.cli import main
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_bench_prints_one_json_object(capsys, precision):
+    code = main(["bench", "--json", "--model", "resnet18", "--size", "32", "--steps", "3", "--candidates", "2",
+                 "--batched-steps", "1", "--precision", precision])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "resnet18" and result["precision"] == precision
+    assert result["steps"] == 9  # 3 chain stages of one image, 3 steps each (no early stop in 3 steps)
+    assert result["limit_seconds"] == pytest.approx(result["steps"] * result["step_seconds"], rel=1e-2, abs=2e-3)
+    assert result["overhead_ratio"] == pytest.approx(result["extract_seconds"] / result["limit_seconds"], rel=2e-2)
+    assert result["batched_speedup"] == pytest.approx(result["one_by_one_seconds"] / result["batched_seconds"], rel=2e-2)
+    assert result["label_preserved"] is True
+    assert len(result["kept_fraction"]) == 3 and all(0 < k <= 1 for k in result["kept_fraction"])
+
+
+def test_bench_rejects_a_bad_count(capsys):
+    assert main(["bench", "--steps", "0"]) != 0
+    assert "--steps must be a positive integer" in capsys.readouterr().err
