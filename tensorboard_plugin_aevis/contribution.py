@@ -62,7 +62,9 @@ that part; for the quadratic mode one forward and one backward pass with P rows
 (P = preserved neurons, at most ``max_jacobian_rows``) per linearisation. With an
 area (Eq. 8) that part runs only on the crop of the earlier maps the area depends on,
 when the layers between are spatially local (:func:`_local_crop`; 5.4x fewer
-neurons for a 4x4 area behind a 3x3 convolution on a 14x14 map).
+neurons for a 4x4 area behind a 3x3 convolution on a 14x14 map). The quadratic's
+numpy solver runs on the calling thread only, never in BLAS threads that would fight
+torch's for the cores (:func:`_matvec`).
 
 The score of a map is its gate averaged over the examples (the paper's "contribution",
 in [0, 1]); ``ranking`` sorts the maps by score, highest first. Many maps tie (at exactly
@@ -582,6 +584,26 @@ def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma
     return torch.tensor(np.stack(gates), dtype=torch.float32)
 
 
+# The solver's products with J (R x C, e.g. 16 x 1024) go through np.einsum, which never
+# calls BLAS, rather than ``@``. numpy's OpenBLAS runs a product that size on all cores
+# with its own threads, which then spin for a while; torch's OpenMP threads spin the
+# same way between the network passes that surround each solve. On a 2-core machine the
+# two pools fight over the cores: the resnet50 benchmark's quadratic query took 0.18 s
+# (median) against 0.06 s with OpenBLAS held to one thread, and far longer while another
+# process loads the machine. Single-threaded einsum is about 15 % slower than
+# single-threaded BLAS here, at a few milliseconds per solve. The remaining numpy linear
+# algebra (eigvalsh of R x R, lstsq of at most 4R x 4R) is too small for OpenBLAS to
+# thread; tests/test_contribution.py checks that a solve uses the calling thread only.
+def _matvec(jac: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``J z`` for ``jac`` (R, C), ``z`` (C,), on the calling thread only."""
+    return np.einsum("rc,c->r", jac, z)
+
+
+def _rmatvec(jac: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``J^T v`` for ``jac`` (R, C), ``v`` (R,), on the calling thread only."""
+    return np.einsum("rc,r->c", jac, v)
+
+
 def _solve_box_quadratic(jac: np.ndarray, linear: float, max_iter: int, deadline: Optional[float], target: Optional[np.ndarray] = None,
                          start: Optional[np.ndarray] = None, warm_up: int = 100) -> np.ndarray:
     """argmin over z in [0, 1]^C of ``||b - J z||^2 + linear * sum(z)``; ``jac``: (R, C) -> (C,).
@@ -596,17 +618,16 @@ def _solve_box_quadratic(jac: np.ndarray, linear: float, max_iter: int, deadline
     thousands of iterations for the last digits. Should the active-set finish not reach
     the optimum, FISTA goes on, up to ``max_iter`` iterations in all.
     """
-    jac_t = np.ascontiguousarray(jac.T)
     target = jac.sum(axis=1) if target is None else target
-    lipschitz = max(2.0 * float(np.linalg.norm(jac, 2)) ** 2, 1e-12)
+    lipschitz = max(2.0 * float(np.linalg.eigvalsh(np.einsum("rc,sc->rs", jac, jac)).max()), 1e-12)  # 2 ||J||_2^2
     z = np.ones(jac.shape[1]) if start is None else np.clip(start, 0.0, 1.0)
     if start is not None:  # a warm start (the previous Gauss-Newton solution) is usually close to the active set
-        exact = _active_set(jac, jac_t, target, linear, z, 4 * jac.shape[0] + 16)
+        exact = _active_set(jac, target, linear, z, 4 * jac.shape[0] + 16)
         if exact is not None:
             return exact
     y, momentum = z.copy(), 1.0
     for iteration in range(1, max_iter + 1):
-        grad = linear - 2.0 * (jac_t @ (target - jac @ y))
+        grad = linear - 2.0 * _rmatvec(jac, target - _matvec(jac, y))
         candidate = np.clip(y - grad / lipschitz, 0.0, 1.0)
         if (y - candidate) @ (candidate - z) > 0:  # adaptive restart: the momentum points uphill
             momentum = 1.0
@@ -618,13 +639,13 @@ def _solve_box_quadratic(jac: np.ndarray, linear: float, max_iter: int, deadline
             break
         if iteration % warm_up == 0:
             _check_deadline(deadline)
-            exact = _active_set(jac, jac_t, target, linear, z, 4 * jac.shape[0] + 16)
+            exact = _active_set(jac, target, linear, z, 4 * jac.shape[0] + 16)
             if exact is not None:
                 return exact
     return z
 
 
-def _active_set(jac: np.ndarray, jac_t: np.ndarray, target: np.ndarray, linear: float, start: np.ndarray, max_iter: int) -> Optional[np.ndarray]:
+def _active_set(jac: np.ndarray, target: np.ndarray, linear: float, start: np.ndarray, max_iter: int) -> Optional[np.ndarray]:
     """Primal active-set method for the box quadratic of :func:`_solve_box_quadratic` from ``start``.
 
     Gates at a bound stay fixed; the free ones move to the minimiser on their subspace
@@ -639,7 +660,7 @@ def _active_set(jac: np.ndarray, jac_t: np.ndarray, target: np.ndarray, linear: 
     free = (z > 0.0) & (z < 1.0)
     tol = 1e-6 * max(linear, 1e-12)
     for _ in range(max_iter):
-        grad = linear - 2.0 * (jac_t @ (target - jac @ z))
+        grad = linear - 2.0 * _rmatvec(jac, target - _matvec(jac, z))
         if free.sum() > 4 * jac.shape[0]:
             return None
         if free.any():
@@ -659,7 +680,7 @@ def _active_set(jac: np.ndarray, jac_t: np.ndarray, target: np.ndarray, linear: 
                     z[blocking] = 1.0 if step[int(limits.argmin())] > 0 else 0.0
                     free[blocking] = False
                     continue
-                grad = linear - 2.0 * (jac_t @ (target - jac @ z))
+                grad = linear - 2.0 * _rmatvec(jac, target - _matvec(jac, z))
         wrong = np.where(free, 0.0, np.where(z == 0.0, np.maximum(-grad, 0.0), np.maximum(grad, 0.0)))
         worst = int(wrong.argmax())
         if wrong[worst] <= tol and (not free.any() or np.abs(grad[free]).max() <= tol):
