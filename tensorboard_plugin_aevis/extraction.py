@@ -26,26 +26,25 @@ steps (elementwise, so every example keeps its own optimiser state) and are clam
 to [0, 1] after each step. An example stops when its loss stayed within
 ``CONVERGENCE_TOL`` (relative) over the last ``CONVERGENCE_WINDOW`` steps, or at ``steps``.
 
-**Fidelity temperature** (for confident predictions). The gradient of the fidelity
-with respect to the logits carries the softmax Jacobian ``q_c (1 - q_c)``, which
-vanishes as the prediction saturates: for an adversarial example with confidence
+**Fidelity temperature** (for confident predictions whose fit fails). The gradient of
+the fidelity with respect to the logits carries the softmax Jacobian ``q_c (1 - q_c)``,
+which vanishes as the prediction saturates: for an adversarial example with confidence
 0.9999 the first Adam step (``lr`` off every gate, the fidelity gradient being 0 at
 ``z = 1``) flips the label, and from the flipped, equally saturated prediction the
-fidelity cannot pull it back, so no sparse iterate keeps the label and the whole
-network is returned (the chained source and target datapaths, pulled towards it by
-the constraint, stay dense too: measured 100 / 100 / 99 % kept on the demo's cat ->
-espresso triplet). So the fidelity compares the predictions at a per-example
-temperature ``T_x >= 1``: ``p(x) = softmax(logits / T_x)``, with ``T_x = 1`` when the
-ungated confidence is at most ``FIDELITY_MAX_CONFIDENCE`` (0.95; Eq. 5 as written,
-the regime where it was measured to sparsify: photos with confidences 0.2 to 0.94)
-and otherwise the temperature that brings that confidence down to 0.95 (as in
-distillation; the ranking of the classes and the label are unchanged). The scaling
-``||p(x)||^2`` above uses the same tempered prediction. Measured on the demo's triplet
-(EfficientNet-Lite0, cat -> espresso at p = 0.9998, ``T_x`` = 1.74): 13 / 13 / 13 %
-kept, every label kept. The price: where most predictions are confident the fidelity
-now sees changes it was blind to, and datapaths keep more (FashionCNN, 32 MI-FGSM
-chains of 7 images: mean kept fraction 0.49 -> 0.54). ``params["fidelity_temperature"]``
-records ``T_x``.
+fidelity cannot pull it back, so no iterate keeps the label and the whole network is
+returned (the chained source and target datapaths, pulled towards it by the
+constraint, stay dense too: measured 100 / 100 / 99 % kept on the demo's cat ->
+espresso triplet). So an example whose fit returned the whole network while its
+ungated confidence is above ``FIDELITY_MAX_CONFIDENCE`` (0.95) is fitted again (before
+the next chain stage) comparing the predictions at the temperature ``T_x > 1`` that
+brings that confidence down to 0.95: ``p(x) = softmax(logits / T_x)`` (as in
+distillation; the ranking of the classes and the label are unchanged; the scaling
+``||p(x)||^2`` above uses the tempered prediction too). Every other example keeps
+Eq. 5 as written (``T_x = 1``): applying the temperature to every confident example
+made the datapaths of a confident model denser (FashionCNN, 32 MI-FGSM chains of 7
+images: mean kept fraction 0.49 -> 0.54) and its Fashion-MNIST top-1 score lower
+(``docs/evaluation.md``). ``params["fidelity_temperature"]`` records the ``T_x`` each
+returned datapath was fitted at; ``loss_history`` is that fit's.
 
 The chain: by default the adversarial examples first, then the source examples
 (constrained by the adversarial datapaths), then all target examples as ONE batch,
@@ -195,8 +194,8 @@ def extract_datapaths(
             _check_logits(logits, n)
             clean_probs = torch.softmax(logits.float(), dim=1)
             labels = clean_probs.argmax(dim=1)
-            temperatures = _fidelity_temperatures(logits.float()) if method == "constrained" else torch.ones(n, device=dev)
-            fit_probs = torch.softmax(logits.float() / temperatures[:, None], dim=1)  # = clean_probs where T = 1
+            saturated = _fidelity_temperatures(logits.float()) if method == "constrained" else torch.ones(n, device=dev)
+            temperatures = torch.ones(n, device=dev)  # applied: saturated[i] only where the fit at T = 1 failed
             activations = [a.float() for a in hooks.activations]
             hooks.record = False
             hooks.activations = [None] * len(layer_names)
@@ -212,7 +211,13 @@ def extract_datapaths(
             bar = _progress_bar(progress, cfg["steps"] * len(stages))
             try:
                 for stage in stages:
-                    result = fit.run(x[stage], fit_probs[stage], temperatures[stage], labels[stage], gates[done], bar)
+                    result = fit.run(x[stage], clean_probs[stage], temperatures[stage], labels[stage], gates[done], bar)
+                    retry = [k for k, i in enumerate(stage) if bool(result["whole"][k]) and float(saturated[i]) > 1]
+                    if retry:  # the fidelity temperature (module docstring): fit these again at T_x
+                        rows = [stage[k] for k in retry]
+                        temperatures[rows] = saturated[rows]
+                        tempered = torch.softmax(logits.float()[rows] / temperatures[rows, None], dim=1)
+                        _replace_rows(result, retry, fit.run(x[rows], tempered, temperatures[rows], labels[rows], gates[done], None))
                     gates[stage] = result["gates"]
                     gated_labels[stage] = result["gated_labels"]
                     binary_labels[stage] = result["binary_labels"]
@@ -330,7 +335,8 @@ class _GateFit:
     def run(self, x: torch.Tensor, clean_probs: torch.Tensor, temperatures: torch.Tensor, labels: torch.Tensor,
             anchors: torch.Tensor, bar: Any) -> Dict[str, Any]:
         """Fit gates for x (B, C, H, W); clean_probs (B, K) and temperatures (B,) as in :meth:`loss`;
-        anchors (A, n_gates) are the earlier datapaths."""
+        anchors (A, n_gates) are the earlier datapaths. Returns per example the gates, the gated and
+        binarised labels, loss histories, thresholds and ``whole`` (the whole network was returned)."""
         b = x.shape[0]
         steps, lr = self.cfg["steps"], self.cfg["lr"]
         z = self.start(b, x.device)
@@ -379,7 +385,7 @@ class _GateFit:
             if self.method == "constrained" and lost.numel() > 0:
                 thresholds[lost.cpu()], binary_labels[lost] = self.repair(x[lost], chosen[lost], labels[lost])
         return {"gates": chosen, "gated_labels": gated_labels, "binary_labels": binary_labels, "histories": histories,
-                "thresholds": thresholds}
+                "thresholds": thresholds, "whole": (chosen == 1.0).all(dim=1)}
 
     def choose(self, x: torch.Tensor, labels: torch.Tensor, checked: List[torch.Tensor], checked_loss: List[torch.Tensor],
                best_cont: torch.Tensor):
@@ -467,6 +473,13 @@ class _GateFit:
         m_hat = state1 / (1 - beta1**t)
         v_hat = state2 / (1 - beta2**t)
         return lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
+
+
+def _replace_rows(result: Dict[str, Any], rows: List[int], again: Dict[str, Any]) -> None:
+    """Put the refit ``again`` of a stage's rows (indices into the stage) into that stage's ``result``."""
+    for k, row in enumerate(rows):
+        for key, value in again.items():
+            result[key][row] = value[k]
 
 
 def _fidelity_temperatures(logits: torch.Tensor) -> torch.Tensor:

@@ -80,8 +80,7 @@ def test_labels_kept_gates_in_range_and_datapaths_sparse(small, small_analysis):
     assert [l.channels for l in a.layers] == [8, 16, 16]
     assert (a.kept_fraction() < 0.9).all()  # the L1 term removed feature maps
     assert a.method == "constrained" and a.threshold == 0.5
-    confident = [e.confidence > 0.95 for e in a.examples]
-    assert [t > 1 for t in a.params["fidelity_temperature"]] == confident
+    assert a.params["fidelity_temperature"] == [1.0] * 4  # every fit at T = 1 found a sparse datapath
     assert a.params["order"] == [[1], [0], [2, 3]]  # adversarial, source, then the targets batched
 
 
@@ -200,6 +199,27 @@ def test_fidelity_temperature_caps_the_confidence_at_0_95():
     # the sigmoid of the margin for two classes: 0.95 at margin / T = log(19)
     two = _fidelity_temperatures(torch.tensor([[0.0, 9.0]]))
     assert float(two[0]) == pytest.approx(9.0 / np.log(19.0), rel=1e-5)
+
+
+def test_fidelity_temperature_refits_only_examples_whose_fit_returned_the_whole_network(small, monkeypatch):
+    """Three steps at lr 1 lose the label of three of the four (confident) examples at T = 1: the
+    whole network is returned for them. Only those are fitted again at their temperature; the other
+    keeps its T = 1 datapath exactly."""
+    from tensorboard_plugin_aevis import extraction
+
+    model, images = small
+    kwargs = dict(steps=3, lr=1.0, lambda_=5.0)
+    with monkeypatch.context() as m:
+        m.setattr(extraction, "FIDELITY_MAX_CONFIDENCE", 1.0)  # no temperature anywhere
+        plain = extract_datapaths(model, images, ROLES, **kwargs)
+    a = extract_datapaths(model, images, ROLES, **kwargs)
+    whole = (plain.flat_gates() == 1).all(axis=1)
+    assert plain.params["fidelity_temperature"] == [1.0] * 4 and 0 < whole.sum() < 4
+    assert all(e.confidence > 0.95 for e in a.examples)
+    assert [t > 1 for t in a.params["fidelity_temperature"]] == whole.tolist()
+    for i in np.nonzero(~whole)[0]:
+        np.testing.assert_array_equal(a.flat_gates()[i], plain.flat_gates()[i])
+    assert all(e.gated_label == e.label and e.binary_label == e.label for e in a.examples)
 
 
 def test_init_noise_zero_is_the_default_and_seeds_perturb_the_start(small):
