@@ -1,5 +1,4 @@
-"""Run ``aevis bench --json`` in float32 and in bfloat16, one after the other, and print
-the measured ratios next to the goals.
+"""Run ``aevis bench --json`` and print the measured ratios next to the goals.
 
 Usage: python bench/bench_extraction.py [aevis bench options, e.g. --model resnet18 --size 112]
 """
@@ -27,19 +26,12 @@ def run(argv):
     return json.loads(out.getvalue())
 
 
-def report(result):
-    print(f"{result['model']} at {result['size']} px, {result['method']}, {result['precision']}, {result['device']}, {result['threads']} threads")
+if __name__ == "__main__":
+    result = run(sys.argv[1:])
+    print(f"{result['model']} at {result['size']} px, {result['method']}, {result['device']}, {result['threads']} threads")
     print(f"  chain: {result['steps']} steps in {result['extract_seconds']} s (step {result['step_seconds']} s, limit {result['limit_seconds']} s)")
     for key, (op, goal) in GOALS.items():
         value = result[key]
         ok = value <= goal if op == "<=" else value >= goal
         print(f"  {key:>16} = {value:<8} goal {op} {goal}: {'met' if ok else 'NOT met'}")
     print(f"  label_preserved = {result['label_preserved']}, kept_fraction = {result['kept_fraction']}")
-
-
-if __name__ == "__main__":
-    results = {p: run([*sys.argv[1:], "--precision", p]) for p in ("float32", "bfloat16")}
-    for result in results.values():
-        report(result)
-    print(f"bfloat16 / float32: step {results['bfloat16']['step_seconds'] / results['float32']['step_seconds']:.3f}, "
-          f"triplet {results['bfloat16']['extract_seconds'] / results['float32']['extract_seconds']:.3f}")

@@ -54,17 +54,6 @@ one). Examples of one stage run as one batch of independent gate sets in a singl
 forward/backward pass per step. ``order`` changes the chain (see
 :func:`extract_datapaths`).
 
-**Precision.** ``precision="bfloat16"`` runs the gradient steps under bf16 autocast
-(weights cast once per stage); the ungated prediction, the candidate checks and the
-label repair stay float32, so every reported label is the float32 network's. On a
-CPU with AVX512-BF16 (this project's 2-core machines) a resnet50 step costs 0.095 s
-instead of 0.13-0.15 s and the benchmark triplet takes 8.9 s. The datapaths are not
-the float32 ones: the Adam steps are sign-like (each gate moves by ~``lr`` whatever
-its gradient's size), so rounding changes the trajectory. Measured on
-EfficientNet-Lite0 photos (200 steps): Jaccard with the float32 datapaths 0.08-0.20
-and 19-100 % kept instead of 5-13 %; a float32 start perturbed by ``init_noise=0.02``
-differs as much (Jaccard 0.11-0.16, 10-100 % kept). float32 is the default.
-
 **DGR** (Wang et al. 2018, method-notes Sec. 2): gates start at 1, loss is the
 distillation cross-entropy ``-sum_c p_c(x) log p_c(x; z)`` plus
 ``lambda * sum |z|`` (plain sum, lambda 0.05), SGD lr 0.1 momentum 0.9 for 30 steps,
@@ -115,7 +104,6 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "constrained": {"steps": 100, "lr": 0.1, "lambda_": 0.1, "gamma": 0.5, "threshold": 0.5},
     "dgr": {"steps": 30, "lr": 0.1, "lambda_": 0.05, "gamma": 0.0, "threshold": 0.0},
 }
-PRECISIONS: Dict[str, Optional[torch.dtype]] = {"float32": None, "bfloat16": torch.bfloat16}
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 DGR_MOMENTUM = 0.9
@@ -148,7 +136,6 @@ def extract_datapaths(
     keep_activation_maps: bool = True,
     init_noise: float = 0.0,
     seed: Optional[int] = None,
-    precision: str = "float32",
 ) -> Analysis:
     """Extract the datapaths of N images and return the filled :class:`Analysis`.
 
@@ -169,8 +156,6 @@ def extract_datapaths(
     stability measure): every stage's gates start at ``1 - init_noise * U(0, 1)``,
     drawn from a ``torch.Generator`` seeded with ``seed`` (deterministic for a given
     seed; ``init_noise = 0`` is the default start, all ones).
-    ``precision``: ``"float32"`` or ``"bfloat16"`` (the gradient steps under bf16
-    autocast; every label check stays in float32, see the module docstring).
     The model's weights, ``requires_grad`` flags and train/eval modes are unchanged.
     """
     if method not in DEFAULTS:
@@ -183,7 +168,6 @@ def extract_datapaths(
     names = _check_names(names, roles)
     stages = [list(range(n))] if method == "dgr" else _stages(order, roles)
     started = time.perf_counter()
-    fit_dtype = _fit_dtype(precision)
     with _prepared(model, device) as dev:
         x = x.to(dev)
         _check_fits(model, x)
@@ -201,7 +185,7 @@ def extract_datapaths(
             hooks.activations = [None] * len(layer_names)
             sizes = [a.shape[1] for a in activations]
             clamp = (DGR_CLAMP_RESIDUAL if blocks else DGR_CLAMP_PLAIN) if method == "dgr" else 1.0
-            fit = _GateFit(model, hooks, sizes, method, cfg, clamp, init_noise, init, fit_dtype)
+            fit = _GateFit(model, hooks, sizes, method, cfg, clamp, init_noise, init)
             gates = torch.ones(n, sum(sizes), device=dev)
             gated_labels = labels.clone()
             binary_labels = labels.clone()
@@ -262,7 +246,6 @@ def extract_datapaths(
         "fidelity_temperature": [round(float(t), 4) for t in temperatures],
         "init_noise": float(init_noise),
         "seed": None if seed is None else int(seed),
-        "precision": precision,
         "seconds": round(seconds, 3),
         "device": str(dev),
         **_method_description(method),
@@ -286,8 +269,7 @@ class _GateFit:
     """Fits the gates of one batch of examples (one chain stage), B independent gate sets."""
 
     def __init__(self, model: nn.Module, hooks: GateHooks, sizes: List[int], method: str, cfg: Dict[str, Any], clamp: float,
-                 init_noise: float = 0.0, init: Optional[torch.Generator] = None, fit_dtype: Optional[torch.dtype] = None):
-        self.fit_dtype = fit_dtype  # autocast dtype of the gradient steps; None: float32
+                 init_noise: float = 0.0, init: Optional[torch.Generator] = None):
         self.init_noise = init_noise
         self.init = init
         self.model = model
@@ -349,33 +331,31 @@ class _GateFit:
         checked_loss: List[torch.Tensor] = []  # their losses (b,), inf where the continuous label was lost
         histories: List[List[float]] = [[] for _ in range(b)]
         converge = self.method == "constrained"
-        autocast = contextlib.nullcontext() if self.fit_dtype is None else torch.autocast(x.device.type, dtype=self.fit_dtype)
-        with autocast:  # one context for the whole loop: its weight casts are cached across steps
-            for t in range(steps):
-                zt = z.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    logits = self.forward(x, zt)
-                    loss = self.loss(logits, clean_probs, temperatures, zt, anchors)
-                    (grad,) = torch.autograd.grad(loss.sum(), zt)
-                with torch.no_grad():
-                    loss = loss.detach()
-                    keeps = (logits.argmax(dim=1) == labels) & active
-                    if t > 0:  # the start (z = 1 without init_noise) is not a fitted datapath
-                        _keep_better(best_cont, zt, loss, keeps)
-                    if t > 0 and (t % CHECK_EVERY == 0 or t == steps - 1):
-                        checked.append(zt.detach().clone())
-                        checked_loss.append(torch.where(keeps, loss, torch.full_like(loss, math.inf)))
-                    for k in range(b):
-                        if active[k]:
-                            histories[k].append(float(loss[k]))
-                            if converge and _converged(histories[k]):
-                                active[k] = False
-                    if bar is not None:
-                        bar.update(1)
-                    if not bool(active.any()):
-                        break
-                    step = self._step(grad, state1, state2, t + 1, lr)
-                    z = torch.where(active[:, None], (zt - step).clamp(0.0, self.clamp), zt.detach())
+        for t in range(steps):
+            zt = z.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = self.forward(x, zt)
+                loss = self.loss(logits, clean_probs, temperatures, zt, anchors)
+                (grad,) = torch.autograd.grad(loss.sum(), zt)
+            with torch.no_grad():
+                loss = loss.detach()
+                keeps = (logits.argmax(dim=1) == labels) & active
+                if t > 0:  # the start (z = 1 without init_noise) is not a fitted datapath
+                    _keep_better(best_cont, zt, loss, keeps)
+                if t > 0 and (t % CHECK_EVERY == 0 or t == steps - 1):
+                    checked.append(zt.detach().clone())
+                    checked_loss.append(torch.where(keeps, loss, torch.full_like(loss, math.inf)))
+                for k in range(b):
+                    if active[k]:
+                        histories[k].append(float(loss[k]))
+                        if converge and _converged(histories[k]):
+                            active[k] = False
+                if bar is not None:
+                    bar.update(1)
+                if not bool(active.any()):
+                    break
+                step = self._step(grad, state1, state2, t + 1, lr)
+                z = torch.where(active[:, None], (zt - step).clamp(0.0, self.clamp), zt.detach())
         if bar is not None:
             bar.update(steps - 1 - t)
         with torch.no_grad():
@@ -396,7 +376,7 @@ class _GateFit:
         datapath keeps the label: the lowest-loss iterate keeping both, usually found in the
         first round (one pass, where checking every iterate as it comes costs one per check).
         Otherwise ``best_cont`` (B, n_gates): the lowest-loss iterate keeping the continuous
-        label, or the whole network (also where reduced-precision steps saw a label that float32 does not).
+        label, or the whole network.
         """
         b = x.shape[0]
         chosen = best_cont.clone()
@@ -410,7 +390,7 @@ class _GateFit:
                 if rows.numel() == 0:
                     break
                 candidate = gates[step_r[rows], rows]
-                keeps = self.keeps_label(x[rows], candidate, labels[rows])
+                keeps = self.forward(x[rows], self.binarise(candidate)).argmax(dim=1) == labels[rows]
                 chosen[rows[keeps]] = candidate[keeps]
                 unresolved[rows[keeps]] = False
         rows = torch.nonzero(unresolved)[:, 0]
@@ -418,21 +398,7 @@ class _GateFit:
             r = rows.numel()
             both = self.forward(torch.cat([x[rows], x[rows]]), torch.cat([chosen[rows], self.binarise(chosen[rows])]))
             gated_labels[rows], binary_labels[rows] = both.argmax(dim=1).split(r)
-            if self.fit_dtype is not None:  # best_cont kept its label in reduced precision only: else the whole network
-                lost = rows[gated_labels[rows] != labels[rows]]
-                chosen[lost] = 1.0
-                gated_labels[lost], binary_labels[lost] = labels[lost], labels[lost]
         return chosen, gated_labels, binary_labels
-
-    def keeps_label(self, x: torch.Tensor, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(R,) bool, in float32: the binarised datapath of gates z (R, n_gates) keeps ``labels``; after
-        reduced-precision steps (which saw the continuous label only in that precision) the continuous
-        gates must keep it too."""
-        if self.fit_dtype is None:
-            return self.forward(x, self.binarise(z)).argmax(dim=1) == labels
-        r = x.shape[0]
-        both = self.forward(torch.cat([x, x]), torch.cat([z, self.binarise(z)])).argmax(dim=1) == labels.repeat(2)
-        return both[:r] & both[r:]
 
     def repair(self, x: torch.Tensor, z: torch.Tensor, labels: torch.Tensor):
         """Per-example thresholds (R,) float64 and binarised labels (R,) of the smallest top-k datapaths
@@ -503,13 +469,6 @@ def _fidelity_temperatures(logits: torch.Tensor) -> torch.Tensor:
         above = confidence(mid) > FIDELITY_MAX_CONFIDENCE
         low, high = torch.where(above, mid, low), torch.where(above, high, mid)
     return torch.where(saturated, high, ones).float()
-
-
-def _fit_dtype(precision: Any) -> Optional[torch.dtype]:
-    """The autocast dtype of the gradient steps for ``precision`` (None: plain float32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
 
 
 def _keep_better(best: Any, z: torch.Tensor, loss: torch.Tensor, allowed: torch.Tensor) -> None:

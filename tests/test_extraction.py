@@ -259,24 +259,6 @@ def test_dgr_baseline_on_resnet18():
     assert all(len(e.loss_history) == 8 for e in a.examples)
 
 
-def test_bfloat16_steps_report_float32_labels_and_match_float32_datapaths(small):
-    """precision='bfloat16' runs the gradient steps under bf16 autocast; every reported label is the
-    float32 network's (checked here by hand), and the datapaths are close to the float32 ones."""
-    model, images = small
-    a16 = extract_datapaths(model, images, ROLES, steps=80, precision="bfloat16")
-    a32 = extract_datapaths(model, images, ROLES, steps=80)
-    assert a16.params["precision"] == "bfloat16" and a32.params["precision"] == "float32"
-    labels = [e.label for e in a32.examples]
-    assert [e.label for e in a16.examples] == labels
-    assert labels_by_hand(model, images, a16.gates).tolist() == [e.gated_label for e in a16.examples] == labels
-    assert labels_by_hand(model, images, a16.binary()).tolist() == [e.binary_label for e in a16.examples] == labels
-    assert all(((g >= 0) & (g <= 1)).all() for g in a16.gates)
-    b16, b32 = np.concatenate(a16.binary(), axis=1), np.concatenate(a32.binary(), axis=1)
-    jaccard = (b16 & b32).sum(axis=1) / (b16 | b32).sum(axis=1)
-    print("jaccard bf16 vs fp32", jaccard.round(3), a16.kept_fraction().round(3), a32.kept_fraction().round(3))
-    assert (jaccard >= 0.8).all(), jaccard
-
-
 def test_dgr_clamps_plain_networks_to_five(small):
     model, images = small
     a = extract_datapaths(model, images, ROLES, method="dgr", steps=3)
@@ -349,8 +331,6 @@ def test_bad_options_errors(small):
         extract_datapaths(model, images, ROLES, method="lasso")
     with pytest.raises(ValueError, match="threshold must be in"):
         extract_datapaths(model, images, ROLES, threshold=1.0)
-    with pytest.raises(ValueError, match=r"precision must be one of \['float32', 'bfloat16'\]"):
-        extract_datapaths(model, images, ROLES, precision="float16")
 
 
 def test_wrong_image_size_for_a_wrapped_model(small):

@@ -56,9 +56,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--r", type=int, help="diverging-merging window r of Eq. 10 (default: 8, capped at the gated layers - 1)")
     parser.add_argument("--size", type=int, help="image side in pixels (default: the model's input size, else 224)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                        help="precision of the gradient steps (bfloat16: faster on CPUs with AVX512-BF16 and on GPUs, "
-                             "labels still checked in float32, datapaths differ; default float32)")
     parser.add_argument("--logdir", help="also log each analysis for TensorBoard into this run folder")
     parser.add_argument("--name", help="analysis name in the run (default: '<source> -> <adversarial class>')")
     parser.add_argument("--no-save-model", action="store_true", help="with --logdir: do not store the model artifact")
@@ -287,7 +284,7 @@ def _extract(model, batch, roles, names, method, layers, args):
 
     try:
         return extract_datapaths(model, batch, roles, names, method=method, layers=layers, steps=args.steps,
-                                 device=args.device, progress=args.progress, precision=args.precision)
+                                 device=args.device, progress=args.progress)
     except (ValueError, TypeError) as e:
         raise UserError(f"datapath extraction failed: {e}") from None
 

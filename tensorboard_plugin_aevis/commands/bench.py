@@ -18,7 +18,6 @@ per benchmark selects it, ``extraction`` is the default.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import time
@@ -44,8 +43,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--candidates", type=int, default=16, help="target images for the batched-vs-one-by-one timing (default 16)")
     parser.add_argument("--batched-steps", type=int, default=5, help="steps per call in the batched timing (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                        help="precision of the gradient steps, for the chain and the step it is compared with (default float32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--contribution", dest="bench", action="store_const", const="contribution",
@@ -77,12 +74,6 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=getattr(torch, precision))
-
-
 def bench_extraction(args) -> Dict[str, Any]:
     """The extraction benchmark (see the module docstring); returns the JSON fields."""
     from ..extraction import extract_datapaths
@@ -110,18 +101,17 @@ def bench_extraction(args) -> Dict[str, Any]:
         def gated_step() -> None:
             z = torch.ones(1, sum(sizes), device=device, requires_grad=True)
             hooks.gates = torch.split(z, sizes, dim=1)
-            loss = torch.softmax(model(triplet[:1]).float(), dim=1).square().sum() + z.sum()
+            loss = torch.softmax(model(triplet[:1]), dim=1).square().sum() + z.sum()
             torch.autograd.grad(loss, z)
             hooks.gates = None
 
-        with _autocast(args.precision, device):  # as the chain's steps: weight casts cached across steps
-            gated_step()  # warm-up
-            step_seconds = _median_seconds(gated_step, 5)
+        gated_step()  # warm-up
+        step_seconds = _median_seconds(gated_step, 5)
 
     start = time.perf_counter()
     analysis = extract_datapaths(
         model, triplet, ["source", "adversarial", "target"], method=args.method, steps=args.steps,
-        device=args.device, keep_activation_maps=False, precision=args.precision,
+        device=args.device, keep_activation_maps=False,
     )
     extract_seconds = time.perf_counter() - start
     stage_steps = [max(analysis.params["steps_run"][i] for i in stage) for stage in analysis.params["order"]]
@@ -129,12 +119,12 @@ def bench_extraction(args) -> Dict[str, Any]:
 
     def batched() -> None:
         extract_datapaths(model, candidates, ["target"] * args.candidates, method=args.method,
-                          steps=args.batched_steps, device=args.device, keep_activation_maps=False, precision=args.precision)
+                          steps=args.batched_steps, device=args.device, keep_activation_maps=False)
 
     def one_by_one() -> None:
         for k in range(args.candidates):
             extract_datapaths(model, candidates[k : k + 1], ["target"], method=args.method,
-                              steps=args.batched_steps, device=args.device, keep_activation_maps=False, precision=args.precision)
+                              steps=args.batched_steps, device=args.device, keep_activation_maps=False)
 
     batched_seconds = _median_seconds(batched, 1)
     one_by_one_seconds = _median_seconds(one_by_one, 1)
@@ -142,7 +132,6 @@ def bench_extraction(args) -> Dict[str, Any]:
         "model": args.model,
         "size": args.size,
         "method": args.method,
-        "precision": args.precision,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "gated_layers": len(layers),
