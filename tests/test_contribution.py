@@ -34,6 +34,19 @@ def one_wire_model():
     return nn.Sequential(earlier, _conv(4, 2, weight), nn.ReLU())
 
 
+def gated_by_hooks(model, earlier, target, gates, images):
+    """The target module's output with gates (B, C) multiplied on the earlier module's output: a whole
+    forward pass with plain hooks, the reference for the engine's replay."""
+    captured = {}
+    h1 = earlier.register_forward_hook(lambda m, i, o: o * gates[:, :, None, None])
+    h2 = target.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    with torch.no_grad():
+        model(images)
+    h1.remove()
+    h2.remove()
+    return captured["out"]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_target_wired_to_one_map_ranks_it_first(mode):
     model = one_wire_model()
@@ -172,14 +185,7 @@ def test_replay_between_layers_equals_a_full_gated_forward(earlier, target):
         channels = forward.gated.shape[1]
         gates = torch.rand(2, channels)
         replayed = forward.run(gates, None)
-    captured = {}
-    h1 = modules[earlier].register_forward_hook(lambda m, i, o: o * gates[:, :, None, None])
-    h2 = modules[target].register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
-    with torch.no_grad():
-        model(images)
-    h1.remove()
-    h2.remove()
-    torch.testing.assert_close(replayed, captured["out"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(replayed, gated_by_hooks(model, modules[earlier], modules[target], gates, images), rtol=1e-4, atol=1e-5)
 
 
 def test_model_left_bit_identical():
@@ -471,14 +477,8 @@ def test_layers_inside_a_module_list(earlier, target):
         assert forward._lca_path == ""  # moved up from 'blocks' to the model, which is called
         gates = torch.rand(2, 6)
         replayed = forward.run(gates, None)
-    captured = {}
-    h1 = modules[earlier].register_forward_hook(lambda m, i, o: o * gates[:, :, None, None])
-    h2 = modules[target or ""].register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
-    with torch.no_grad():
-        model(images)
-    h1.remove()
-    h2.remove()
-    torch.testing.assert_close(replayed, captured["out"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(replayed, gated_by_hooks(model, modules[earlier], modules[target or ""], gates, images),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_jacobian_at_other_gates_matches_central_differences():
