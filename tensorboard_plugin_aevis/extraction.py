@@ -44,7 +44,8 @@ Eq. 5 as written (``T_x = 1``): applying the temperature to every confident exam
 made the datapaths of a confident model denser (FashionCNN, 32 MI-FGSM chains of 7
 images: mean kept fraction 0.49 -> 0.54) and its Fashion-MNIST top-1 score lower
 (``docs/evaluation.md``). ``params["fidelity_temperature"]`` records the ``T_x`` each
-returned datapath was fitted at; ``loss_history`` is that fit's.
+returned datapath was fitted at; ``loss_history`` and ``params["steps_run"]`` are that
+fit's, ``params["discarded_steps"]`` the steps of the T = 1 fit it replaced (else 0).
 
 The chain: by default the adversarial examples first, then the source examples
 (constrained by the adversarial datapaths), then all target examples as ONE batch,
@@ -191,6 +192,7 @@ def extract_datapaths(
             binary_labels = labels.clone()
             thresholds = torch.full((n,), cfg["threshold"], dtype=torch.float64)
             histories: List[List[float]] = [[] for _ in range(n)]
+            discarded = [0] * n  # steps of a T = 1 fit replaced by the tempered refit
             done: List[int] = []
             bar = _progress_bar(progress, cfg["steps"] * len(stages))
             try:
@@ -199,6 +201,8 @@ def extract_datapaths(
                     retry = [k for k, i in enumerate(stage) if bool(result["whole"][k]) and float(saturated[i]) > 1]
                     if retry:  # the fidelity temperature (module docstring): fit these again at T_x
                         rows = [stage[k] for k in retry]
+                        for k, i in zip(retry, rows):
+                            discarded[i] = len(result["histories"][k])
                         temperatures[rows] = saturated[rows]
                         tempered = torch.softmax(logits.float()[rows] / temperatures[rows, None], dim=1)
                         _replace_rows(result, retry, fit.run(x[rows], tempered, temperatures[rows], labels[rows], gates[done], None))
@@ -243,6 +247,7 @@ def extract_datapaths(
         "clamp": [0.0, clamp],
         "order": [[int(i) for i in s] for s in stages],
         "steps_run": [len(h) for h in histories],
+        "discarded_steps": discarded,
         "fidelity_temperature": [round(float(t), 4) for t in temperatures],
         "init_noise": float(init_noise),
         "seed": None if seed is None else int(seed),

@@ -24,3 +24,11 @@ def test_bench_prints_one_json_object(capsys):
 def test_bench_rejects_a_bad_count(capsys):
     assert main(["bench", "--steps", "0"]) != 0
     assert "--steps must be a positive integer" in capsys.readouterr().err
+
+
+def test_stage_steps_count_a_discarded_fit_and_its_refit():
+    from tensorboard_plugin_aevis.commands.bench import _stage_steps
+
+    params = {"steps_run": [10, 40, 30], "discarded_steps": [0, 25, 0]}
+    assert _stage_steps(params, [0, 1, 2]) == 30 + 40  # the batched fit ran 30 steps, the refit of example 1 another 40
+    assert _stage_steps(params, [0, 2]) == 30
