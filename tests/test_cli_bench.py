@@ -8,15 +8,16 @@ from tensorboard_plugin_aevis.cli import main
 
 
 def test_bench_prints_one_json_object(capsys):
-    code = main(["bench", "--json", "--model", "resnet18", "--size", "32", "--steps", "3", "--candidates", "2",
+    code = main(["bench", "--json", "--model", "resnet18", "--size", "64", "--steps", "3", "--candidates", "2",
                  "--batched-steps", "1"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "resnet18" and result["threads"] >= 1
     assert result["steps"] == 9  # 3 chain stages of one image, 3 steps each (no early stop in 3 steps)
     assert result["limit_seconds"] == pytest.approx(result["steps"] * result["step_seconds"], rel=1e-2, abs=2e-3)
-    assert result["overhead_ratio"] == pytest.approx(result["extract_seconds"] / result["limit_seconds"], rel=2e-2)
-    assert result["batched_speedup"] == pytest.approx(result["one_by_one_seconds"] / result["batched_seconds"], rel=2e-2)
+    # the printed seconds are rounded to 1 ms, the ratios computed before rounding
+    assert result["overhead_ratio"] == pytest.approx(result["extract_seconds"] / result["limit_seconds"], rel=5e-2)
+    assert result["batched_speedup"] == pytest.approx(result["one_by_one_seconds"] / result["batched_seconds"], rel=5e-2)
     assert result["label_preserved"] is True
     assert len(result["kept_fraction"]) == 3 and all(0 < k <= 1 for k in result["kept_fraction"])
 
