@@ -47,9 +47,14 @@ MAX_BATCH = 4096
 _ALLOWED_TARGET_PREFIXES = ("torch.ops.aten.", "torch.ops.prims.")
 _ALLOWED_TARGETS = {"_operator.getitem"}
 _SYMBOL_NAME = re.compile(r"^[a-z]+\d+$")
-_NAME = re.compile(r"^[A-Za-z0-9_.]*$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]*$")  # "-": legal in module names (torchvision regnet: block4-11)
 _VERSION = re.compile(r"^[A-Za-z0-9_.+-]*$")
-_MODULE_ENTRY = r"L__self__[A-Za-z0-9_.@]*,[A-Za-z0-9_.]*,[A-Za-z0-9_.]+"
+# A module stack entry is "key,path,type": the type is the class's qualified name, kept as a display
+# string by torch (never imported), with "<locals>" for a class defined inside a function. The other
+# entry is torch.export's placeholder for nodes its own passes insert (a batch-size node when the model
+# calls x.size(0): ``torch._export.passes._node_metadata_hook``), which ``torch.export.unflatten`` knows.
+_EMPTY_STACK_KEY = "_empty_nn_module_stack_from_metadata_hook"
+_MODULE_ENTRY = rf"L__self__[A-Za-z0-9_.@-]*,[A-Za-z0-9_.-]*,[A-Za-z0-9_.<>]+|{_EMPTY_STACK_KEY},{_EMPTY_STACK_KEY},{_EMPTY_STACK_KEY}"
 _MODULE_STACK = re.compile(rf"^(?:{_MODULE_ENTRY})(?:;{_MODULE_ENTRY})*$")
 _PYTREE_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict"}
 _DROPPED_METADATA = {"stack_trace", "torch_fn"}

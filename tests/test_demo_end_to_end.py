@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -73,6 +74,19 @@ def test_plain_tensorboard_lists_the_aevis_tab_and_the_demo(demo_logdir):
         assert run["run"] == "demo"
         served = {(a["name"], a["method"]) for a in run["analyses"]}
         assert served == {(a["name"], a["method"]) for a in summary["analyses"]}
+
+        # contribution analysis from the demo's saved EfficientNet-Lite0 artifact (its export holds
+        # torch's placeholder module stack, which the loader once refused: 409 on every demo run)
+        name = next(a["name"] for a in run["analyses"] if a["name"].startswith("targeted"))
+        query = {"run": "demo", "analysis": name, "method": "constrained", "step": 0}
+        layers = [l["name"] for l in get_json(f"{base}/data/plugin/aevis/analysis?{urllib.parse.urlencode(query)}")["layers"]]
+        body = dict(query, target_layer=layers[-3], channel=0, area=[0, 0, 2, 2], earlier_layer=layers[-5], mode="quadratic", top=5)
+        request = urllib.request.Request(f"{base}/data/plugin/aevis/contribution", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+        assert answer["earlier_layer"] == layers[-5] and len(answer["ranking"]) == 5
+        assert all(0.0 <= r["score"] <= 1.0 for r in answer["ranking"])
     finally:
         server.terminate()
         server.wait(30)

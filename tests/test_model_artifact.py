@@ -213,3 +213,60 @@ def test_resave_replaces_the_artifact(tmp_path):
     torch.testing.assert_close(restored(x), second(x), rtol=1e-5, atol=1e-5)
     assert restored.step == 2
     assert sorted(os.listdir(tmp_path)) == ["m"]  # no staging or old copies left behind
+
+
+def test_model_reading_its_batch_size_round_trips(tmp_path):
+    """``x.view(x.size(0), -1)`` (EfficientNet-Lite0's head, and many users' models) makes torch.export
+    insert a batch-size node with its placeholder module stack, and a class defined inside a function
+    has "<locals>" in its module stack: the loader accepts both (it refused them before, so contribution
+    analysis failed on the demo's runs)."""
+
+    class ViewsBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)).view(x.size(0), -1))
+
+    torch.manual_seed(0)
+    model = ClassifierWrapper(ViewsBatch(), (0.5,) * 3, (0.25,) * 3, class_names=["a", "b", "c"]).eval()
+    directory = str(tmp_path / "m")
+    save_model_artifact(model, torch.rand(3, 16, 16), directory, gated_layers=["model.conv"])
+    assert model_artifact._EMPTY_STACK_KEY in (tmp_path / "m" / model_artifact.PROGRAM_FILE).read_text()
+    restored = load_model_artifact(directory)
+    x = torch.rand(5, 3, 16, 16)
+    torch.testing.assert_close(restored(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenet_v3_small", "densenet121", "regnet_x_400mf", "efficientnet-lite0"])
+def test_model_zoo_round_trips_with_gates(name, tmp_path):
+    """The architectures the engine supports reload from their artifact and gate the same way (regnet's
+    module names hold "-": block4-11)."""
+    from tensorboard_plugin_aevis.gating import GateHooks, select_layers
+    from tensorboard_plugin_aevis.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model(name)
+    size = model.input_size if name == "efficientnet-lite0" else (64, 64)
+    model.input_size = size
+    x = torch.rand(2, 3, *size)
+    layers = select_layers(model, x[:1])
+    directory = str(tmp_path / "m")
+    save_model_artifact(model, x[0], directory, gated_layers=layers)
+    restored = load_model_artifact(directory)
+    assert restored.gated_layers == layers
+    with GateHooks(model, layers, record=True) as probe:
+        model(x)
+    gates = [torch.rand(2, a.shape[1]) for a in probe.activations]
+    outputs = []
+    for net in (model, restored):
+        with GateHooks(net, layers) as hooks:
+            hooks.gates = gates
+            outputs.append(net(x))
+    ungated = model(x)
+    scale = float(ungated.abs().max())  # random-weight mobilenet's logits are ~1e-10
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4 * scale)
+    assert not torch.allclose(outputs[0], ungated, rtol=1e-2, atol=1e-2 * scale)
+    torch.testing.assert_close(restored(x), ungated, rtol=1e-5, atol=1e-5 * scale)
