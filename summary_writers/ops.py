@@ -24,6 +24,7 @@ from torch import nn
 
 from tensorboard_plugin_aevis import model_artifact
 from tensorboard_plugin_aevis.analysis import Analysis
+from tensorboard_plugin_aevis.models import model_device
 
 from summary_writers import payloads
 from summary_writers.sink import EventSink, SummaryRecord
@@ -52,7 +53,7 @@ def ungated_activations(model: nn.Module, analysis: Analysis) -> List[np.ndarray
     from tensorboard_plugin_aevis.gating import GateHooks
 
     layers = [layer.name for layer in analysis.layers]
-    images = torch.from_numpy(np.asarray(analysis.images, dtype=np.float32))
+    images = torch.from_numpy(np.asarray(analysis.images, dtype=np.float32)).to(model_device(model))
     was_training = model.training
     model.eval()
     try:
@@ -193,7 +194,7 @@ def add_analysis(
         if model is not None and name not in state.graphs_logged:
             from tensorboard_plugin_aevis.model_graph import build_model_graph
 
-            records.append(payloads.graph_record(name, build_model_graph(model, example_input, gated), step))
+            records.append(payloads.graph_record(name, build_model_graph(model, example_input.to(model_device(model)), gated), step))
         if references is not None and name not in state.reference_images_logged:
             records.append(payloads.reference_images_record(name, references, step))
         fingerprint = model_artifact.model_fingerprint(model, example_input) if model is not None and save_model else None

@@ -88,6 +88,8 @@ import scipy.optimize
 import torch
 from torch import nn
 
+from .models import exact_float32
+
 MODES = ("sgd", "quadratic")
 DEFAULT_LAMBDA = 0.5
 DEFAULT_GAMMA = 0.05
@@ -181,14 +183,16 @@ def _module(model: nn.Module, path: str, what: str) -> nn.Module:
 
 @contextlib.contextmanager
 def _analysis_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and frozen parameters for the duration; both restored afterwards."""
+    """Eval mode, frozen parameters and float32 arithmetic (:func:`.models.exact_float32`) for the
+    duration; all restored afterwards."""
     training = {m: m.training for m in model.modules()}
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     for p, _ in grad_flags:
         p.requires_grad_(False)
     try:
-        yield
+        with exact_float32():
+            yield
     finally:
         for p, flag in grad_flags:
             p.requires_grad_(flag)
@@ -483,7 +487,7 @@ def _fit_sgd(forward: _GatedForward, images, select, reference, norms, region, c
     """Adam from z = 1 -> (gates (m, C), steps run, the loss gradient (m, C) of the last step):
     at most ``steps``, fewer once the loss has plateaued (it fell by less than
     ``PLATEAU_RTOL`` of itself over ``PLATEAU_WINDOW`` steps)."""
-    z = torch.ones(images.shape[0], channels, requires_grad=True)
+    z = torch.ones(images.shape[0], channels, device=images.device, requires_grad=True)
     optimizer = torch.optim.Adam([z], lr=lr)
     losses: List[float] = []
     for _ in range(steps):
@@ -513,15 +517,15 @@ def _jacobian(forward: _GatedForward, images, select, channels, max_rows, seed, 
     with ``E[D^T D] = I``; ``D J`` has shape (m, R, C) and ``D f``, the sketched preserved
     neurons at ``gates``, (m, R).
     """
-    z = (torch.ones(images.shape[0], channels) if gates is None else gates.clone()).requires_grad_(True)
+    z = (torch.ones(images.shape[0], channels, device=images.device) if gates is None else gates.clone()).requires_grad_(True)
     with torch.enable_grad():
         preserved = select(forward.run(z, region)).flatten(1)  # (m, P)
     activation, ungated = forward.gated, forward.ungated.detach()
     m, p = preserved.shape
     if p <= max_rows:
-        directions = torch.eye(p)
-    else:
-        directions = torch.randn(max_rows, p, generator=torch.Generator().manual_seed(seed)) / max_rows**0.5
+        directions = torch.eye(p, device=images.device)
+    else:  # drawn on the CPU: the same sketch on every device
+        directions = torch.randn(max_rows, p, generator=torch.Generator().manual_seed(seed)).to(images.device) / max_rows**0.5
     batched = directions.unsqueeze(1).expand(len(directions), m, p).contiguous()
     (spatial,) = torch.autograd.grad(preserved, activation, grad_outputs=batched, is_grads_batched=True)
     rectangle = None
@@ -570,18 +574,29 @@ def _fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma
     ``50 * steps`` iterations.
     """
     m, _, c = jac.shape
-    scale = np.sqrt(norms.double().numpy())
-    jac64 = jac.double().numpy() / scale[:, None, None]
-    target64 = jac64.sum(axis=2) if target is None else target.double().numpy() / scale[:, None]
-    start64 = np.ones((m, c)) if start is None else start.double().numpy()
+    jac64, target64 = _scaled64(jac, norms, target)
+    target64 = jac64.sum(axis=2) if target64 is None else target64
+    start64 = np.ones((m, c)) if start is None else _float64(start)
     if m > 1 and gamma > 0:
         solution = scipy.optimize.minimize(
             _quadratic_objective(jac64, lambda_, gamma, deadline, target64), start64.reshape(-1), jac=True, method="L-BFGS-B",
             bounds=[(0.0, 1.0)] * (m * c), options={"maxiter": 50 * steps, "ftol": 1e-12, "gtol": 1e-9},
         )
-        return torch.tensor(solution.x.reshape(m, c), dtype=torch.float32)
+        return torch.tensor(solution.x.reshape(m, c), dtype=torch.float32, device=jac.device)
     gates = [_solve_box_quadratic(j, lambda_ / c, 50 * steps, deadline, b, z0) for j, b, z0 in zip(jac64, target64, start64)]
-    return torch.tensor(np.stack(gates), dtype=torch.float32)
+    return torch.tensor(np.stack(gates), dtype=torch.float32, device=jac.device)
+
+
+def _float64(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor on any device as a float64 numpy array (the quadratic solvers run in numpy)."""
+    return tensor.detach().double().cpu().numpy()
+
+
+def _scaled64(jac: torch.Tensor, norms: torch.Tensor, target: Optional[torch.Tensor]):
+    """(J, b) of the quadratic in float64 numpy, divided by sqrt(n_i): (m, R, C) and (m, R), b None
+    (the default ``J 1``) staying None."""
+    scale = np.sqrt(_float64(norms))
+    return _float64(jac) / scale[:, None, None], None if target is None else _float64(target) / scale[:, None]
 
 
 # The solver's products with J (R x C, e.g. 16 x 1024) go through np.einsum, which never
@@ -708,10 +723,8 @@ def _fit_linearised(forward: _GatedForward, images, select, reference, norms, wi
         jac, _, _, _, at_gates = _jacobian(forward, images, select, channels, max_rows, seed, False, gates, region)
         target = goal - at_gates + (jac @ gates.unsqueeze(-1)).squeeze(-1)
         gates = _fit_quadratic(jac, norms, lambda_, gamma, steps, deadline, target, gates)
-    scale = np.sqrt(norms.double().numpy())
-    jac64 = jac.double().numpy() / scale[:, None, None]
-    target64 = None if target is None else target.double().numpy() / scale[:, None]
-    _, grad = _quadratic_objective(jac64, lambda_, gamma, None, target64)(gates.double().numpy().reshape(-1))
+    jac64, target64 = _scaled64(jac, norms, target)
+    _, grad = _quadratic_objective(jac64, lambda_, gamma, None, target64)(_float64(gates).reshape(-1))
     return gates, region, rectangle, torch.from_numpy(grad.reshape(gates.shape))
 
 
@@ -737,7 +750,7 @@ def _region_from_gradient(weight: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int
     ys = torch.nonzero(support.any(dim=1)).flatten()
     xs = torch.nonzero(support.any(dim=0)).flatten()
     y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-    mask = torch.zeros(support.shape)
+    mask = torch.zeros(support.shape, device=support.device)
     mask[y0:y1, x0:x1] = 1.0
     return mask, (y0, x0, y1, x1)
 
@@ -745,7 +758,7 @@ def _region_from_gradient(weight: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int
 def _receptive_field(forward: _GatedForward, images: torch.Tensor, select, channels: int) -> Tuple[torch.Tensor, Tuple[int, int, int, int]]:
     """Region of the earlier maps the selected neurons depend on (bounding box of the gradient's support)."""
     with torch.enable_grad():
-        z = torch.ones(images.shape[0], channels, requires_grad=True)
+        z = torch.ones(images.shape[0], channels, device=images.device, requires_grad=True)
         preserved = select(forward.run(z, None))
         (grad,) = torch.autograd.grad(preserved.sum(), forward.gated)
     return _region_from_gradient(grad.abs().sum(dim=(0, 1)))
@@ -872,6 +885,7 @@ class ContributionSession:
             select = lambda o: o[:, channel]  # noqa: E731
         else:
             mask, rectangle = _area_mask(area, int(out.shape[2]), int(out.shape[3]))
+            mask = mask.to(out.device)
             neurons = int(mask.sum())
             select = lambda o: o[:, channel][:, mask]  # noqa: E731
         params = dict(lambda_=lambda_, gamma=gamma, steps=steps, lr=lr, max_jacobian_rows=max_jacobian_rows, seed=seed, relinearise=relinearise)
@@ -940,7 +954,7 @@ class ContributionSession:
                                                        params["max_jacobian_rows"], params["seed"], params["relinearise"], deadline)
         with torch.no_grad():
             fidelity = _relative_error(select(forward.run(gates, region)), reference, norms)
-        return gates.numpy(), fidelity.numpy(), pressure.numpy(), rectangle
+        return gates.cpu().numpy(), fidelity.cpu().numpy(), pressure.cpu().numpy(), rectangle
 
 
 def _public(params: Dict[str, Any]) -> Dict[str, Any]:

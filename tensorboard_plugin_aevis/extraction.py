@@ -99,6 +99,7 @@ from torch import nn
 
 from .analysis import ROLES, Analysis, ExampleRecord, LayerRecord
 from .gating import GateHooks, LayerSpec, select_layers_and_blocks
+from .models import exact_float32
 
 DEFAULT_ORDER = ("adversarial", "source", "target")
 DEFAULTS: Dict[str, Dict[str, Any]] = {
@@ -169,7 +170,7 @@ def extract_datapaths(
     names = _check_names(names, roles)
     stages = [list(range(n))] if method == "dgr" else _stages(order, roles)
     started = time.perf_counter()
-    with _prepared(model, device) as dev:
+    with _prepared(model, device) as dev, exact_float32():
         x = x.to(dev)
         _check_fits(model, x)
         layer_names, blocks = _select(model, x[:1], layers)

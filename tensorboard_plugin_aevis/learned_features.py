@@ -25,7 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .models import eval_mode
+from .models import eval_mode, model_device
 
 Box = Tuple[int, int, int, int]
 Hit = Tuple[int, float, Box]
@@ -81,7 +81,7 @@ def receptive_field_boxes(
     that already reaches the image border there reaches it for every later position.
     """
     noise = torch.rand(image_shape, generator=torch.Generator().manual_seed(0))
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     noise = noise.to(device)
     _, height, width = image_shape
     boxes: Dict[str, Dict[Tuple[int, int], Box]] = {}
@@ -219,7 +219,7 @@ def _top_activations(model, modules, wanted, images, top_k, batch_size):
         return hook
 
     handles = [m.register_forward_hook(hook_for(l)) for l, m in modules.items()]
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     try:
         with eval_mode(model), torch.no_grad():
             for start in range(0, len(images), batch_size):

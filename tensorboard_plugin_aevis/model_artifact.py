@@ -26,7 +26,9 @@ user's model (``model.layer1.0`` ...) and forward hooks on it fire: the gating h
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -115,13 +117,18 @@ def save_model_artifact(
     if example.dim() != 4:
         raise ModelArtifactError(f"example input has shape {tuple(example.shape)}; expected (C, H, W) or (B, C, H, W)")
     example = example[:1].repeat(2, 1, 1, 1)  # batch 2: a batch of 1 would be specialised to 1
+    if any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers()]):
+        model = copy.deepcopy(model).cpu()  # export on the CPU (a copy: the user's model stays where it is), so
+        # the weights load on a server without the training machine's GPU
     was_training = model.training
     model.eval()
     try:
         program = torch.export.export(
             model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
         )
-        artifact = serde.serialize(program, serialize_example_inputs=False)
+        # older torch (2.11) has no serialize_example_inputs: it serialises them, and they are not written
+        options = {"serialize_example_inputs": False} if "serialize_example_inputs" in inspect.signature(serde.serialize).parameters else {}
+        artifact = serde.serialize(program, **options)
     except Exception as exc:
         raise ModelArtifactError(
             f"could not export the model with torch.export ({type(exc).__name__}: {exc}); "

@@ -90,6 +90,28 @@ class ClassifierWrapper(nn.Module):
         return logits
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's first parameter (or buffer) lives: where its inputs must go; CPU without any."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """float32 convolutions and matrix products on CUDA inside the block (TF32 off; the flags restored after).
+
+    PyTorch lets cuDNN convolutions use TF32 (10-bit mantissa) by default on Ampere and newer
+    GPUs; datapaths hinge on low-margin labels and on a start-sensitive fit, so the engine keeps
+    float32 (the CPU's arithmetic) on every device.
+    """
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode inside the block, then restore every submodule's training flag."""

@@ -139,3 +139,25 @@ def test_efficientnet_lite0_recognises_the_labelled_photos():
     with torch.no_grad():
         predicted = model(x).argmax(1).tolist()
     assert predicted == [c for _, c in labelled]
+
+
+@pytest.mark.parametrize("default", [True, False])
+def test_engine_turns_tf32_off_and_restores_the_users_setting(default):
+    """exact_float32 (used by extraction and contribution analysis) restores whatever the user set."""
+    from tensorboard_plugin_aevis.extraction import extract_datapaths
+    from tensorboard_plugin_aevis.models import exact_float32
+
+    def flags():
+        return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+    saved = flags()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = default
+    try:
+        with exact_float32():
+            assert flags() == (False, False)
+        assert flags() == (default, default)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        extract_datapaths(ClassifierWrapper(net, (0.5,) * 3, (0.25,) * 3), torch.rand(1, 3, 8, 8), ["source"], steps=2)
+        assert flags() == (default, default)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

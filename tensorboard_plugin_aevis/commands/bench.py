@@ -87,7 +87,7 @@ def bench_extraction(args) -> Dict[str, Any]:
     """The extraction benchmark (see the module docstring); returns the JSON fields."""
     from ..extraction import extract_datapaths
     from ..gating import GateHooks, select_layers
-    from ..models import load_model
+    from ..models import exact_float32, load_model
 
     try:
         model = load_model(args.model, device=args.device)
@@ -105,7 +105,7 @@ def bench_extraction(args) -> Dict[str, Any]:
     with GateHooks(model, layers, record=True) as probe, torch.no_grad():
         model(triplet[:1])
     sizes = [a.shape[1] for a in probe.activations]
-    with GateHooks(model, layers) as hooks:
+    with GateHooks(model, layers) as hooks, exact_float32():  # the arithmetic the extraction uses
 
         def gated_step() -> None:
             z = torch.ones(1, sum(sizes), device=device, requires_grad=True)
