@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import eval_mode
+from .models import eval_mode, model_device
 
 KDE = "kde"
 CONFIDENCE = "confidence"
@@ -117,11 +117,12 @@ class AdversarialScorer:
         captured: List[torch.Tensor] = []
         handle = module.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().flatten(1)))
         features, probabilities = [], []
+        device = model_device(self.model)
         try:
             with eval_mode(self.model), torch.no_grad():
                 for start in range(0, len(images), self.batch_size):
                     captured.clear()
-                    logits = self.model(images[start : start + self.batch_size])
+                    logits = self.model(images[start : start + self.batch_size].to(device))
                     features.append(captured[-1].double().cpu().numpy())
                     probabilities.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
         finally:
@@ -136,7 +137,7 @@ def _last_linear(model: nn.Module, example: torch.Tensor) -> str:
     handles = [m.register_forward_pre_hook(lambda mod, _a: called.append(names[mod])) for m in model.modules() if isinstance(m, nn.Linear)]
     try:
         with eval_mode(model), torch.no_grad():
-            model(example)
+            model(example.to(model_device(model)))
     finally:
         for h in handles:
             h.remove()

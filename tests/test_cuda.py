@@ -80,3 +80,15 @@ def test_run_logged_from_a_cuda_model_loads_on_the_cpu(tmp_path):
         torch.testing.assert_close(restored(x), copy.deepcopy(model).cpu()(x), rtol=1e-5, atol=1e-5)
         with exact_float32():  # PyTorch's default TF32 convolutions differ from float32 by ~1e-3 relative
             torch.testing.assert_close(restored(x), model(x.cuda()).cpu(), rtol=1e-3, atol=1e-3)
+
+
+def test_adversarial_score_of_a_cuda_model_from_cpu_images():
+    from tensorboard_plugin_aevis.adversarial_score import AdversarialScorer
+
+    model = small_resnet().eval()
+    references, probes = images(12), torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    cpu = AdversarialScorer(model, references, reference_labels=[0] * 12).score_with_method(probes)
+    gpu = AdversarialScorer(model.cuda(), references, reference_labels=[0] * 12).score_with_method(probes)
+    model.cpu()
+    assert gpu[1] == cpu[1]
+    np.testing.assert_allclose(gpu[0], cpu[0], atol=10.0)  # percentiles of 12 references; rounding may move one rank
