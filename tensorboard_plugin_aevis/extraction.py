@@ -351,15 +351,17 @@ class _GateFit:
                 if t > 0 and (t % CHECK_EVERY == 0 or t == steps - 1):
                     checked.append(zt.detach().clone())
                     checked_loss.append(torch.where(keeps, loss, torch.full_like(loss, math.inf)))
+                values, running = loss.tolist(), active.tolist()  # one device transfer each, not one per example
                 for k in range(b):
-                    if active[k]:
-                        histories[k].append(float(loss[k]))
+                    if running[k]:
+                        histories[k].append(values[k])
                         if converge and _converged(histories[k]):
-                            active[k] = False
+                            running[k] = False
                 if bar is not None:
                     bar.update(1)
-                if not bool(active.any()):
+                if not any(running):
                     break
+                active = torch.tensor(running, device=x.device)
                 step = self._step(grad, state1, state2, t + 1, lr)
                 z = torch.where(active[:, None], (zt - step).clamp(0.0, self.clamp), zt.detach())
         if bar is not None:
