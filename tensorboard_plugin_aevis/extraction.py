@@ -330,6 +330,7 @@ class _GateFit:
         z = self.start(b, x.device)
         state1 = torch.zeros_like(z)  # Adam first moment / SGD momentum buffer
         state2 = torch.zeros_like(z)  # Adam second moment
+        running = [True] * b  # per example: still fitting (the host's copy of ``active``)
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         whole = torch.ones(b, self.n_gates, device=x.device)  # the fallback: the whole network
         best_cont = (whole.clone(), torch.full((b,), math.inf, device=x.device))
@@ -351,17 +352,18 @@ class _GateFit:
                 if t > 0 and (t % CHECK_EVERY == 0 or t == steps - 1):
                     checked.append(zt.detach().clone())
                     checked_loss.append(torch.where(keeps, loss, torch.full_like(loss, math.inf)))
-                values, running = loss.tolist(), active.tolist()  # one device transfer each, not one per example
+                values, stopped = loss.tolist(), False  # one device transfer per step, not one per example
                 for k in range(b):
                     if running[k]:
                         histories[k].append(values[k])
                         if converge and _converged(histories[k]):
-                            running[k] = False
+                            running[k], stopped = False, True
                 if bar is not None:
                     bar.update(1)
                 if not any(running):
                     break
-                active = torch.tensor(running, device=x.device)
+                if stopped:
+                    active = torch.tensor(running, device=x.device)
                 step = self._step(grad, state1, state2, t + 1, lr)
                 z = torch.where(active[:, None], (zt - step).clamp(0.0, self.clamp), zt.detach())
         if bar is not None:
