@@ -10,6 +10,9 @@ import { pathColors, ROLE_LABELS } from "./colors";
 import { afterNextFrame, clear, el, select } from "./dom";
 import { exportPng, exportSvg, fileStem } from "./exportView";
 import { defaultExpanded, toggleGroup } from "./graphModel";
+import { datapathLabel, shortNames } from "./labels";
+import type { Transform } from "./panZoom";
+import { followTheme } from "./theme";
 import { readViewState, writeViewState, type ViewState } from "./hashState";
 import { NetworkView } from "./networkView";
 import { NeuronView } from "./neuronView";
@@ -90,6 +93,12 @@ export class App {
   private readonly neuronView = new NeuronView();
   private readonly legend = el("div", { class: "legend" });
   private readonly summary = el("div", { class: "summary" });
+  private readonly networkOptions = el("span", { class: "network-options" });
+  /** Display names of gated layers and groups (distinctive end of the module path). */
+  private names = new Map<string, string>();
+  /** The river is drawn with the view from the URL once; later draws keep the current view. */
+  private viewRestored = false;
+  private viewTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly treemapHead = el("div", { class: "panel-head" });
 
   constructor(root: HTMLElement) {
@@ -102,7 +111,8 @@ export class App {
     ];
     this.networkPanel.append(
       el("div", { class: "panel-head" }, [
-        el("h2", {}, ["Datapath river over the model graph"]),
+        el("h2", {}, ["Datapath river, Eq. 9 diff and model graph"]),
+        this.networkOptions,
         el("span", { class: "spacer" }),
         this.button("Fit", () => this.networkView.fit()),
         this.button("+", () => this.networkView.zoomBy(1.4)),
@@ -116,6 +126,7 @@ export class App {
     this.treemapPanel.append(this.treemapHead, this.treemapView.element);
     this.neuronPanel.append(this.neuronView.element);
     this.host.addEventListener("hashchange", () => this.onExternalHashChange());
+    followTheme(root, this.host);
   }
 
   async start(): Promise<void> {
@@ -140,7 +151,11 @@ export class App {
   }
 
   // ------------------------------------------------------------- messages
+  /** Show `text` once: the same message already shown is returned, not repeated. */
   private message(kind: MessageKind, text: string): HTMLDivElement {
+    for (const shown of this.messages.children) {
+      if (shown.textContent === text && shown.classList.contains(kind)) return shown as HTMLDivElement;
+    }
     const box = el("div", { class: `message ${kind}` }, [text]);
     this.messages.appendChild(box);
     return box;
@@ -214,18 +229,19 @@ export class App {
     clear(this.controls);
     const run = this.currentRun();
     const analysis = this.currentAnalysis();
-    const resetBelowRun: Array<keyof ViewState> = ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded"];
+    const resetBelowRun: Array<keyof ViewState> = ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded", "view"];
     this.controls.appendChild(select("Run", this.runs.map((r) => ({ value: r.run, text: r.analyses.length ? r.run : `${r.run} (no AEVis data)` })), this.state.run ?? "",
       (v) => this.change({ run: v }, resetBelowRun), "run"));
     if (!run || !analysis) return;
+    // A new analysis keeps the method (resolveSelection says so when it has to change it).
     this.controls.appendChild(select("Analysis", groupAnalyses(run).map((a) => ({ value: a.name, text: a.name })), analysis.name,
-      (v) => this.change({ analysis: v }, resetBelowRun.slice(1)), "analysis"));
+      (v) => this.change({ analysis: v }, resetBelowRun.slice(2)), "analysis"));
     this.controls.appendChild(select("Method", analysis.methods.map((m) => ({ value: m, text: m === "dgr" ? "DGR (baseline)" : m })), this.state.method ?? "",
-      (v) => this.change({ method: v }, ["step", "layer", "channel"]), "method"));
+      (v) => this.change({ method: v }, ["step", "layer", "channel", "view"]), "method"));
     const steps = analysis.steps[this.state.method ?? ""] ?? [];
     if (steps.length > 1) {
       this.controls.appendChild(select("Step", steps.map((s) => ({ value: String(s), text: String(s) })), String(this.state.step),
-        (v) => this.change({ step: Number(v) }, ["layer", "channel"]), "step"));
+        (v) => this.change({ step: Number(v) }, ["layer", "channel", "view"]), "step"));
     }
     if (this.manifest && this.manifestKey === this.analysisKey()) this.controls.appendChild(this.datapathPicker(this.manifest.examples));
   }
@@ -246,7 +262,7 @@ export class App {
         }
         this.change({ examples: next }, ["diff"]);
       });
-      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors.get(e.index) ?? "#bdbdbd"}` }), `${e.name} (${e.role})`]));
+      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors.get(e.index) ?? "#bdbdbd"}` }), datapathLabel(e.name, e.role)]));
     });
     return el("div", { class: "control" }, [el("span", {}, ["Datapaths"]), box]);
   }
@@ -272,7 +288,7 @@ export class App {
       (error: unknown) => ({ graph: null, error }),
     );
     // An example list from a link that does not fit this analysis is repaired and asked for again.
-    const river = getJson<RiverData>("river", { ...params, examples: asked?.join(",") }).catch((err: unknown) => {
+    const river = getJson<RiverData>("river", { ...params, examples: asked?.join(","), normalization: this.distance() }).catch((err: unknown) => {
       if (asked === undefined) throw err;
       return null;
     });
@@ -305,10 +321,16 @@ export class App {
     let graph: GraphData | null;
     try {
       manifest = await requests.manifest;
-      const examples = resolveExamples(requests.asked, manifest.examples.map((e) => e.index));
+      const dm = manifest.diverging_merging;
+      const story = dm ? [dm.adversarial, dm.source, dm.target] : null;
+      const examples = resolveExamples(requests.asked, manifest.examples.map((e) => e.index), story);
+      if (requests.asked === undefined && story && manifest.examples.length > 3 && examples.length === 3) {
+        this.message("info", `Showing the paper's triplet: the adversarial example, its source and the representative target (Sec. 6.2.1) of ${manifest.examples.filter((e) => e.role === "target").length} target images. Tick more under Datapaths to compare them.`);
+      }
       const first = await requests.river;
-      const same = first !== null && JSON.stringify(first.paths.map((p) => p.example).sort()) === JSON.stringify([...examples].sort());
-      river = same ? first! : await getJson<RiverData>("river", { ...params, examples: examples.join(",") });
+      const same = first !== null && JSON.stringify(first.paths.map((p) => p.example).sort()) === JSON.stringify([...examples].sort())
+        && (first.normalization ?? "l2") === this.distance();
+      river = same ? first! : await getJson<RiverData>("river", { ...params, examples: examples.join(","), normalization: this.distance() });
       const answered = await requests.graph;
       graph = answered.graph;
       if (answered.error !== null && generation === this.generation) {
@@ -335,7 +357,11 @@ export class App {
       this.message("info", "This analysis has a single datapath; the river compares two or more. Its treemap is still available per layer.");
     }
     this.river = river;
+    if ((river.normalization ?? "l2") !== this.distance()) {
+      this.message("warning", "This server answers the river with the paper's L2 distance only; the RMS choice is not available here.");
+    }
     this.graph = graph ?? chainGraph(manifest.layers.map((l) => l.name));
+    this.names = shortNames([...manifest.layers.map((l) => l.name), ...this.graph.groups.map((g) => g.id)]);
     if (this.state.expanded) {
       const known = new Set(this.graph.groups.map((g) => g.id));
       this.expanded = new Set(this.state.expanded.filter((g) => known.has(g)));
@@ -347,6 +373,7 @@ export class App {
     }
     this.renderSummary();
     this.networkPanel.hidden = false;
+    this.viewRestored = false;
     if (!this.riverShown) performance.mark("aevis-data");
     this.drawNetwork();
     if (!this.riverShown) {
@@ -358,46 +385,85 @@ export class App {
     if (this.state.layer) void this.loadTreemap();
   }
 
+  /** The layer distance of the river and the chart: RMS unless the URL asks for the paper's L2. */
+  private distance(): "l2" | "rms" {
+    return this.state.distance ?? "rms";
+  }
+
   private renderSummary(): void {
     const m = this.manifest!;
+    const layerName = (l: number | null) => (l === null ? "none" : this.names.get(m.layers[l]?.name) ?? m.layers[l]?.name ?? String(l));
     const dm = m.diverging_merging;
     const parts = [`${m.layers.length} gated layers · method ${m.method} · threshold ${formatValue(m.threshold)} · river layout ${this.river!.layout === "rule" ? "rule (Sec. 5.2)" : "least squares"}`];
     if (dm) {
-      const name = (l: number | null) => (l === null ? "none" : m.layers[l]?.name ?? String(l));
-      parts.push(dm.detected ? `diverging at ${name(dm.diverging_layer)}, merging at ${name(dm.merging_layer)}` : "no diverging/merging pattern detected");
+      parts.push(dm.detected ? `diverging at ${layerName(dm.diverging_layer)}, merging at ${layerName(dm.merging_layer)}` : "no diverging/merging pattern detected (Eq. 10)");
     }
-    const preds = m.examples.map((e) => `${e.name}: ${e.class_name} (${formatValue(e.confidence)})${e.label_preserved ? "" : " — datapath does not keep the label"}`);
+    const preds = m.examples.filter((e) => (this.state.examples ?? []).includes(e.index))
+      .map((e) => `${e.name}: ${e.class_name} (${formatValue(e.confidence)})${e.label_preserved ? "" : " — datapath does not keep the label"}`);
     clear(this.summary);
     this.summary.append(el("div", {}, [parts.join(" · ")]), el("div", {}, [`predictions: ${preds.join("; ")}`]));
+    const provenance = m.params?.provenance;
+    if (provenance && typeof provenance === "object") {
+      const rows = Object.entries(provenance as Record<string, unknown>).map(([k, v]) => `${k}: ${String(v)}`);
+      this.summary.appendChild(el("div", { class: "provenance" }, [`how the examples were chosen — ${rows.join(" · ")}`]));
+    }
+    if (!m.has_model) this.summary.appendChild(el("div", { class: "note no-model" }, [this.noModelText()]));
   }
 
-  private drawNetwork(): void {
+  /** Why contribution analysis is unavailable here, and where it is available. */
+  private noModelText(): string {
+    const withModel = this.currentAnalysis()?.stepsWithModel[this.state.method ?? ""];
+    const base = `Step ${this.state.step} saved no model, so contribution analysis is unavailable here`;
+    if (withModel === undefined) return `${base} (log the analysis with model=... to enable it).`;
+    if (withModel.length === 0) return `${base}; no step of this analysis saved one (log it with model=...).`;
+    return `${base}; steps with a saved model: ${withModel.join(", ")}.`;
+  }
+
+  private drawNetwork(keepLayer: number | null = null): void {
     const river = this.river!;
     const manifest = this.manifest!;
     clear(this.legend);
     const colors = this.exampleColors();
     river.paths.forEach((p) => {
       this.legend.appendChild(el("span", { class: "item", "data-example": p.example }, [
-        el("span", { class: "swatch", style: `background:${colors.get(p.example) ?? "#757575"};width:22px` }), `${p.name} — ${ROLE_LABELS[p.role] ?? p.role}`,
+        el("span", { class: "swatch", style: `background:${colors.get(p.example) ?? "#757575"};width:22px` }), datapathLabel(p.name, p.role),
       ]));
     });
+    const unit = river.normalization === "rms" ? "RMS gate distance (L2 / √C_l)" : "L2 gate distance (paper)";
     this.legend.append(
+      el("span", { class: "item span-key" }, [el("span", { class: "span-swatch" }), "diverging → merging span"]),
       el("span", { class: "item marker-key diverging" }, ["▲ diverging"]),
       el("span", { class: "item marker-key merging" }, ["▲ merging"]),
-      el("span", { class: "item note" }, ["curve distance = datapath distance; hover a layer for values, click it for its feature maps"]),
+      el("span", { class: "item note" }, [`river: vertical gap between curves = ${unit} between datapaths at that layer (wider curves lie under thinner ones). Chart: Eq. 9 diff, last r layers shaded. Hover a layer for values, click it for its feature maps.`]),
     );
+    clear(this.networkOptions);
+    this.networkOptions.appendChild(select("Layer distance", [
+      { value: "rms", text: "RMS: L2 / √channels (compares layers)" },
+      { value: "l2", text: "L2 (paper, grows with width)" },
+    ], this.distance(), (v) => {
+      this.state.distance = v as "l2" | "rms";
+      void this.reloadRiver();
+    }, "distance"));
+    const restore = !this.viewRestored && this.state.view ? { k: this.state.view[0], x: this.state.view[1], y: this.state.view[2] } : null;
+    const keep = this.viewRestored && keepLayer === null ? this.networkView.view() : null;
+    this.viewRestored = true;
+    const analysisTitle = `${this.state.analysis ?? ""} — ${manifest.method}, step ${this.state.step} (${river.normalization === "rms" ? "RMS" : "L2"} distance)`;
     this.networkView.render({
       graph: this.graph!,
       layerNames: manifest.layers.map((l) => l.name),
+      shortNames: this.names,
       river,
+      detection: manifest.diverging_merging ?? null,
       colors,
       expanded: this.expanded,
       selectedLayer: this.state.layer ?? null,
+      title: analysisTitle,
       onToggleGroup: (group) => {
+        const inGroup = this.graph!.groups.find((g) => g.id === group)?.gated_layers ?? [];
         this.expanded = toggleGroup(this.graph!, this.expanded, group);
         this.state.expanded = [...this.expanded].sort();
         this.saveState();
-        this.drawNetwork();
+        this.drawNetwork(inGroup.length ? inGroup[0] : null);
       },
       onOpenLayer: (index) => {
         this.state.layer = manifest.layers[index].name;
@@ -406,7 +472,33 @@ export class App {
         this.drawNetwork();
         void this.loadTreemap();
       },
-    });
+      onViewChange: (t) => this.rememberView(t),
+    }, restore ?? keep, keepLayer);
+  }
+
+  /** Keep the network view's pan and zoom in the URL (written once the user pauses). */
+  private rememberView(t: Transform): void {
+    this.state.view = [t.k, t.x, t.y];
+    if (this.viewTimer !== null) clearTimeout(this.viewTimer);
+    this.viewTimer = setTimeout(() => {
+      this.viewTimer = null;
+      this.saveState();
+    }, 300);
+  }
+
+  /** Ask for the river again (another layer distance) and redraw it in place. */
+  private async reloadRiver(): Promise<void> {
+    const generation = this.generation;
+    try {
+      const river = await getJson<RiverData>("river", { ...this.analysisParams(), examples: (this.state.examples ?? []).join(","), normalization: this.distance() });
+      if (generation !== this.generation) return;
+      this.river = river;
+    } catch (err) {
+      this.message("error", describeError(err));
+      return;
+    }
+    this.saveState();
+    this.drawNetwork();
   }
 
   // ------------------------------------------------------------- layer level

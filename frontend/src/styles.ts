@@ -72,4 +72,31 @@ button:hover { background: #eeeeee; }
 .note { color: #757575; font-size: 12px; }
 .error { color: #b71c1c; }
 .summary { font-size: 12px; color: #424242; margin: 2px 0 6px; }
+.provenance { color: #37474f; font-style: italic; }
+.network-options .control { flex-direction: row; align-items: center; gap: 6px; }
+.network-options select { min-width: 0; }
+.legend .span-swatch { display: inline-block; width: 22px; height: 12px; background: rgba(255,193,7,0.35); border: 1px solid #ffa000; border-radius: 3px; }
+.legend .note { flex-basis: 100%; }
+button:disabled { opacity: 0.55; cursor: progress; }
+/* Dark mode (TensorBoard's body.dark-mode, mirrored as .dark on our root). */
+body:has(.aevis.dark) { background: #303030; color: #e0e0e0; }
+.aevis.dark { color: #e0e0e0; }
+.aevis.dark .panel { background: #3a3a3a; box-shadow: 0 1px 3px rgba(0,0,0,0.6); }
+.aevis.dark .control, .aevis.dark .note, .aevis.dark .summary, .aevis.dark .provenance, .aevis.dark .values, .aevis.dark .readout, .aevis.dark .range { color: #bdbdbd; }
+.aevis.dark .datapaths label { color: #e0e0e0; }
+.aevis.dark button, .aevis.dark select { background: #4a4a4a; color: #eeeeee; border-color: #666; }
+.aevis.dark .network { border-color: #555; }
+.aevis.dark .network-svg .background { fill: #262626; }
+.aevis.dark .network-svg .chart-frame { fill: #2f2f2f; }
+.aevis.dark .network-svg .graph-node rect { fill: #333; }
+.aevis.dark .network-svg .graph-node.group rect { fill: #2c2f45; }
+.aevis.dark .network-svg text { fill: #e0e0e0; }
+.aevis.dark .network-svg .story-label { fill: #ffca28; }
+.aevis.dark .network-svg .diff-curve { stroke: #e0e0e0; }
+.aevis.dark .minimap { background: #333; }
+.aevis.dark .treemap-canvas svg > rect:first-child, .aevis.dark .treemap-svg .background { fill: #262626; }
+.aevis.dark .neuron-example { border-color: #555; }
+.aevis.dark .message.info { background: #1a3550; color: #bbdefb; border-color: #2f5f8f; }
+.aevis.dark .message.warning { background: #4a3b00; color: #ffe082; border-color: #7a6100; }
+.aevis.dark .message.error { background: #4a1a1a; color: #ffcdd2; border-color: #8f2f2f; }
 `;

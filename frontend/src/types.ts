@@ -7,6 +7,8 @@ export interface AnalysisEntry {
   name: string;
   method: string;
   steps: number[];
+  /** Steps whose analysis saved a model artifact (contribution analysis possible); absent from older servers. */
+  steps_with_model?: number[];
 }
 
 export interface RunListing {
@@ -119,7 +121,11 @@ export interface RiverData {
   /** Example indices top to bottom. */
   order?: number[];
   paths: RiverPath[];
+  /** "l2" (paper) or "rms" (L2 / sqrt(C_l)); absent from older servers (then "l2"). */
+  normalization?: "l2" | "rms";
   distances: Record<string, number[]>;
+  /** Eq. 9 per layer, in the answer's normalization. */
+  diff_curve?: number[] | null;
   markers: RiverMarker[];
 }
 

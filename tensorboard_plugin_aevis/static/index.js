@@ -333,6 +333,51 @@ function layerToOpen(node) {
   return node.gatedLayers.length ? node.gatedLayers[node.gatedLayers.length - 1] : null;
 }
 
+// src/labels.ts
+function segmentsOf(path) {
+  return path.split(".");
+}
+function tidy(segments) {
+  return segments.map((s) => s.replace(/^_+/, "") || s).join(".");
+}
+function shortNames(paths) {
+  const split = paths.map(segmentsOf);
+  const out = /* @__PURE__ */ new Map();
+  split.forEach((segments, i) => {
+    let n = Math.min(2, segments.length);
+    const unique = (k) => {
+      const end = segments.slice(-k).join(".");
+      return split.every((other, j) => j === i || paths[j] === paths[i] || !(other.join(".") === end || other.join(".").endsWith("." + end)));
+    };
+    while (n < segments.length && (!unique(n) || /^\d+$/.test(segments[segments.length - n]))) n++;
+    out.set(paths[i], tidy(segments.slice(-n)));
+  });
+  return out;
+}
+function datapathLabel(name, role) {
+  const label = ROLE_LABELS[role] ?? role;
+  return name.toLowerCase().includes(role.toLowerCase()) ? name : `${name} — ${label}`;
+}
+
+// src/theme.ts
+function followTheme(root, host) {
+  let body = null;
+  try {
+    body = host !== window ? host.document.body : null;
+  } catch {
+    body = null;
+  }
+  const media = window.matchMedia?.("(prefers-color-scheme: dark)");
+  const apply = () => {
+    const dark = body ? body.classList.contains("dark-mode") : media?.matches ?? false;
+    root.classList.toggle("dark", dark);
+    document.documentElement.style.colorScheme = dark ? "dark" : "light";
+  };
+  apply();
+  if (body) new MutationObserver(apply).observe(body, { attributes: true, attributeFilter: ["class"] });
+  else media?.addEventListener?.("change", apply);
+}
+
 // src/hashState.ts
 var PREFIX = "aevis.";
 function parseHash(hash) {
@@ -397,6 +442,14 @@ function readViewState(hash) {
       case "expanded":
         state.expanded = value === "" ? [] : value.split(",");
         break;
+      case "distance":
+        if (value === "l2" || value === "rms") state.distance = value;
+        break;
+      case "view": {
+        const v = value.split(",").map(Number);
+        if (v.length === 3 && v.every(Number.isFinite) && v[0] > 0) state.view = [v[0], v[1], v[2]];
+        break;
+      }
     }
   }
   for (const key of Object.keys(state)) {
@@ -418,6 +471,8 @@ function serialise(state) {
   put("channel", state.channel === void 0 ? void 0 : String(state.channel));
   put("diff", state.diff?.join(","));
   put("expanded", state.expanded?.join(","));
+  put("distance", state.distance);
+  put("view", state.view?.map((v, i) => i === 0 ? Number(v.toPrecision(4)) : Math.round(v)).join(","));
   return out;
 }
 function writeViewState(hash, state, defaultTab) {
@@ -589,6 +644,54 @@ function layoutDag(nodes, edges, options = {}) {
   };
 }
 
+// src/diffChart.ts
+function verdict(diff, r, detected, diverging, merging, name) {
+  const L = diff.length;
+  const window2 = Math.max(0, Math.min(r, L - 1));
+  const falls = [];
+  for (let l = L - window2; l < L; l++) if (!(diff[l] > diff[l - 1])) falls.push(l);
+  const rises = window2 - falls.length;
+  if (detected) {
+    const from = diverging === null ? "" : `diverges at ${name(diverging)}, `;
+    return { detected, rises, r: window2, text: `Pattern (Eq. 10): ${from}merges at ${merging === null ? name(L - 1) : name(merging)} — diff rises over all of the last ${window2} layers and peaks at the last.` };
+  }
+  let why;
+  if (falls.length > 0) {
+    why = `diff falls at ${falls.length} of the last ${window2} layers (${falls.slice(0, 3).map(name).join(", ")}${falls.length > 3 ? ", …" : ""})`;
+  } else {
+    why = "the last layer is not the curve's maximum";
+  }
+  const candidate = merging === null ? " The adversarial datapath is never closer to the target than to the source." : ` Best candidate: ${diverging === null ? "" : `diverging ${name(diverging)}, `}merging ${name(merging)}.`;
+  return { detected, rises, r: window2, text: `No pattern (Eq. 10): ${why}.${candidate}` };
+}
+function drawDiffChart(layer, values, r, g, unit) {
+  const points = values.map((v, l) => g.xs[l] === null || !Number.isFinite(v) ? null : [g.xs[l], v]).filter((p) => p !== null);
+  if (points.length === 0) return;
+  const lo = Math.min(0, ...points.map((p) => p[1]));
+  const hi = Math.max(0, ...points.map((p) => p[1]));
+  const span = hi - lo || 1;
+  const y = (v) => g.top + 4 + (1 - (v - lo) / span) * (g.height - 8);
+  layer.appendChild(svgEl("rect", { class: "chart-frame", x: g.left, y: g.top, width: Math.max(0, g.right - g.left), height: g.height, fill: "#fafafa" }));
+  const L = values.length;
+  const first = g.xs[Math.max(0, L - 1 - r)];
+  const last = g.xs[L - 1];
+  if (first !== null && last !== null && r > 0) {
+    layer.appendChild(svgEl("rect", { class: "last-r-window", x: first, y: g.top, width: Math.max(2, last - first), height: g.height, fill: "rgba(121,134,203,0.16)" }, [
+      svgTitle(`Eq. 10 window: the last ${r} layers must all rise and the last must be the maximum`)
+    ]));
+    layer.appendChild(svgEl("text", { x: first + 3, y: g.top + g.height - 4, "font-size": 10, fill: "#757575" }, [`last r = ${r} layers (Eq. 10)`]));
+  }
+  layer.appendChild(svgEl("line", { class: "zero-line", x1: g.left, x2: g.right, y1: y(0), y2: y(0), stroke: "#757575", "stroke-dasharray": "2 3" }));
+  const d = points.map((p, k) => `${k ? "L" : "M"}${p[0].toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
+  layer.appendChild(svgEl("path", { class: "diff-curve", d, fill: "none", stroke: "#37474f", "stroke-width": 1.6 }));
+  for (const [x, v] of points) {
+    layer.appendChild(svgEl("circle", { class: "diff-point", cx: x, cy: y(v), r: 2.2, fill: v > 0 ? "#9467bd" : "#1f77b4" }));
+  }
+  layer.appendChild(svgEl("text", { x: g.left + 4, y: g.top + 11, "font-size": 10, fill: "#757575" }, [
+    `diff(l) = d(adv, source) − d(adv, target), ${unit}; above 0: closer to the target · max ${formatValue(hi)}, min ${formatValue(lo)}`
+  ]));
+}
+
 // src/panZoom.ts
 var IDENTITY = { k: 1, x: 0, y: 0 };
 function zoomAt(t, factor, px, py, kMin, kMax) {
@@ -599,23 +702,6 @@ function zoomAt(t, factor, px, py, kMin, kMax) {
 }
 function panBy(t, dx, dy) {
   return { k: t.k, x: t.x + dx, y: t.y + dy };
-}
-function fitTransform(content, viewWidth, viewHeight, padding, kMax) {
-  const w = Math.max(content.width, 1);
-  const h = Math.max(content.height, 1);
-  const k = Math.min(kMax, (viewWidth - 2 * padding) / w, (viewHeight - 2 * padding) / h);
-  const kk = k > 0 ? k : kMax;
-  return {
-    k: kk,
-    x: (viewWidth - w * kk) / 2 - content.x * kk,
-    y: (viewHeight - h * kk) / 2 - content.y * kk
-  };
-}
-function visibleContent(t, viewWidth, viewHeight) {
-  return { x: -t.x / t.k, y: -t.y / t.k, width: viewWidth / t.k, height: viewHeight / t.k };
-}
-function centreOn(t, cx, cy, viewWidth, viewHeight) {
-  return { k: t.k, x: viewWidth / 2 - cx * t.k, y: viewHeight / 2 - cy * t.k };
 }
 
 // src/riverGeometry.ts
@@ -636,14 +722,6 @@ function layerAnchors(numLayers, boxOf) {
     });
   }
   return anchors;
-}
-function riverPoints(anchors, ys, bandWidth) {
-  const points = [];
-  anchors.forEach((a, l) => {
-    if (a === null || l >= ys.length || !Number.isFinite(ys[l])) return;
-    points.push([a[0], a[1] + (ys[l] - 0.5) * bandWidth]);
-  });
-  return points;
 }
 function fmt(v) {
   return String(Math.round(v * 100) / 100);
@@ -670,14 +748,26 @@ var OP_HEIGHT = 24;
 var GROUP_HEIGHT = 34;
 var GROUP_MIN_WIDTH = 96;
 var GATED_PITCH = 26;
-var BAND_WIDTH = 48;
-var RIVER_STROKE = 4;
-var VIEW_HEIGHT = 420;
-var K_MIN = 0.02;
+var MIN_HEIGHT = 520;
+var MAX_HEIGHT = 720;
+var BAND_SHARE = 0.3;
+var BAND_TOP = 34;
+var AXIS_HEIGHT = 44;
+var CHART_HEIGHT = 96;
+var VERDICT_HEIGHT = 22;
+var SIDE = 24;
 var K_MAX = 4;
 var MINIMAP_WIDTH = 240;
+function zones(height) {
+  const band = Math.round(height * BAND_SHARE);
+  const axis = BAND_TOP + band + 6;
+  const chart = axis + AXIS_HEIGHT;
+  const verdictY = chart + CHART_HEIGHT + 15;
+  const graph = chart + CHART_HEIGHT + VERDICT_HEIGHT + 6;
+  return { bandTop: BAND_TOP, band, axis, chart, verdictY, graph };
+}
 function truncate(text, max) {
-  return text.length > max ? text.slice(0, max - 1) + "…" : text;
+  return text.length > max ? text.slice(0, Math.max(1, max - 1)) + "…" : text;
 }
 function nodeSize(node) {
   if (node.kind === "group") return { width: Math.max(GROUP_MIN_WIDTH, GATED_PITCH * node.gatedLayers.length), height: GROUP_HEIGHT };
@@ -686,51 +776,63 @@ function nodeSize(node) {
 function pairLabel(key, names) {
   return key.split(",").map((i) => names.get(Number(i)) ?? `#${i}`).join(" – ");
 }
+function strokeWidth(k, n) {
+  return Math.round((2.5 + 2.5 * (n - 1 - k)) * 10) / 10;
+}
+function drawOrder(river) {
+  const rank = (role) => role === "target" ? 0 : role === "source" ? 1 : 2;
+  return [...river.paths].sort((a, b) => rank(a.role) - rank(b.role) || a.example - b.example);
+}
 var NetworkView = class {
   constructor() {
     this.transform = IDENTITY;
     this.layout = null;
+    this.input = null;
+    /** Content x of each river layer (null: not shown by the visible graph). */
+    this.anchors = [];
     this.draggedSincePointerDown = false;
-    /** Number of render() calls, so a deferred mini-map update of an older drawing is skipped. */
     this.renders = 0;
+    /** Pixel height of the view (set per render). */
+    this.height = MIN_HEIGHT;
     this.viewport = svgEl("g", { class: "viewport" });
-    this.svg = svgEl("svg", { class: "network-svg", width: "100%", height: VIEW_HEIGHT, role: "img", "aria-label": "model graph with datapath river" }, [
+    this.screen = svgEl("g", { class: "screen" });
+    this.svg = svgEl("svg", { class: "network-svg", width: "100%", height: MIN_HEIGHT, role: "img", "aria-label": "datapath river, diff chart and model graph" }, [
       svgEl("defs", {}, [
         svgEl("marker", { id: "aevis-arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" }, [
           svgEl("path", { d: "M0,0 L10,5 L0,10 z", fill: "#9e9e9e" })
-        ])
+        ]),
+        svgEl("clipPath", { id: "aevis-graph-clip" }, [svgEl("rect", { class: "graph-clip", x: 0, y: zones(MIN_HEIGHT).graph, width: 1e4, height: 1e4 })])
       ]),
       svgEl("rect", { class: "background", x: 0, y: 0, width: "100%", height: "100%", fill: "#ffffff" }),
-      this.viewport
+      svgEl("g", { "clip-path": "url(#aevis-graph-clip)" }, [this.viewport]),
+      this.screen
     ]);
     this.minimapView = svgEl("rect", { class: "minimap-view", fill: "rgba(255,152,0,0.12)", stroke: "#ef6c00", "stroke-width": 1, "vector-effect": "non-scaling-stroke" });
-    this.minimap = svgEl("svg", { class: "minimap", width: MINIMAP_WIDTH, height: 60, "aria-label": "mini-map: click to move the view" });
+    this.minimap = svgEl("svg", { class: "minimap", width: MINIMAP_WIDTH, height: 60, "aria-label": "mini-map of the model graph: click to move the view" });
     this.tooltip = el("div", { class: "tooltip", role: "tooltip" });
     this.tooltip.hidden = true;
     this.element = el("div", { class: "network" }, [this.svg, this.minimap, this.tooltip]);
     this.installPanZoom();
   }
-  /** Draw the graph and the river; returns the number of river paths drawn. */
-  render(input) {
+  /**
+   * Draw the graph, the river and the chart; `view`: keep this transform (a restored or
+   * current view), else fit everything. `keepLayer`: keep that river layer at the same
+   * screen x as before (expanding a group keeps the view where it is).
+   */
+  render(input, view = null, keepLayer = null) {
     const width = this.svg.getBoundingClientRect().width || 800;
+    const oldScreenX = keepLayer !== null && this.anchors[keepLayer] ? this.anchors[keepLayer][0] * this.transform.k + this.transform.x : null;
+    this.tooltip.hidden = true;
+    this.input = input;
     clear(this.viewport);
     const visible = visibleGraph(input.graph, input.expanded);
     const sizes = new Map(visible.nodes.map((n) => [n.id, nodeSize(n)]));
-    const layout = layoutDag(
-      visible.nodes.map((n) => ({ id: n.id, ...sizes.get(n.id) })),
-      visible.edges,
-      { rankGap: 36, rowGap: BAND_WIDTH + 28 }
-    );
+    const layout = layoutDag(visible.nodes.map((n) => ({ id: n.id, ...sizes.get(n.id) })), visible.edges, { rankGap: 36, rowGap: 28 });
     this.layout = layout;
-    const height = Math.round(Math.max(240, Math.min(VIEW_HEIGHT, layout.height + 2 * BAND_WIDTH + 80)));
-    this.svg.setAttribute("height", String(height));
     const groupsLayer = svgEl("g", { class: "expanded-groups" });
     const edgesLayer = svgEl("g", { class: "edges" });
     const nodesLayer = svgEl("g", { class: "nodes" });
-    const riverLayer = svgEl("g", { class: "river" });
-    const markersLayer = svgEl("g", { class: "markers" });
-    const hitsLayer = svgEl("g", { class: "hits" });
-    this.viewport.append(groupsLayer, edgesLayer, nodesLayer, riverLayer, markersLayer, hitsLayer);
+    this.viewport.append(groupsLayer, edgesLayer, nodesLayer);
     this.drawExpandedGroups(groupsLayer, input, visible.nodes, layout);
     for (const edge of layout.edges) {
       edgesLayer.appendChild(svgEl("path", {
@@ -748,35 +850,53 @@ var NetworkView = class {
     for (const node of visible.nodes) nodesLayer.appendChild(this.drawNode(node, layout, input, selectedIndex));
     const manifestIndex = input.river.layers.map((name) => input.layerNames.indexOf(name));
     const boxes = /* @__PURE__ */ new Map();
-    for (const [id, p] of layout.nodes) boxes.set(id, { x: p.x, y: p.y + p.height / 2 + 6 + BAND_WIDTH / 2, width: p.width * 0.8, height: p.height });
-    const anchors = layerAnchors(input.river.layers.length, (i) => {
+    for (const [id, p] of layout.nodes) boxes.set(id, { x: p.x, y: p.y, width: p.width * 0.8, height: p.height });
+    this.anchors = layerAnchors(input.river.layers.length, (i) => {
       const anchor = visible.gatedAnchor.get(manifestIndex[i]);
       return anchor === void 0 ? void 0 : boxes.get(anchor);
     });
-    input.river.paths.forEach((path) => {
-      const points = riverPoints(anchors, path.y, BAND_WIDTH);
-      riverLayer.appendChild(
-        svgEl("path", {
-          class: "river-path",
-          "data-example": path.example,
-          "data-role": path.role,
-          d: smoothPath(points),
-          fill: "none",
-          stroke: input.colors.get(path.example) ?? "#757575",
-          "stroke-width": RIVER_STROKE,
-          "stroke-linecap": "round",
-          "stroke-opacity": 0.9
-        }, [svgTitle(`${path.name} (${path.role})`)])
-      );
-    });
-    this.drawMarkers(markersLayer, input.river, anchors);
-    this.drawHits(hitsLayer, input, anchors, manifestIndex);
-    this.fit([width, height]);
+    const fitK = this.fitTransform(width).k;
+    const needed = (zones(MIN_HEIGHT).graph - MIN_HEIGHT * BAND_SHARE + layout.height * fitK + 40) / (1 - BAND_SHARE);
+    this.height = Math.round(Math.max(MIN_HEIGHT, Math.min(MAX_HEIGHT, needed)));
+    this.svg.setAttribute("height", String(this.height));
+    this.svg.querySelector(".graph-clip").setAttribute("y", String(zones(this.height).graph));
+    if (view) this.transform = view;
+    else if (oldScreenX !== null && keepLayer !== null && this.anchors[keepLayer]) {
+      this.transform = { ...this.transform, x: oldScreenX - this.anchors[keepLayer][0] * this.transform.k };
+    } else this.transform = this.fitTransform(width);
+    this.setTransform(this.transform);
     const drawn = ++this.renders;
     afterNextFrame(() => {
-      if (drawn === this.renders) this.updateMinimap(riverLayer, nodesLayer);
+      if (drawn === this.renders) this.updateMinimap(nodesLayer);
     });
     return input.river.paths.length;
+  }
+  /** Transform showing every gated layer (and the whole graph width) across the view. */
+  fitTransform(width) {
+    if (!this.layout) return IDENTITY;
+    const xs = this.anchors.filter((a) => a !== null).map((a) => a[0]);
+    const x0 = xs.length ? Math.min(...xs) : 0;
+    const x1 = xs.length ? Math.max(...xs) : this.layout.width;
+    const side = SIDE + 30;
+    const k = Math.min(K_MAX, 1.5, (width - 2 * side) / Math.max(1, x1 - x0));
+    const z = zones(this.height);
+    return { k, x: side + (width - 2 * side - (x1 - x0) * k) / 2 - x0 * k, y: z.graph + 14 };
+  }
+  fit() {
+    this.setTransform(this.fitTransform(this.viewSize()[0]));
+    this.input?.onViewChange(this.transform);
+  }
+  zoomBy(factor) {
+    const [w] = this.viewSize();
+    this.setTransform(zoomAt(this.transform, factor, w / 2, zones(this.height).graph, this.kMin(), K_MAX));
+    this.input?.onViewChange(this.transform);
+  }
+  /** The current pan and zoom. */
+  view() {
+    return { ...this.transform };
+  }
+  kMin() {
+    return Math.min(0.02, this.fitTransform(this.viewSize()[0]).k / 2);
   }
   drawExpandedGroups(layer, input, nodes, layout) {
     const nodeGroup = new Map(input.graph.nodes.map((n) => [n.id, n.group]));
@@ -806,7 +926,7 @@ var NetworkView = class {
       const y1 = Math.max(...placed.map((p) => p.y + p.height / 2)) + pad;
       const box = svgEl("g", { class: "expanded-group", "data-group": group }, [
         svgEl("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, rx: 8, fill: "rgba(63,81,181,0.04)", stroke: "#9fa8da", "stroke-dasharray": "4 3" }),
-        svgEl("text", { x: x0 + 20, y: y0 + 12, "font-size": 11, fill: "#3949ab", "font-family": "Roboto, sans-serif" }, [group]),
+        svgEl("text", { class: "group-label", x: x0 + 20, y: y0 + 12, "font-size": 11, fill: "#3949ab", "font-family": "Roboto, sans-serif" }, [input.shortNames.get(group) ?? group, svgTitle(group)]),
         svgEl("g", { class: "toggle", "data-group": group, cursor: "pointer" }, [
           svgEl("rect", { x: x0 + 4, y: y0 + 3, width: 12, height: 12, rx: 2, fill: "#ffffff", stroke: "#3949ab" }),
           svgEl("text", { x: x0 + 10, y: y0 + 13, "text-anchor": "middle", "font-size": 12, fill: "#3949ab" }, ["−"]),
@@ -846,7 +966,9 @@ var NetworkView = class {
     const title = node.kind === "group" ? `${node.id}: ${node.size} operations, ${node.gatedLayers.length} gated layers (click to open the treemap of its last layer; ± expands)` : `${node.id}${gated ? ` (gated layer ${input.layerNames[node.gatedLayers[0]] ?? node.gatedLayers[0]})` : ""}`;
     g.appendChild(svgTitle(title));
     const labelX = node.kind === "group" ? x + 20 + (p.width - 20) / 2 : p.x;
+    const shown = node.kind === "group" ? input.shortNames.get(node.id) ?? node.id : node.label;
     g.appendChild(svgEl("text", {
+      class: "node-label",
       x: labelX,
       y: p.y + 4,
       "text-anchor": "middle",
@@ -854,7 +976,7 @@ var NetworkView = class {
       fill: "#263238",
       "font-family": "Roboto, sans-serif",
       "pointer-events": "none"
-    }, [truncate(node.kind === "group" ? node.id : node.label, node.kind === "group" ? Math.floor((p.width - 24) / 6.5) : 9)]));
+    }, [truncate(shown, node.kind === "group" ? Math.floor((p.width - 24) / 6.2) : 10)]));
     if (node.kind === "group") {
       const toggle = svgEl("g", { class: "toggle", "data-group": node.id, cursor: "pointer" }, [
         svgEl("rect", { x: x + 5, y: p.y - 6, width: 12, height: 12, rx: 2, fill: "#ffffff", stroke: "#3949ab" }),
@@ -874,41 +996,162 @@ var NetworkView = class {
     }
     return g;
   }
-  drawMarkers(layer, river, anchors) {
+  /** Screen x of every river layer under transform `t`. */
+  screenXs(t) {
+    return this.anchors.map((a) => a === null ? null : a[0] * t.k + t.x);
+  }
+  /**
+   * The river, its story span, the layer axis and the diff chart, in screen units, into
+   * `target`, for transform `t` and a view `width` pixels wide.
+   */
+  drawScreen(target, t, width, interactive) {
+    const input = this.input;
+    const river = input.river;
+    const z = zones(this.height);
+    const xs = this.screenXs(t);
+    const name = (l) => input.shortNames.get(river.layers[l]) ?? river.layers[l];
+    const band = svgEl("g", { class: "river" });
+    const spanLayer = svgEl("g", { class: "story" });
+    const axis = svgEl("g", { class: "axis" });
+    const markers = svgEl("g", { class: "markers" });
+    const chart = svgEl("g", { class: "diff-chart" });
+    const hits = svgEl("g", { class: "hits" });
+    target.append(spanLayer, band, axis, markers, chart, hits);
+    band.appendChild(svgEl("rect", { class: "band-frame", x: 0, y: z.bandTop, width, height: z.band, fill: "transparent" }));
+    const dm = input.detection;
+    const merging = river.markers.find((m) => m.kind === "merging")?.layer ?? null;
+    const diverging = river.markers.find((m) => m.kind === "diverging")?.layer ?? null;
+    this.drawSpan(spanLayer, xs, diverging, merging, dm, z, name);
+    const selected = input.selectedLayer === null ? -1 : river.layers.indexOf(input.selectedLayer);
+    if (selected >= 0 && xs[selected] !== null) {
+      band.appendChild(svgEl("line", { class: "selected-layer", x1: xs[selected], x2: xs[selected], y1: z.bandTop - 4, y2: z.chart + CHART_HEIGHT, stroke: "#d84315", "stroke-width": 1.5 }, [
+        svgTitle(`${river.layers[selected]}: its feature maps are open below`)
+      ]));
+    }
+    const ordered = drawOrder(river);
+    ordered.forEach((path, k) => {
+      const points = [];
+      xs.forEach((x, l) => {
+        if (x !== null && Number.isFinite(path.y[l])) points.push([x, z.bandTop + path.y[l] * z.band]);
+      });
+      band.appendChild(svgEl("path", {
+        class: "river-path",
+        "data-example": path.example,
+        "data-role": path.role,
+        d: smoothPath(points),
+        fill: "none",
+        stroke: input.colors.get(path.example) ?? "#757575",
+        "stroke-width": strokeWidth(k, ordered.length),
+        "stroke-linecap": "round",
+        "stroke-linejoin": "round",
+        "stroke-opacity": 0.95
+      }, [svgTitle(datapathLabel(path.name, path.role))]));
+    });
+    this.drawAxis(axis, xs, z, name, [diverging, merging, selected]);
     for (const marker of river.markers) {
-      const a = anchors[marker.layer];
-      if (!a) continue;
+      const x = xs[marker.layer];
+      if (x === null || x === void 0) continue;
       const color = marker.kind === "diverging" ? "#c62828" : "#2e7d32";
       const confirmed = marker.detected !== false;
-      const bottom = a[1] + BAND_WIDTH / 2 + 4;
-      layer.appendChild(svgEl("g", { class: `marker ${marker.kind}`, "data-layer": marker.layer, opacity: confirmed ? 1 : 0.45 }, [
-        svgEl("line", { x1: a[0], x2: a[0], y1: a[1] - BAND_WIDTH / 2, y2: bottom, stroke: color, "stroke-width": 1.5, "stroke-dasharray": "3 2" }),
-        svgEl("path", { d: `M${a[0] - 6},${bottom + 9} L${a[0] + 6},${bottom + 9} L${a[0]},${bottom} z`, fill: color }),
-        svgEl("text", { x: a[0], y: bottom + 21, "text-anchor": "middle", "font-size": 11, fill: color, "font-family": "Roboto, sans-serif" }, [confirmed ? marker.kind : `${marker.kind}?`]),
-        svgTitle(`${marker.kind} point at ${river.layers[marker.layer]}${confirmed ? "" : " (candidate: the detection did not confirm the pattern)"}`)
+      const top = z.axis + 2;
+      markers.appendChild(svgEl("g", { class: `marker ${marker.kind}`, "data-layer": marker.layer, opacity: confirmed ? 1 : 0.6 }, [
+        svgEl("line", { x1: x, x2: x, y1: z.bandTop, y2: z.bandTop + z.band, stroke: color, "stroke-width": 1.2, "stroke-dasharray": "3 3" }),
+        svgEl("path", { d: `M${x - 6},${top + 9} L${x + 6},${top + 9} L${x},${top} z`, fill: color }),
+        svgTitle(`${marker.kind} layer ${river.layers[marker.layer]}${confirmed ? "" : " (best candidate: Eq. 10 did not confirm the pattern)"}`)
+      ]));
+    }
+    const diff = river.diff_curve;
+    if (diff && diff.length === river.layers.length) {
+      const r = dm?.r ?? Math.min(8, diff.length - 1);
+      const unit = river.normalization === "rms" ? "RMS gate distance (L2 / √C_l)" : "L2 gate distance";
+      const drawnXs = xs.map((x) => x === null ? null : x);
+      drawDiffChart(chart, diff, r, { xs: drawnXs, top: z.chart, height: CHART_HEIGHT, left: 0, right: width }, unit);
+      const said = this.verdict();
+      if (said) {
+        chart.appendChild(svgEl("text", { class: `verdict ${said.detected ? "detected" : "not-detected"}`, x: 8, y: z.verdictY, "font-size": 12, "font-weight": 500, fill: said.detected ? "#2e7d32" : "#6d4c00" }, [said.text]));
+      }
+    }
+    if (interactive) this.drawHits(hits, xs, z);
+  }
+  /** Eq. 10's verdict on the logged detection, or null without one. */
+  verdict() {
+    const input = this.input;
+    const dm = input?.detection;
+    if (!input || !dm || !dm.diff || dm.diff.length < 2) return null;
+    const name = (l) => input.shortNames.get(input.layerNames[l]) ?? input.layerNames[l] ?? String(l);
+    return verdict(dm.diff, dm.r, dm.detected, dm.diverging_layer, dm.merging_layer, name);
+  }
+  drawSpan(layer, xs, diverging, merging, dm, z, name) {
+    if (merging === null || xs[merging] === null) return;
+    const input = this.input;
+    const x1 = xs[merging];
+    const x0 = diverging !== null && xs[diverging] !== null ? xs[diverging] : x1;
+    const confirmed = dm?.detected ?? false;
+    const names = new Map(input.river.paths.map((p) => [p.example, p.name]));
+    const adv = dm ? names.get(dm.adversarial) : void 0;
+    const src = dm ? names.get(dm.source) : void 0;
+    const tgt = dm ? names.get(dm.target) : void 0;
+    const who = adv && src && tgt ? `${adv} leaves ${src}${diverging !== null ? ` after ${name(diverging)}` : ""} and joins ${tgt} at ${name(merging)}` : `${diverging !== null ? `diverging at ${name(diverging)}, ` : ""}merging at ${name(merging)}`;
+    const text = confirmed ? `Diverging → merging: ${who}` : `Best candidate span (Eq. 10 did not confirm a pattern): ${who}`;
+    layer.appendChild(svgEl("rect", {
+      class: `story-span${confirmed ? " detected" : " candidate"}`,
+      x: x0 - 10,
+      y: z.bandTop - 8,
+      width: Math.max(20, x1 - x0 + 20),
+      height: z.band + 16,
+      fill: confirmed ? "rgba(255,193,7,0.22)" : "rgba(255,193,7,0.12)",
+      stroke: "#ffa000",
+      "stroke-dasharray": confirmed ? "" : "5 4",
+      rx: 6
+    }, [svgTitle(text)]));
+    const textWidth = text.length * 6.6;
+    const mid = Math.max(textWidth / 2 + 8, Math.min(this.viewSize()[0] - textWidth / 2 - 8, (x0 + x1) / 2));
+    layer.appendChild(svgEl("text", { class: "story-label", x: mid, y: z.bandTop - 14, "text-anchor": "middle", "font-size": 13, "font-weight": 500, fill: "#8d5b00" }, [text]));
+  }
+  /** Layer ticks, and the short names that fit (marked layers first). */
+  drawAxis(layer, xs, z, name, first) {
+    const river = this.input.river;
+    const placed = [];
+    const order = [...first.filter((l) => l !== null && l >= 0), ...river.layers.map((_, l) => l)];
+    const done = /* @__PURE__ */ new Set();
+    xs.forEach((x, l) => {
+      if (x === null) return;
+      layer.appendChild(svgEl("line", { class: "layer-tick", "data-layer": river.layers[l], x1: x, x2: x, y1: z.bandTop + z.band, y2: z.axis + 2, stroke: "#bdbdbd" }));
+    });
+    for (const l of order) {
+      if (done.has(l) || xs[l] === null) continue;
+      done.add(l);
+      const label = name(l);
+      const w = label.length * 6 + 8;
+      const x = xs[l];
+      if (placed.some(([a, b]) => x - w / 2 < b && x + w / 2 > a)) continue;
+      placed.push([x - w / 2, x + w / 2]);
+      layer.appendChild(svgEl("text", { class: "layer-label", "data-layer": river.layers[l], x, y: z.axis + 24, "text-anchor": "middle", "font-size": 10.5, fill: "#37474f" }, [
+        label,
+        svgTitle(river.layers[l])
       ]));
     }
   }
-  drawHits(layer, input, anchors, manifestIndex) {
-    const names = new Map(input.river.paths.map((p) => [p.example, p.name]));
-    const anchored = anchors.map((a, i) => ({ a, i })).filter((e) => e.a !== null);
-    anchored.forEach(({ a, i }, k) => {
-      const left = k > 0 ? (anchored[k - 1].a[0] + a[0]) / 2 : a[0] - 12;
-      const right = k + 1 < anchored.length ? (anchored[k + 1].a[0] + a[0]) / 2 : a[0] + 12;
-      const sameRow = (b) => b !== void 0 && Math.abs(b[1] - a[1]) < 1;
-      const x0 = sameRow(anchored[k - 1]?.a) ? left : a[0] - 12;
-      const x1 = sameRow(anchored[k + 1]?.a) ? right : a[0] + 12;
+  drawHits(layer, xs, z) {
+    const input = this.input;
+    const river = input.river;
+    const manifestIndex = river.layers.map((n) => input.layerNames.indexOf(n));
+    const names = new Map(river.paths.map((p) => [p.example, p.name]));
+    const shown = xs.map((x, i) => ({ x, i })).filter((e) => e.x !== null).sort((a, b) => a.x - b.x);
+    shown.forEach(({ x, i }, k) => {
+      const left = k > 0 ? (shown[k - 1].x + x) / 2 : x - 12;
+      const right = k + 1 < shown.length ? (shown[k + 1].x + x) / 2 : x + 12;
       const hit = svgEl("rect", {
         class: "layer-hit",
-        "data-layer": input.river.layers[i],
-        x: x0,
-        y: a[1] - BAND_WIDTH / 2 - 4,
-        width: Math.max(4, x1 - x0),
-        height: BAND_WIDTH + 8,
+        "data-layer": river.layers[i],
+        x: Math.max(left, x - 30),
+        y: z.bandTop - 8,
+        width: Math.max(4, Math.min(right, x + 30) - Math.max(left, x - 30)),
+        height: z.chart + CHART_HEIGHT - z.bandTop + 8,
         fill: "transparent",
         cursor: "pointer"
       });
-      hit.addEventListener("mousemove", (ev) => this.showTooltip(ev, input.river, i, names));
+      hit.addEventListener("mousemove", (ev) => this.showTooltip(ev, i, names));
       hit.addEventListener("mouseleave", () => this.tooltip.hidden = true);
       hit.addEventListener("click", () => {
         if (!this.draggedSincePointerDown && manifestIndex[i] >= 0) input.onOpenLayer(manifestIndex[i]);
@@ -916,15 +1159,20 @@ var NetworkView = class {
       layer.appendChild(hit);
     });
   }
-  showTooltip(ev, river, layer, names) {
+  showTooltip(ev, layer, names) {
+    const river = this.input.river;
     clear(this.tooltip);
-    this.tooltip.appendChild(el("div", { class: "tooltip-title" }, [`${river.layers[layer]} (layer ${layer + 1} of ${river.layers.length})`]));
+    const short = this.input.shortNames.get(river.layers[layer]);
+    this.tooltip.appendChild(el("div", { class: "tooltip-title" }, [`${short ?? river.layers[layer]} (layer ${layer + 1} of ${river.layers.length})`]));
+    if (short && short !== river.layers[layer]) this.tooltip.appendChild(el("div", { class: "tooltip-hint" }, [river.layers[layer]]));
+    const unit = river.normalization === "rms" ? "RMS distance" : "L2 distance";
     const rows = Object.entries(river.distances).map(
       ([key, values]) => el("tr", {}, [el("td", {}, [pairLabel(key, names)]), el("td", { class: "num" }, [formatValue(values[layer])])])
     );
-    this.tooltip.appendChild(el("table", {}, [el("tr", {}, [el("th", {}, ["datapaths"]), el("th", {}, ["distance"])]), ...rows]));
+    this.tooltip.appendChild(el("table", {}, [el("tr", {}, [el("th", {}, ["datapaths"]), el("th", {}, [unit])]), ...rows]));
+    if (river.diff_curve) this.tooltip.appendChild(el("div", {}, [`diff (Eq. 9): ${formatValue(river.diff_curve[layer])}`]));
     const marker = river.markers.find((m) => m.layer === layer);
-    if (marker) this.tooltip.appendChild(el("div", { class: `tooltip-marker ${marker.kind}` }, [`${marker.kind} point`]));
+    if (marker) this.tooltip.appendChild(el("div", { class: `tooltip-marker ${marker.kind}` }, [`${marker.kind} layer`]));
     this.tooltip.appendChild(el("div", { class: "tooltip-hint" }, ["click: feature maps of this layer"]));
     const box = this.element.getBoundingClientRect();
     this.tooltip.style.left = `${Math.min(ev.clientX - box.left + 14, box.width - 260)}px`;
@@ -934,40 +1182,31 @@ var NetworkView = class {
   // ------------------------------------------------------------- pan & zoom
   viewSize() {
     const r = this.svg.getBoundingClientRect();
-    return [r.width || 800, r.height || VIEW_HEIGHT];
+    return [r.width || 800, r.height || this.height];
   }
-  setTransform(t, size = this.viewSize()) {
+  setTransform(t) {
     this.transform = t;
     this.viewport.setAttribute("transform", `translate(${t.x},${t.y}) scale(${t.k})`);
-    const [w, h] = size;
-    const v = visibleContent(t, w, h);
-    this.minimapView.setAttribute("x", String(v.x));
-    this.minimapView.setAttribute("y", String(v.y));
-    this.minimapView.setAttribute("width", String(v.width));
-    this.minimapView.setAttribute("height", String(v.height));
-  }
-  /** Show the whole graph; deep models are shown at a legible zoom from the start instead. */
-  fit(size = this.viewSize()) {
-    if (!this.layout) return;
-    const [w, h] = size;
-    const margin = BAND_WIDTH;
-    const content = { x: -margin, y: -margin - 20, width: this.layout.width + 2 * margin, height: this.layout.height + 2 * margin + 20 };
-    let t = fitTransform(content, w, h, 8, 1.5);
-    if (t.k < 0.45) {
-      const k = Math.min(0.8, h / content.height);
-      t = { k, x: -content.x * k + 8, y: (h - content.height * k) / 2 - content.y * k };
-    }
-    this.setTransform(t, size);
-  }
-  zoomBy(factor) {
+    this.tooltip.hidden = true;
     const [w, h] = this.viewSize();
-    this.setTransform(zoomAt(this.transform, factor, w / 2, h / 2, K_MIN, K_MAX));
+    const z = zones(this.height);
+    this.minimapView.setAttribute("x", String(-t.x / t.k));
+    this.minimapView.setAttribute("y", String((z.graph - t.y) / t.k));
+    this.minimapView.setAttribute("width", String(w / t.k));
+    this.minimapView.setAttribute("height", String(Math.max(1, h - z.graph) / t.k));
+    if (!this.input) return;
+    clear(this.screen);
+    this.drawScreen(this.screen, t, w, true);
+  }
+  userTransform(t) {
+    this.setTransform(t);
+    this.input?.onViewChange(t);
   }
   installPanZoom() {
     this.svg.addEventListener("wheel", (ev) => {
       ev.preventDefault();
       const r = this.svg.getBoundingClientRect();
-      this.setTransform(zoomAt(this.transform, Math.exp(-ev.deltaY * 15e-4), ev.clientX - r.left, ev.clientY - r.top, K_MIN, K_MAX));
+      this.userTransform(zoomAt(this.transform, Math.exp(-ev.deltaY * 15e-4), ev.clientX - r.left, ev.clientY - r.top, this.kMin(), K_MAX));
     }, { passive: false });
     let last = null;
     let travelled = 0;
@@ -984,8 +1223,7 @@ var NetworkView = class {
       last = [ev.clientX, ev.clientY];
       if (travelled > 4) {
         this.draggedSincePointerDown = true;
-        this.setTransform(panBy(this.transform, dx, dy));
-        this.tooltip.hidden = true;
+        this.userTransform(panBy(this.transform, dx, dy));
       }
     });
     window.addEventListener("pointerup", () => last = null);
@@ -996,7 +1234,9 @@ var NetworkView = class {
       const cx = vb.x + (ev.clientX - r.left) / r.width * vb.width;
       const cy = vb.y + (ev.clientY - r.top) / r.height * vb.height;
       const [w, h] = this.viewSize();
-      this.setTransform(centreOn(this.transform, cx, cy, w, h));
+      const z = zones(this.height);
+      const t = this.transform;
+      this.userTransform({ k: t.k, x: w / 2 - cx * t.k, y: (z.graph + h) / 2 - cy * t.k });
     };
     let minimapDrag = false;
     this.minimap.addEventListener("pointerdown", (ev) => {
@@ -1007,41 +1247,57 @@ var NetworkView = class {
     window.addEventListener("pointermove", (ev) => minimapDrag && moveTo(ev));
     window.addEventListener("pointerup", () => minimapDrag = false);
   }
-  updateMinimap(riverLayer, nodesLayer) {
+  updateMinimap(nodesLayer) {
     clear(this.minimap);
     if (!this.layout) return;
     const [w] = this.viewSize();
-    const pad = BAND_WIDTH;
+    const pad = 24;
     const vbW = this.layout.width + 2 * pad;
     const vbH = this.layout.height + 2 * pad;
-    this.minimap.style.display = this.layout.width < w * 1.2 ? "none" : "";
+    this.minimap.style.display = this.layout.width * this.transform.k < w * 1.1 ? "none" : "";
     this.minimap.setAttribute("viewBox", `${-pad} ${-pad} ${vbW} ${vbH}`);
-    this.minimap.setAttribute("height", String(Math.max(30, Math.min(140, MINIMAP_WIDTH * vbH / vbW))));
+    this.minimap.setAttribute("height", String(Math.max(30, Math.min(100, MINIMAP_WIDTH * vbH / vbW))));
     this.minimap.setAttribute("preserveAspectRatio", "none");
     const nodes = nodesLayer.cloneNode(true);
     nodes.querySelectorAll("text, title, .toggle").forEach((n) => n.remove());
-    const river = riverLayer.cloneNode(true);
-    river.querySelectorAll("title").forEach((n) => n.remove());
-    river.querySelectorAll("path").forEach((p) => {
-      p.setAttribute("vector-effect", "non-scaling-stroke");
-      p.setAttribute("stroke-width", "2");
-    });
-    for (const copy of [nodes, river]) {
-      for (const node of [copy, ...copy.querySelectorAll("*")]) {
-        for (const name of node.getAttributeNames()) if (name === "class" || name.startsWith("data-")) node.removeAttribute(name);
-      }
+    for (const node of [nodes, ...nodes.querySelectorAll("*")]) {
+      for (const name of node.getAttributeNames()) if (name === "class" || name.startsWith("data-")) node.removeAttribute(name);
     }
-    this.minimap.append(svgEl("rect", { x: -pad, y: -pad, width: vbW, height: vbH, fill: "#fafafa" }), nodes, river, this.minimapView);
+    this.minimap.append(svgEl("rect", { x: -pad, y: -pad, width: vbW, height: vbH, fill: "#fafafa" }), nodes, this.minimapView);
     this.setTransform(this.transform);
   }
-  /** The view as drawn now, as a standalone SVG element (for export). */
-  snapshot() {
-    const [w, h] = this.viewSize();
-    const copy = this.svg.cloneNode(true);
-    copy.querySelectorAll(".hits").forEach((n) => n.remove());
-    copy.setAttribute("width", String(Math.round(w)));
-    copy.setAttribute("height", String(Math.round(h)));
-    return copy;
+  /**
+   * The whole river (every layer, fitted to `width` pixels whatever the current view),
+   * the chart and the graph, with a title and a legend, as a standalone SVG element.
+   */
+  snapshot(width = Math.max(1200, this.viewSize()[0])) {
+    const input = this.input;
+    if (!input || !this.layout) return null;
+    const head = 26 + 20 * Math.ceil((input.river.paths.length + 3) / 4);
+    const t = this.fitTransform(width);
+    const z = zones(this.height);
+    const height = z.graph + this.layout.height * t.k + 40;
+    const out = svgEl("svg", { width, height: Math.round(height + head), viewBox: `0 0 ${width} ${Math.round(height + head)}` });
+    out.appendChild(svgEl("rect", { x: 0, y: 0, width, height: height + head, fill: "#ffffff" }));
+    out.appendChild(svgEl("text", { class: "export-title", x: 12, y: 20, "font-size": 15, "font-weight": 500, fill: "#212121", "font-family": "Roboto, sans-serif" }, [input.title]));
+    const legend = svgEl("g", { class: "export-legend", "font-family": "Roboto, sans-serif", "font-size": 12 });
+    const items = input.river.paths.map((p) => ["line", input.colors.get(p.example) ?? "#757575", datapathLabel(p.name, p.role)]);
+    items.push(["span", "rgba(255,193,7,0.4)", "diverging → merging span"], ["tri-d", "#c62828", "diverging layer"], ["tri-m", "#2e7d32", "merging layer"]);
+    items.forEach(([kind, color, text], k) => {
+      const x = 12 + k % 4 * ((width - 24) / 4);
+      const y = 40 + Math.floor(k / 4) * 20;
+      legend.appendChild(kind === "line" ? svgEl("line", { x1: x, x2: x + 24, y1: y - 4, y2: y - 4, stroke: color, "stroke-width": 4 }) : kind === "span" ? svgEl("rect", { x, y: y - 10, width: 24, height: 12, fill: color }) : svgEl("path", { d: `M${x + 6},${y} L${x + 18},${y} L${x + 12},${y - 10} z`, fill: color }));
+      legend.appendChild(svgEl("text", { x: x + 30, y, fill: "#212121" }, [text]));
+    });
+    out.appendChild(legend);
+    const body = svgEl("g", { transform: `translate(0,${head})` });
+    const graph = this.viewport.cloneNode(true);
+    graph.setAttribute("transform", `translate(${t.x},${t.y}) scale(${t.k})`);
+    const screen = svgEl("g", {});
+    this.drawScreen(screen, t, width, false);
+    body.append(svgEl("defs", {}, [this.svg.querySelector("marker").cloneNode(true)]), graph, screen);
+    out.appendChild(body);
+    return out;
   }
 };
 
@@ -1369,11 +1625,14 @@ function groupAnalyses(run) {
   for (const entry of run.analyses) {
     let choice = byName.get(entry.name);
     if (!choice) {
-      choice = { name: entry.name, methods: [], steps: {} };
+      choice = { name: entry.name, methods: [], steps: {}, stepsWithModel: {} };
       byName.set(entry.name, choice);
     }
     if (!choice.methods.includes(entry.method)) choice.methods.push(entry.method);
     choice.steps[entry.method] = [.../* @__PURE__ */ new Set([...choice.steps[entry.method] ?? [], ...entry.steps])].sort((a, b) => a - b);
+    if (entry.steps_with_model) {
+      choice.stepsWithModel[entry.method] = [.../* @__PURE__ */ new Set([...choice.stepsWithModel[entry.method] ?? [], ...entry.steps_with_model])].sort((a, b) => a - b);
+    }
   }
   return [...byName.values()];
 }
@@ -1416,17 +1675,19 @@ function defaultMethod(analysis) {
   return analysis.methods.includes("constrained") ? "constrained" : analysis.methods[0];
 }
 var BELOW = {
-  run: ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded"],
-  analysis: ["method", "step", "examples", "layer", "channel", "diff", "expanded"]
+  run: ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded", "view"],
+  analysis: ["method", "step", "examples", "layer", "channel", "diff", "expanded", "view"]
 };
 function dropBelow(state, level) {
   for (const key of BELOW[level]) delete state[key];
 }
 var MAX_RIVER_DATAPATHS = 16;
-function resolveExamples(asked, available) {
+function resolveExamples(asked, available, story = null) {
   const known = new Set(available);
   const chosen = [...new Set((asked ?? []).filter((i) => known.has(i)))].slice(0, MAX_RIVER_DATAPATHS);
-  return chosen.length >= 2 ? chosen : available.slice(0, MAX_RIVER_DATAPATHS);
+  if (chosen.length >= 2) return chosen;
+  if (story && story.length === 3 && story.every((i) => known.has(i)) && new Set(story).size === 3) return [...story].sort((a, b) => a - b);
+  return available.slice(0, MAX_RIVER_DATAPATHS);
 }
 function resolveDiff(asked, examples) {
   if (asked && asked[0] !== asked[1] && examples.includes(asked[0]) && examples.includes(asked[1])) return asked;
@@ -1481,6 +1742,12 @@ var App = class {
     this.neuronView = new NeuronView();
     this.legend = el("div", { class: "legend" });
     this.summary = el("div", { class: "summary" });
+    this.networkOptions = el("span", { class: "network-options" });
+    /** Display names of gated layers and groups (distinctive end of the module path). */
+    this.names = /* @__PURE__ */ new Map();
+    /** The river is drawn with the view from the URL once; later draws keep the current view. */
+    this.viewRestored = false;
+    this.viewTimer = null;
     this.treemapHead = el("div", { class: "panel-head" });
     // ------------------------------------------------------------- contribution (paper Sec. 5.4)
     this.mode = "sgd";
@@ -1493,7 +1760,8 @@ var App = class {
     ];
     this.networkPanel.append(
       el("div", { class: "panel-head" }, [
-        el("h2", {}, ["Datapath river over the model graph"]),
+        el("h2", {}, ["Datapath river, Eq. 9 diff and model graph"]),
+        this.networkOptions,
         el("span", { class: "spacer" }),
         this.button("Fit", () => this.networkView.fit()),
         this.button("+", () => this.networkView.zoomBy(1.4)),
@@ -1507,6 +1775,7 @@ var App = class {
     this.treemapPanel.append(this.treemapHead, this.treemapView.element);
     this.neuronPanel.append(this.neuronView.element);
     this.host.addEventListener("hashchange", () => this.onExternalHashChange());
+    followTheme(root, this.host);
   }
   async start() {
     const linked = this.state.run !== void 0 && this.state.analysis !== void 0 && this.state.method !== void 0 && this.state.step !== void 0 ? this.requestAnalysis() : null;
@@ -1527,7 +1796,11 @@ var App = class {
     await this.loadAnalysis(linked);
   }
   // ------------------------------------------------------------- messages
+  /** Show `text` once: the same message already shown is returned, not repeated. */
   message(kind, text) {
+    for (const shown of this.messages.children) {
+      if (shown.textContent === text && shown.classList.contains(kind)) return shown;
+    }
     const box = el("div", { class: `message ${kind}` }, [text]);
     this.messages.appendChild(box);
     return box;
@@ -1591,7 +1864,7 @@ var App = class {
     clear(this.controls);
     const run = this.currentRun();
     const analysis = this.currentAnalysis();
-    const resetBelowRun = ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded"];
+    const resetBelowRun = ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded", "view"];
     this.controls.appendChild(select(
       "Run",
       this.runs.map((r) => ({ value: r.run, text: r.analyses.length ? r.run : `${r.run} (no AEVis data)` })),
@@ -1604,14 +1877,14 @@ var App = class {
       "Analysis",
       groupAnalyses(run).map((a) => ({ value: a.name, text: a.name })),
       analysis.name,
-      (v) => this.change({ analysis: v }, resetBelowRun.slice(1)),
+      (v) => this.change({ analysis: v }, resetBelowRun.slice(2)),
       "analysis"
     ));
     this.controls.appendChild(select(
       "Method",
       analysis.methods.map((m) => ({ value: m, text: m === "dgr" ? "DGR (baseline)" : m })),
       this.state.method ?? "",
-      (v) => this.change({ method: v }, ["step", "layer", "channel"]),
+      (v) => this.change({ method: v }, ["step", "layer", "channel", "view"]),
       "method"
     ));
     const steps = analysis.steps[this.state.method ?? ""] ?? [];
@@ -1620,7 +1893,7 @@ var App = class {
         "Step",
         steps.map((s) => ({ value: String(s), text: String(s) })),
         String(this.state.step),
-        (v) => this.change({ step: Number(v) }, ["layer", "channel"]),
+        (v) => this.change({ step: Number(v) }, ["layer", "channel", "view"]),
         "step"
       ));
     }
@@ -1642,7 +1915,7 @@ var App = class {
         }
         this.change({ examples: next }, ["diff"]);
       });
-      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors.get(e.index) ?? "#bdbdbd"}` }), `${e.name} (${e.role})`]));
+      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors.get(e.index) ?? "#bdbdbd"}` }), datapathLabel(e.name, e.role)]));
     });
     return el("div", { class: "control" }, [el("span", {}, ["Datapaths"]), box]);
   }
@@ -1664,7 +1937,7 @@ var App = class {
       (answer) => ({ graph: answer, error: null }),
       (error) => ({ graph: null, error })
     );
-    const river = getJson("river", { ...params, examples: asked?.join(",") }).catch((err) => {
+    const river = getJson("river", { ...params, examples: asked?.join(","), normalization: this.distance() }).catch((err) => {
       if (asked === void 0) throw err;
       return null;
     });
@@ -1693,10 +1966,15 @@ var App = class {
     let graph;
     try {
       manifest = await requests.manifest;
-      const examples = resolveExamples(requests.asked, manifest.examples.map((e) => e.index));
+      const dm = manifest.diverging_merging;
+      const story = dm ? [dm.adversarial, dm.source, dm.target] : null;
+      const examples = resolveExamples(requests.asked, manifest.examples.map((e) => e.index), story);
+      if (requests.asked === void 0 && story && manifest.examples.length > 3 && examples.length === 3) {
+        this.message("info", `Showing the paper's triplet: the adversarial example, its source and the representative target (Sec. 6.2.1) of ${manifest.examples.filter((e) => e.role === "target").length} target images. Tick more under Datapaths to compare them.`);
+      }
       const first = await requests.river;
-      const same = first !== null && JSON.stringify(first.paths.map((p) => p.example).sort()) === JSON.stringify([...examples].sort());
-      river = same ? first : await getJson("river", { ...params, examples: examples.join(",") });
+      const same = first !== null && JSON.stringify(first.paths.map((p) => p.example).sort()) === JSON.stringify([...examples].sort()) && (first.normalization ?? "l2") === this.distance();
+      river = same ? first : await getJson("river", { ...params, examples: examples.join(","), normalization: this.distance() });
       const answered = await requests.graph;
       graph = answered.graph;
       if (answered.error !== null && generation === this.generation) {
@@ -1723,7 +2001,11 @@ var App = class {
       this.message("info", "This analysis has a single datapath; the river compares two or more. Its treemap is still available per layer.");
     }
     this.river = river;
+    if ((river.normalization ?? "l2") !== this.distance()) {
+      this.message("warning", "This server answers the river with the paper's L2 distance only; the RMS choice is not available here.");
+    }
     this.graph = graph ?? chainGraph(manifest.layers.map((l) => l.name));
+    this.names = shortNames([...manifest.layers.map((l) => l.name), ...this.graph.groups.map((g) => g.id)]);
     if (this.state.expanded) {
       const known = new Set(this.graph.groups.map((g) => g.id));
       this.expanded = new Set(this.state.expanded.filter((g) => known.has(g)));
@@ -1735,6 +2017,7 @@ var App = class {
     }
     this.renderSummary();
     this.networkPanel.hidden = false;
+    this.viewRestored = false;
     if (!this.riverShown) performance.mark("aevis-data");
     this.drawNetwork();
     if (!this.riverShown) {
@@ -1744,19 +2027,37 @@ var App = class {
     }
     if (this.state.layer) void this.loadTreemap();
   }
+  /** The layer distance of the river and the chart: RMS unless the URL asks for the paper's L2. */
+  distance() {
+    return this.state.distance ?? "rms";
+  }
   renderSummary() {
     const m = this.manifest;
+    const layerName = (l) => l === null ? "none" : this.names.get(m.layers[l]?.name) ?? m.layers[l]?.name ?? String(l);
     const dm = m.diverging_merging;
     const parts = [`${m.layers.length} gated layers · method ${m.method} · threshold ${formatValue(m.threshold)} · river layout ${this.river.layout === "rule" ? "rule (Sec. 5.2)" : "least squares"}`];
     if (dm) {
-      const name = (l) => l === null ? "none" : m.layers[l]?.name ?? String(l);
-      parts.push(dm.detected ? `diverging at ${name(dm.diverging_layer)}, merging at ${name(dm.merging_layer)}` : "no diverging/merging pattern detected");
+      parts.push(dm.detected ? `diverging at ${layerName(dm.diverging_layer)}, merging at ${layerName(dm.merging_layer)}` : "no diverging/merging pattern detected (Eq. 10)");
     }
-    const preds = m.examples.map((e) => `${e.name}: ${e.class_name} (${formatValue(e.confidence)})${e.label_preserved ? "" : " — datapath does not keep the label"}`);
+    const preds = m.examples.filter((e) => (this.state.examples ?? []).includes(e.index)).map((e) => `${e.name}: ${e.class_name} (${formatValue(e.confidence)})${e.label_preserved ? "" : " — datapath does not keep the label"}`);
     clear(this.summary);
     this.summary.append(el("div", {}, [parts.join(" · ")]), el("div", {}, [`predictions: ${preds.join("; ")}`]));
+    const provenance = m.params?.provenance;
+    if (provenance && typeof provenance === "object") {
+      const rows = Object.entries(provenance).map(([k, v]) => `${k}: ${String(v)}`);
+      this.summary.appendChild(el("div", { class: "provenance" }, [`how the examples were chosen — ${rows.join(" · ")}`]));
+    }
+    if (!m.has_model) this.summary.appendChild(el("div", { class: "note no-model" }, [this.noModelText()]));
   }
-  drawNetwork() {
+  /** Why contribution analysis is unavailable here, and where it is available. */
+  noModelText() {
+    const withModel = this.currentAnalysis()?.stepsWithModel[this.state.method ?? ""];
+    const base = `Step ${this.state.step} saved no model, so contribution analysis is unavailable here`;
+    if (withModel === void 0) return `${base} (log the analysis with model=... to enable it).`;
+    if (withModel.length === 0) return `${base}; no step of this analysis saved one (log it with model=...).`;
+    return `${base}; steps with a saved model: ${withModel.join(", ")}.`;
+  }
+  drawNetwork(keepLayer = null) {
     const river = this.river;
     const manifest = this.manifest;
     clear(this.legend);
@@ -1764,26 +2065,44 @@ var App = class {
     river.paths.forEach((p) => {
       this.legend.appendChild(el("span", { class: "item", "data-example": p.example }, [
         el("span", { class: "swatch", style: `background:${colors.get(p.example) ?? "#757575"};width:22px` }),
-        `${p.name} — ${ROLE_LABELS[p.role] ?? p.role}`
+        datapathLabel(p.name, p.role)
       ]));
     });
+    const unit = river.normalization === "rms" ? "RMS gate distance (L2 / √C_l)" : "L2 gate distance (paper)";
     this.legend.append(
+      el("span", { class: "item span-key" }, [el("span", { class: "span-swatch" }), "diverging → merging span"]),
       el("span", { class: "item marker-key diverging" }, ["▲ diverging"]),
       el("span", { class: "item marker-key merging" }, ["▲ merging"]),
-      el("span", { class: "item note" }, ["curve distance = datapath distance; hover a layer for values, click it for its feature maps"])
+      el("span", { class: "item note" }, [`river: vertical gap between curves = ${unit} between datapaths at that layer (wider curves lie under thinner ones). Chart: Eq. 9 diff, last r layers shaded. Hover a layer for values, click it for its feature maps.`])
     );
+    clear(this.networkOptions);
+    this.networkOptions.appendChild(select("Layer distance", [
+      { value: "rms", text: "RMS: L2 / √channels (compares layers)" },
+      { value: "l2", text: "L2 (paper, grows with width)" }
+    ], this.distance(), (v) => {
+      this.state.distance = v;
+      void this.reloadRiver();
+    }, "distance"));
+    const restore = !this.viewRestored && this.state.view ? { k: this.state.view[0], x: this.state.view[1], y: this.state.view[2] } : null;
+    const keep = this.viewRestored && keepLayer === null ? this.networkView.view() : null;
+    this.viewRestored = true;
+    const analysisTitle = `${this.state.analysis ?? ""} — ${manifest.method}, step ${this.state.step} (${river.normalization === "rms" ? "RMS" : "L2"} distance)`;
     this.networkView.render({
       graph: this.graph,
       layerNames: manifest.layers.map((l) => l.name),
+      shortNames: this.names,
       river,
+      detection: manifest.diverging_merging ?? null,
       colors,
       expanded: this.expanded,
       selectedLayer: this.state.layer ?? null,
+      title: analysisTitle,
       onToggleGroup: (group) => {
+        const inGroup = this.graph.groups.find((g) => g.id === group)?.gated_layers ?? [];
         this.expanded = toggleGroup(this.graph, this.expanded, group);
         this.state.expanded = [...this.expanded].sort();
         this.saveState();
-        this.drawNetwork();
+        this.drawNetwork(inGroup.length ? inGroup[0] : null);
       },
       onOpenLayer: (index) => {
         this.state.layer = manifest.layers[index].name;
@@ -1791,8 +2110,32 @@ var App = class {
         this.saveState();
         this.drawNetwork();
         void this.loadTreemap();
-      }
-    });
+      },
+      onViewChange: (t) => this.rememberView(t)
+    }, restore ?? keep, keepLayer);
+  }
+  /** Keep the network view's pan and zoom in the URL (written once the user pauses). */
+  rememberView(t) {
+    this.state.view = [t.k, t.x, t.y];
+    if (this.viewTimer !== null) clearTimeout(this.viewTimer);
+    this.viewTimer = setTimeout(() => {
+      this.viewTimer = null;
+      this.saveState();
+    }, 300);
+  }
+  /** Ask for the river again (another layer distance) and redraw it in place. */
+  async reloadRiver() {
+    const generation = this.generation;
+    try {
+      const river = await getJson("river", { ...this.analysisParams(), examples: (this.state.examples ?? []).join(","), normalization: this.distance() });
+      if (generation !== this.generation) return;
+      this.river = river;
+    } catch (err) {
+      this.message("error", describeError(err));
+      return;
+    }
+    this.saveState();
+    this.drawNetwork();
   }
   // ------------------------------------------------------------- layer level
   exampleNames() {
@@ -2057,6 +2400,33 @@ button:hover { background: #eeeeee; }
 .note { color: #757575; font-size: 12px; }
 .error { color: #b71c1c; }
 .summary { font-size: 12px; color: #424242; margin: 2px 0 6px; }
+.provenance { color: #37474f; font-style: italic; }
+.network-options .control { flex-direction: row; align-items: center; gap: 6px; }
+.network-options select { min-width: 0; }
+.legend .span-swatch { display: inline-block; width: 22px; height: 12px; background: rgba(255,193,7,0.35); border: 1px solid #ffa000; border-radius: 3px; }
+.legend .note { flex-basis: 100%; }
+button:disabled { opacity: 0.55; cursor: progress; }
+/* Dark mode (TensorBoard's body.dark-mode, mirrored as .dark on our root). */
+body:has(.aevis.dark) { background: #303030; color: #e0e0e0; }
+.aevis.dark { color: #e0e0e0; }
+.aevis.dark .panel { background: #3a3a3a; box-shadow: 0 1px 3px rgba(0,0,0,0.6); }
+.aevis.dark .control, .aevis.dark .note, .aevis.dark .summary, .aevis.dark .provenance, .aevis.dark .values, .aevis.dark .readout, .aevis.dark .range { color: #bdbdbd; }
+.aevis.dark .datapaths label { color: #e0e0e0; }
+.aevis.dark button, .aevis.dark select { background: #4a4a4a; color: #eeeeee; border-color: #666; }
+.aevis.dark .network { border-color: #555; }
+.aevis.dark .network-svg .background { fill: #262626; }
+.aevis.dark .network-svg .chart-frame { fill: #2f2f2f; }
+.aevis.dark .network-svg .graph-node rect { fill: #333; }
+.aevis.dark .network-svg .graph-node.group rect { fill: #2c2f45; }
+.aevis.dark .network-svg text { fill: #e0e0e0; }
+.aevis.dark .network-svg .story-label { fill: #ffca28; }
+.aevis.dark .network-svg .diff-curve { stroke: #e0e0e0; }
+.aevis.dark .minimap { background: #333; }
+.aevis.dark .treemap-canvas svg > rect:first-child, .aevis.dark .treemap-svg .background { fill: #262626; }
+.aevis.dark .neuron-example { border-color: #555; }
+.aevis.dark .message.info { background: #1a3550; color: #bbdefb; border-color: #2f5f8f; }
+.aevis.dark .message.warning { background: #4a3b00; color: #ffe082; border-color: #7a6100; }
+.aevis.dark .message.error { background: #4a1a1a; color: #ffcdd2; border-color: #8f2f2f; }
 `;
 
 // src/index.ts
