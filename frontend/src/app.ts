@@ -551,11 +551,16 @@ export class App {
         this.drawNetwork();
       }),
     );
+    if (this.treemapNotice) {
+      this.treemapHead.appendChild(el("div", { class: "message warning treemap-notice" }, [this.treemapNotice]));
+      this.treemapNotice = null;
+    }
     if ((this.state.examples ?? []).length > TREEMAP_MAX_EXAMPLES) {
       this.treemapHead.appendChild(el("div", { class: "note" }, [`The treemap compares the first ${TREEMAP_MAX_EXAMPLES} chosen datapaths.`]));
     }
     const width = Math.max(360, Math.min(900, Math.floor(this.treemapPanel.getBoundingClientRect().width - 30) || 600));
-    this.treemapView.element.replaceChildren(el("div", { class: "note" }, ["Loading the treemap…"]));
+    // The old treemap stays while the new one loads (no jump of the page).
+    if (!this.treemapView.element.firstChild) this.treemapView.element.append(el("div", { class: "note" }, ["Loading the treemap…"]));
     let data: TreemapData;
     try {
       data = await getJson<TreemapData>("treemap", {
@@ -578,14 +583,20 @@ export class App {
         void this.loadTreemap();
       },
     });
-    if (data.cells.length === 0) {
-      this.treemapView.element.prepend(el("div", { class: "note" }, ["None of the chosen datapaths keeps a feature map of this layer."]));
-    }
     if (this.state.channel !== undefined) void this.loadNeuron();
     else this.neuronPanel.hidden = true;
   }
 
+  /** A refusal shown once in the treemap's head, next to the menus that caused it. */
+  private treemapNotice: string | null = null;
+
   private setDiff(diff: [number, number]): void {
+    if (diff[0] === diff[1]) {
+      // Refused, never silently reset: the menus and the URL keep the last valid pair.
+      this.treemapNotice = "A − B needs two different datapaths: choose another B (or A). The treemap keeps the last valid pair.";
+      void this.loadTreemap();
+      return;
+    }
     this.state.diff = diff;
     this.saveState();
     void this.loadTreemap();

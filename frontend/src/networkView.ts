@@ -51,6 +51,8 @@ const AXIS_HEIGHT = 44;
 const CHART_HEIGHT = 96;
 const VERDICT_HEIGHT = 22;
 const SIDE = 24;
+/** Content units above the graph's first row taken by nested group headers. */
+const GROUP_HEADROOM = 56;
 const K_MAX = 4;
 const MINIMAP_WIDTH = 240;
 
@@ -165,7 +167,7 @@ export class NetworkView {
     });
     // The view is tall enough for the fitted graph under the river and the chart.
     const fitK = this.fitTransform(width).k;
-    const needed = (zones(MIN_HEIGHT).graph - MIN_HEIGHT * BAND_SHARE + layout.height * fitK + 40) / (1 - BAND_SHARE);
+    const needed = (zones(MIN_HEIGHT).graph - MIN_HEIGHT * BAND_SHARE + (layout.height + GROUP_HEADROOM) * fitK + 40) / (1 - BAND_SHARE);
     this.height = Math.round(Math.max(MIN_HEIGHT, Math.min(MAX_HEIGHT, needed)));
     this.svg.setAttribute("height", String(this.height));
     this.svg.querySelector(".graph-clip")!.setAttribute("y", String(zones(this.height).graph));
@@ -191,7 +193,8 @@ export class NetworkView {
     const side = SIDE + 30;
     const k = Math.min(K_MAX, 1.5, (width - 2 * side) / Math.max(1, x1 - x0));
     const z = zones(this.height);
-    return { k, x: side + ((width - 2 * side) - (x1 - x0) * k) / 2 - x0 * k, y: z.graph + 14 };
+    // Room above the graph's first row for the headers of expanded groups (drawn above their nodes).
+    return { k, x: side + ((width - 2 * side) - (x1 - x0) * k) / 2 - x0 * k, y: z.graph + 8 + GROUP_HEADROOM * k };
   }
 
   fit(): void {
@@ -325,7 +328,6 @@ export class NetworkView {
     const chart = svgEl("g", { class: "diff-chart" });
     const hits = svgEl("g", { class: "hits" });
     target.append(spanLayer, band, axis, markers, chart, hits);
-    band.appendChild(svgEl("rect", { class: "band-frame", x: 0, y: z.bandTop, width, height: z.band, fill: "transparent" }));
     const dm = input.detection;
     const merging = river.markers.find((m) => m.kind === "merging")?.layer ?? null;
     const diverging = river.markers.find((m) => m.kind === "diverging")?.layer ?? null;

@@ -756,6 +756,7 @@ var AXIS_HEIGHT = 44;
 var CHART_HEIGHT = 96;
 var VERDICT_HEIGHT = 22;
 var SIDE = 24;
+var GROUP_HEADROOM = 56;
 var K_MAX = 4;
 var MINIMAP_WIDTH = 240;
 function zones(height) {
@@ -856,7 +857,7 @@ var NetworkView = class {
       return anchor === void 0 ? void 0 : boxes.get(anchor);
     });
     const fitK = this.fitTransform(width).k;
-    const needed = (zones(MIN_HEIGHT).graph - MIN_HEIGHT * BAND_SHARE + layout.height * fitK + 40) / (1 - BAND_SHARE);
+    const needed = (zones(MIN_HEIGHT).graph - MIN_HEIGHT * BAND_SHARE + (layout.height + GROUP_HEADROOM) * fitK + 40) / (1 - BAND_SHARE);
     this.height = Math.round(Math.max(MIN_HEIGHT, Math.min(MAX_HEIGHT, needed)));
     this.svg.setAttribute("height", String(this.height));
     this.svg.querySelector(".graph-clip").setAttribute("y", String(zones(this.height).graph));
@@ -880,7 +881,7 @@ var NetworkView = class {
     const side = SIDE + 30;
     const k = Math.min(K_MAX, 1.5, (width - 2 * side) / Math.max(1, x1 - x0));
     const z = zones(this.height);
-    return { k, x: side + (width - 2 * side - (x1 - x0) * k) / 2 - x0 * k, y: z.graph + 14 };
+    return { k, x: side + (width - 2 * side - (x1 - x0) * k) / 2 - x0 * k, y: z.graph + 8 + GROUP_HEADROOM * k };
   }
   fit() {
     this.setTransform(this.fitTransform(this.viewSize()[0]));
@@ -1017,7 +1018,6 @@ var NetworkView = class {
     const chart = svgEl("g", { class: "diff-chart" });
     const hits = svgEl("g", { class: "hits" });
     target.append(spanLayer, band, axis, markers, chart, hits);
-    band.appendChild(svgEl("rect", { class: "band-frame", x: 0, y: z.bandTop, width, height: z.band, fill: "transparent" }));
     const dm = input.detection;
     const merging = river.markers.find((m) => m.kind === "merging")?.layer ?? null;
     const diverging = river.markers.find((m) => m.kind === "diverging")?.layer ?? null;
@@ -1569,7 +1569,7 @@ var TreemapView = class {
     }
     for (const box of data.containers) {
       outlines.appendChild(svgEl("rect", {
-        class: "treemap-container",
+        class: "treemap-container datapath-outline",
         "data-example": box.example,
         x: box.x + 1,
         y: box.y + 1,
@@ -1578,16 +1578,57 @@ var TreemapView = class {
         fill: "none",
         stroke: input.colors.get(box.example) ?? "#616161",
         "stroke-width": 2.5
-      }));
+      }, [svgTitle(`${box.label}'s datapath`)]));
     }
-    svg.appendChild(outlines);
+    const owners = new Set(data.containers.map((c) => c.example));
+    const inset = 4;
+    for (const example of data.examples) {
+      if (owners.has(example)) continue;
+      for (const set of data.sets.filter((r) => r.members.includes(example))) {
+        outlines.appendChild(svgEl("rect", {
+          class: "datapath-outline inner",
+          "data-example": example,
+          x: set.x + inset,
+          y: set.y + inset,
+          width: Math.max(0, set.dx - 2 * inset),
+          height: Math.max(0, set.dy - 2 * inset),
+          fill: "none",
+          stroke: input.colors.get(example) ?? "#616161",
+          "stroke-width": 2.5,
+          "stroke-dasharray": "6 3"
+        }, [svgTitle(`${nameOf(example)}'s datapath: no maps of its own, all shared (${set.label})`)]));
+      }
+    }
+    const labels = svgEl("g", { class: "region-labels", "pointer-events": "none" });
+    for (const set of data.sets) {
+      const text = set.shared ? set.label : `${set.label} only`;
+      const fits = Math.floor((set.dx - 8) / 6.4);
+      if (fits < 4 || set.dy < 16) continue;
+      labels.appendChild(svgEl("text", {
+        class: "region-label",
+        "data-members": membersKey(set.members),
+        x: set.x + 5,
+        y: set.y + 13,
+        "font-size": 11,
+        "font-weight": 500,
+        fill: "#212121",
+        stroke: "#ffffff",
+        "stroke-width": 3,
+        "paint-order": "stroke",
+        "font-family": "Roboto, sans-serif"
+      }, [text.length > fits ? text.slice(0, fits - 1) + "…" : text]));
+    }
+    svg.append(outlines, labels);
     this.svg = svg;
-    const containerRows = data.containers.map(
-      (box) => el("li", {}, [
-        el("span", { class: "swatch", style: `border-color:${input.colors.get(box.example) ?? "#616161"}` }),
-        `${box.label}: ${box.set_size} feature map${box.set_size === 1 ? "" : "s"} in its datapath`
-      ])
-    );
+    const containerRows = data.examples.map((example) => {
+      const box = data.containers.find((c) => c.example === example);
+      const kept = data.sets.filter((r) => r.members.includes(example)).reduce((n, r) => n + r.size, 0);
+      const what = box ? `${box.set_size} feature map${box.set_size === 1 ? "" : "s"} in its datapath` : kept > 0 ? `${kept} feature map${kept === 1 ? "" : "s"}, no maps of its own (all shared; dashed inner outline)` : "keeps no feature map of this layer";
+      return el("li", { "data-example": example }, [
+        el("span", { class: "swatch", style: `border-color:${input.colors.get(example) ?? "#616161"}${box ? "" : ";border-style:dashed"}` }),
+        `${nameOf(example)}: ${what}`
+      ]);
+    });
     const sharedRows = data.sets.filter((set) => set.shared).map(
       (set) => el("li", {}, [el("span", { class: "swatch", style: "border-color:#424242;border-style:dashed" }), `${set.label}: ${set.size} shared`])
     );
@@ -1602,6 +1643,11 @@ var TreemapView = class {
       ]),
       el("ul", { class: "set-list" }, [...containerRows, ...sharedRows])
     ]);
+    if (data.cells.length === 0) {
+      this.svg = null;
+      this.element.append(el("div", { class: "note empty-layer" }, ["None of the chosen datapaths keeps a feature map of this layer."]), legend);
+      return 0;
+    }
     this.element.append(el("div", { class: "treemap-canvas" }, [svg, this.tooltip]), legend);
     return data.cells.length;
   }
@@ -1749,6 +1795,8 @@ var App = class {
     this.viewRestored = false;
     this.viewTimer = null;
     this.treemapHead = el("div", { class: "panel-head" });
+    /** A refusal shown once in the treemap's head, next to the menus that caused it. */
+    this.treemapNotice = null;
     // ------------------------------------------------------------- contribution (paper Sec. 5.4)
     this.mode = "sgd";
     this.state = readViewState(this.host.location.hash);
@@ -2183,11 +2231,15 @@ var App = class {
         this.drawNetwork();
       })
     );
+    if (this.treemapNotice) {
+      this.treemapHead.appendChild(el("div", { class: "message warning treemap-notice" }, [this.treemapNotice]));
+      this.treemapNotice = null;
+    }
     if ((this.state.examples ?? []).length > TREEMAP_MAX_EXAMPLES) {
       this.treemapHead.appendChild(el("div", { class: "note" }, [`The treemap compares the first ${TREEMAP_MAX_EXAMPLES} chosen datapaths.`]));
     }
     const width = Math.max(360, Math.min(900, Math.floor(this.treemapPanel.getBoundingClientRect().width - 30) || 600));
-    this.treemapView.element.replaceChildren(el("div", { class: "note" }, ["Loading the treemap…"]));
+    if (!this.treemapView.element.firstChild) this.treemapView.element.append(el("div", { class: "note" }, ["Loading the treemap…"]));
     let data;
     try {
       data = await getJson("treemap", {
@@ -2219,13 +2271,15 @@ var App = class {
         void this.loadTreemap();
       }
     });
-    if (data.cells.length === 0) {
-      this.treemapView.element.prepend(el("div", { class: "note" }, ["None of the chosen datapaths keeps a feature map of this layer."]));
-    }
     if (this.state.channel !== void 0) void this.loadNeuron();
     else this.neuronPanel.hidden = true;
   }
   setDiff(diff) {
+    if (diff[0] === diff[1]) {
+      this.treemapNotice = "A − B needs two different datapaths: choose another B (or A). The treemap keeps the last valid pair.";
+      void this.loadTreemap();
+      return;
+    }
     this.state.diff = diff;
     this.saveState();
     void this.loadTreemap();

@@ -47,8 +47,8 @@ def test_river_treemap_and_neuron_levels(served_run, page):
     assert len(paths) == len(river["paths"]) == 3
     assert sorted(int(p.get_attribute("data-example")) for p in paths) == sorted(p["example"] for p in river["paths"])
     assert all(p.get_attribute("d").startswith("M") for p in paths)
-    # Constant width, one colour per role.
-    assert {p.get_attribute("stroke-width") for p in paths} == {"4"}
+    # Constant width along each path (lower paths wider, so coinciding ones stay visible), one colour per role.
+    assert len({float(p.get_attribute("stroke-width")) for p in paths}) == 3
     assert len({p.get_attribute("stroke") for p in paths}) == 3
     # The last step is the default and the step selector lists both steps.
     assert frame.eval_on_selector('select[name="step"]', "s => [...s.options].map(o => o.value)") == ["0", "3"]
@@ -59,7 +59,8 @@ def test_river_treemap_and_neuron_levels(served_run, page):
     role_label = {"source": "source (normal)", "adversarial": "adversarial", "target": "target (normal)"}
     for p in river["paths"]:
         item = frame.locator(f'.legend .item[data-example="{p["example"]}"]')
-        assert item.inner_text() == f'{p["name"]} — {role_label[p["role"]]}'
+        expected = p["name"] if p["role"] in p["name"] else f'{p["name"]} — {role_label[p["role"]]}'
+        assert item.inner_text() == expected
         swatch = item.locator(".swatch").evaluate("s => s.style.background")
         assert swatch.replace(" ", "") == hex_to_rgb(stroke[p["example"]])
     # Diverging / merging markers: one per marker the backend sent, at its layer.
