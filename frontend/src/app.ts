@@ -8,13 +8,14 @@
 import { ApiError, getJson, postJson, routeUrl } from "./api";
 import { pathColors, ROLE_LABELS } from "./colors";
 import { afterNextFrame, clear, el, select } from "./dom";
-import { exportPng, exportSvg, fileStem } from "./exportView";
+import { download, exportPng, exportSvg, fileStem } from "./exportView";
 import { defaultExpanded, toggleGroup } from "./graphModel";
 import { datapathLabel, shortNames } from "./labels";
 import type { Transform } from "./panZoom";
 import { followTheme } from "./theme";
 import { readViewState, writeViewState, type ViewState } from "./hashState";
 import { NetworkView } from "./networkView";
+import { ContributionPanel } from "./contributionPanel";
 import { NeuronView } from "./neuronView";
 import { formatValue } from "./scales";
 import { TreemapView } from "./treemapView";
@@ -91,6 +92,8 @@ export class App {
   private readonly networkView = new NetworkView();
   private readonly treemapView = new TreemapView();
   private readonly neuronView = new NeuronView();
+  private readonly contributionSection = el("section", { class: "panel contribution-panel", hidden: "" });
+  private readonly contributionPanel = new ContributionPanel();
   private readonly legend = el("div", { class: "legend" });
   private readonly summary = el("div", { class: "summary" });
   private readonly networkOptions = el("span", { class: "network-options" });
@@ -104,7 +107,8 @@ export class App {
   constructor(root: HTMLElement) {
     this.state = readViewState(this.host.location.hash);
     root.classList.add("aevis");
-    root.append(this.controls, this.messages, this.networkPanel, this.treemapPanel, this.neuronPanel);
+    root.append(this.controls, this.messages, this.networkPanel, this.treemapPanel, this.neuronPanel, this.contributionSection);
+    this.contributionSection.append(this.contributionPanel.element);
     const exportButtons = (what: () => SVGSVGElement | null, name: () => string) => [
       this.button("Export SVG", () => this.exportView(what, name, "svg")),
       this.button("Export PNG", () => this.exportView(what, name, "png")),
@@ -308,6 +312,8 @@ export class App {
     this.networkPanel.hidden = true;
     this.treemapPanel.hidden = true;
     this.neuronPanel.hidden = true;
+    this.contributionSection.hidden = true;
+    this.contributionPanel.hide();
     // The hash is written once the answers are in (each write costs TensorBoard's page some ms).
     if (!run || !requests) {
       this.saveState();
@@ -535,13 +541,12 @@ export class App {
       el("span", { class: "note" }, [`${info.channels} channels, ${info.height}×${info.width}`]),
       select("Difference A", diffOptions, String(diff[0]), (v) => this.setDiff([Number(v), diff[1]]), "diff-a"),
       select("minus B", diffOptions, String(diff[1]), (v) => this.setDiff([diff[0], Number(v)]), "diff-b"),
-      this.contributionMode(),
       this.manifest!.has_model
-        ? this.button("Contribution to prediction", () => void this.computeContribution({ target: "prediction", earlier_layer: layer }, "contribution to the prediction"))
-        : el("span", { class: "note" }, ["no saved model: contribution analysis unavailable"]),
+        ? this.contributionRunner("Contribution to prediction", () => ({ body: { target: "prediction", earlier_layer: layer }, label: "contribution to the prediction" })).element
+        : el("span", { class: "note" }, [this.noModelText()]),
       el("span", { class: "spacer" }),
-      this.button("Export SVG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "svg")),
-      this.button("Export PNG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "png")),
+      this.button("Export SVG", () => this.exportView(() => this.treemapView.snapshot(this.treemapTitle(layer, diff)), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "svg")),
+      this.button("Export PNG", () => this.exportView(() => this.treemapView.snapshot(this.treemapTitle(layer, diff)), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "png")),
       this.button("Close", () => {
         delete this.state.layer;
         delete this.state.channel;
@@ -587,6 +592,11 @@ export class App {
     else this.neuronPanel.hidden = true;
   }
 
+  private treemapTitle(layer: string, diff: [number, number]): string {
+    const names = this.exampleNames();
+    return `${this.state.analysis ?? ""} — feature maps of ${layer} (${this.state.method}, step ${this.state.step}); fill: ${names.get(diff[0]) ?? diff[0]} − ${names.get(diff[1]) ?? diff[1]}`;
+  }
+
   /** A refusal shown once in the treemap's head, next to the menus that caused it. */
   private treemapNotice: string | null = null;
 
@@ -619,9 +629,17 @@ export class App {
     }
     if (generation !== this.generation || this.state.layer !== layer || this.state.channel !== channel) return;
     const colors = this.exampleColors();
+    const title = `${this.state.analysis ?? ""} — feature map ${channel} of ${layer} (${this.state.method}, step ${this.state.step})`;
+    const exportButton = this.button("Export PNG", () => void this.neuronView.exportPng(title).then((blob) => {
+      if (blob) download(blob, `${fileStem([this.state.analysis ?? "", layer, String(channel), "neuron"])}.png`);
+      else this.message("warning", "Nothing to export yet: the feature map is not drawn.");
+    }));
+    exportButton.classList.add("neuron-export");
+    const tracer = this.contributionTracer(layer, channel);
     await this.neuronView.render({
       data,
-      actions: this.contributionTracer(layer, channel),
+      actions: el("div", { class: "neuron-actions" }, [tracer.element, exportButton]),
+      onArea: () => tracer.run?.(),
       names: this.exampleNames(),
       colors,
       imageUrl: (example) => routeUrl("image", { ...this.analysisParams(), example }),
@@ -630,6 +648,8 @@ export class App {
 
   // ------------------------------------------------------------- contribution (paper Sec. 5.4)
   private mode = "sgd";
+  /** The examples a contribution is computed for; null: the default (the adversarial datapath alone). */
+  private contributionExamples: number[] | null = null;
 
   private contributionMode(): HTMLElement {
     return select("Contribution mode", [
@@ -638,53 +658,117 @@ export class App {
     ], this.mode, (v) => (this.mode = v), "contribution-mode");
   }
 
-  /** "Trace from layer [earlier] [button]": contributions of an earlier layer to this feature map (or its selected area). */
-  private contributionTracer(layer: string, channel: number): HTMLElement | null {
-    const manifest = this.manifest!;
-    const index = manifest.layers.findIndex((l) => l.name === layer);
-    if (!manifest.has_model) return el("div", { class: "note" }, ["no saved model: contribution analysis unavailable"]);
-    if (index <= 0) return el("div", { class: "note" }, ["the first gated layer has no earlier gated layer to trace contributions from"]);
-    const earlier = manifest.layers.slice(0, index).map((l) => ({ value: l.name, text: l.name }));
-    let from = earlier[earlier.length - 1].value;
-    return el("div", { class: "contribution-controls" }, [
-      select("Trace contributions from", earlier, from, (v) => (from = v), "earlier-layer"),
-      this.contributionMode(),
-      this.button("Trace", () => {
-        const chosen = this.neuronView.area();
-        const where = chosen ? ` (area rows ${chosen.area[0]}–${chosen.area[2] - 1}, columns ${chosen.area[1]}–${chosen.area[3] - 1})` : "";
-        void this.computeContribution(
-          { target: "feature_map", target_layer: layer, channel, earlier_layer: from, ...(chosen ? { area: chosen.area, area_grid: chosen.grid } : {}) },
-          `contribution to feature map ${channel} of ${layer}${where}`,
-        );
-      }),
-    ]);
+  /** The examples to compute a contribution for: the user's choice, else the first adversarial datapath compared. */
+  private contributionFor(): number[] {
+    const compared = this.state.examples ?? [];
+    const chosen = (this.contributionExamples ?? []).filter((i) => compared.includes(i));
+    if (chosen.length) return chosen;
+    const adversarial = compared.filter((i) => this.manifest?.examples.find((e) => e.index === i)?.role === "adversarial");
+    return (adversarial.length ? adversarial : compared).slice(0, 1);
   }
 
-  /** POST the contribution request, then show the earlier layer's treemap with the scores as dotted fills. */
-  private async computeContribution(request: Record<string, unknown>, label: string): Promise<void> {
+  /** Checkboxes choosing the examples of a contribution (one alone possible). */
+  private contributionChooser(): HTMLElement {
+    const chosen = new Set(this.contributionFor());
+    const names = this.exampleNames();
+    const box = el("span", { class: "contribution-examples", role: "group", "aria-label": "examples the contribution is computed for" });
+    for (const i of (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES)) {
+      const input = el("input", { type: "checkbox", name: "contribution-example", value: i });
+      input.checked = chosen.has(i);
+      input.addEventListener("change", () => {
+        const next = [...box.querySelectorAll<HTMLInputElement>("input:checked")].map((x) => Number(x.value));
+        if (next.length === 0) {
+          input.checked = true;
+          return;
+        }
+        this.contributionExamples = next;
+        for (const other of document.querySelectorAll<HTMLInputElement>('input[name="contribution-example"]')) other.checked = next.includes(Number(other.value));
+      });
+      box.appendChild(el("label", {}, [input, names.get(i) ?? `#${i}`]));
+    }
+    return el("span", { class: "control" }, [el("span", {}, ["Compute for"]), box]);
+  }
+
+  /** A run control: [examples] [mode] [button] [progress]; `request()` says what to compute. */
+  private contributionRunner(text: string, request: () => { body: Record<string, unknown>; label: string }): { element: HTMLElement; run: () => void } {
+    const status = el("span", { class: "contribution-status note", role: "status" });
+    const button = el("button", { type: "button", class: "contribution-run" }, [text]);
+    const run = () => {
+      if (button.disabled) return;
+      const { body, label } = request();
+      void this.computeContribution(body, label, button, status);
+    };
+    button.addEventListener("click", run);
+    return { element: el("span", { class: "contribution-controls" }, [this.contributionChooser(), this.contributionMode(), button, status]), run };
+  }
+
+  /** "Trace from layer [earlier]": contributions of an earlier layer to this feature map or its brushed area (runs on mouse-up). */
+  private contributionTracer(layer: string, channel: number): { element: HTMLElement; run: (() => void) | null } {
+    const manifest = this.manifest!;
+    const index = manifest.layers.findIndex((l) => l.name === layer);
+    if (!manifest.has_model) return { element: el("div", { class: "note" }, [this.noModelText()]), run: null };
+    if (index <= 0) return { element: el("div", { class: "note" }, ["the first gated layer has no earlier gated layer to trace contributions from"]), run: null };
+    const earlier = manifest.layers.slice(0, index).map((l) => ({ value: l.name, text: this.names.get(l.name) ?? l.name }));
+    let from = earlier[earlier.length - 1].value;
+    const runner = this.contributionRunner("Trace", () => {
+      const chosen = this.neuronView.area();
+      const where = chosen ? ` (area rows ${chosen.area[0]}–${chosen.area[2] - 1}, columns ${chosen.area[1]}–${chosen.area[3] - 1})` : "";
+      return {
+        body: { target: "feature_map", target_layer: layer, channel, earlier_layer: from, ...(chosen ? { area: chosen.area, area_grid: chosen.grid } : {}) },
+        label: `contribution to feature map ${channel} of ${layer}${where}`,
+      };
+    });
+    return {
+      element: el("div", { class: "contribution-tracer" }, [
+        select("Trace contributions from", earlier, from, (v) => (from = v), "earlier-layer"),
+        runner.element,
+        el("span", { class: "note" }, ["brush an area on a map: tracing starts on mouse-up"]),
+      ]),
+      run: runner.run,
+    };
+  }
+
+  /** POST the contribution request; progress next to `button` (disabled meanwhile); the ranked result in its panel. */
+  private async computeContribution(request: Record<string, unknown>, label: string, button: HTMLButtonElement, status: HTMLElement): Promise<void> {
     const key = this.analysisKey();
-    const status = this.message("info", `Computing the ${label} (${this.mode})…`);
+    const examples = this.contributionFor();
+    button.disabled = true;
+    status.textContent = `Computing (${this.mode})…`;
+    const started = performance.now();
+    const tick = setInterval(() => (status.textContent = `Computing (${this.mode})… ${((performance.now() - started) / 1000).toFixed(0)} s`), 1000);
     let answer: ContributionData;
     try {
-      answer = await postJson<ContributionData>("contribution", {
-        ...this.analysisParams(), ...request, examples: (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES), mode: this.mode,
-      });
+      answer = await postJson<ContributionData>("contribution", { ...this.analysisParams(), ...request, examples, mode: this.mode });
     } catch (err) {
-      status.remove();
+      status.textContent = "";
       this.message("error", describeError(err));
       return;
+    } finally {
+      clearInterval(tick);
+      button.disabled = false;
     }
-    status.remove();
     if (key !== this.analysisKey()) return;
+    status.textContent = `done in ${formatValue(answer.seconds)} s`;
     for (const warning of answer.warnings ?? []) this.message("warning", warning);
+    answer.examples = answer.examples ?? examples;
     this.contribution = { key, layer: answer.earlier_layer, scores: answer.scores, label: `${label}, ${answer.mode}, ${formatValue(answer.seconds)} s` };
-    if (this.state.layer !== answer.earlier_layer) {
-      this.state.layer = answer.earlier_layer;
-      delete this.state.channel;
-      this.saveState();
-      this.drawNetwork();
-    }
-    await this.loadTreemap();
+    const params = this.analysisParams();
+    const earlier = answer.earlier_layer;
+    this.contributionSection.hidden = false;
+    this.contributionPanel.render({
+      answer, label, names: this.exampleNames(), colors: this.exampleColors(),
+      activationUrl: (channel, example) => routeUrl("activation_map", { ...params, layer: earlier, channel, example }),
+      learnedUrl: (channel) => routeUrl("learned_feature", { ...params, layer: earlier, channel, rank: 0 }),
+      onOpen: (channel) => {
+        this.state.layer = earlier;
+        this.state.channel = channel;
+        this.saveState();
+        this.drawNetwork();
+        void this.loadTreemap();
+      },
+    });
+    // The earlier layer's treemap shows the scores as dotted fills when it is open.
+    if (this.state.layer === earlier) void this.loadTreemap();
   }
 
   // ------------------------------------------------------------- export

@@ -492,6 +492,8 @@ export class NetworkView {
     this.minimapView.setAttribute("y", String((z.graph - t.y) / t.k));
     this.minimapView.setAttribute("width", String(w / t.k));
     this.minimapView.setAttribute("height", String(Math.max(1, h - z.graph) / t.k));
+    // The mini-map helps only when the graph is wider than the view.
+    if (this.layout) this.minimap.style.display = this.layout.width * t.k < w * 1.05 ? "none" : "";
     if (!this.input) return;
     clear(this.screen);
     this.drawScreen(this.screen, t, w, true);
@@ -551,11 +553,9 @@ export class NetworkView {
   private updateMinimap(nodesLayer: SVGGElement): void {
     clear(this.minimap);
     if (!this.layout) return;
-    const [w] = this.viewSize();
     const pad = 24;
     const vbW = this.layout.width + 2 * pad;
     const vbH = this.layout.height + 2 * pad;
-    this.minimap.style.display = this.layout.width * this.transform.k < w * 1.1 ? "none" : "";
     this.minimap.setAttribute("viewBox", `${-pad} ${-pad} ${vbW} ${vbH}`);
     this.minimap.setAttribute("height", String(Math.max(30, Math.min(100, (MINIMAP_WIDTH * vbH) / vbW))));
     this.minimap.setAttribute("preserveAspectRatio", "none");

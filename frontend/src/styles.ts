@@ -72,6 +72,25 @@ button:hover { background: #eeeeee; }
 .note { color: #757575; font-size: 12px; }
 .error { color: #b71c1c; }
 .summary { font-size: 12px; color: #424242; margin: 2px 0 6px; }
+.scale-row { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; font-size: 12px; }
+.ramp-number { font-variant-numeric: tabular-nums; margin: 0 4px; }
+.neuron-actions { display: flex; gap: 12px; align-items: flex-end; flex-wrap: wrap; }
+.contribution-controls { display: inline-flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; }
+.contribution-tracer { display: flex; gap: 10px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
+.contribution-examples { display: inline-flex; gap: 8px; font-size: 12px; color: #212121; }
+.contribution-status { min-width: 110px; }
+.contribution-list { list-style: none; padding: 0; margin: 6px 0 0; }
+.contribution-entry { display: grid; grid-template-columns: 36px 64px 120px 56px 1fr 44px 44px; gap: 8px; align-items: center; padding: 3px 4px; border-bottom: 1px solid #eeeeee; cursor: pointer; }
+.contribution-entry:hover, .contribution-entry:focus { background: rgba(255,152,0,0.1); }
+.contribution-entry .score-bar { height: 8px; background: #eeeeee; border-radius: 4px; overflow: hidden; }
+.contribution-entry .score-bar > span { display: block; height: 100%; background: #ef6c00; }
+.contribution-entry .score { font-variant-numeric: tabular-nums; text-align: right; }
+.chip { display: inline-block; border: 2px solid #9e9e9e; border-radius: 9px; padding: 0 6px; margin-right: 4px; font-size: 11px; }
+.chip.none { border-style: dashed; color: #757575; }
+.thumb { width: 40px; height: 40px; image-rendering: pixelated; border: 1px solid #e0e0e0; display: inline-flex; align-items: center; justify-content: center; color: #9e9e9e; }
+.score-meaning { font-size: 12px; margin: 4px 0; }
+.aevis.dark .contribution-entry { border-color: #555; }
+.aevis.dark .contribution-examples { color: #e0e0e0; }
 .provenance { color: #37474f; font-style: italic; }
 .network-options .control { flex-direction: row; align-items: center; gap: 6px; }
 .network-options select { min-width: 0; }

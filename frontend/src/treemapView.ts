@@ -171,8 +171,24 @@ export class TreemapView {
     this.tooltip.hidden = false;
   }
 
-  /** The treemap as drawn now (for export), or null before the first render. */
-  snapshot(): SVGSVGElement | null {
-    return this.svg ? (this.svg.cloneNode(true) as SVGSVGElement) : null;
+  /** The treemap as drawn now with `title` above and its legend below (for export), or null before the first render. */
+  snapshot(title: string): SVGSVGElement | null {
+    if (!this.svg) return null;
+    const w = Number(this.svg.getAttribute("width"));
+    const h = Number(this.svg.getAttribute("height"));
+    const lines = [...this.element.querySelectorAll(".treemap-legend > div, .treemap-legend li")].map((n) => n.textContent ?? "");
+    const head = 28;
+    const total = head + h + 10 + 16 * lines.length;
+    const out = svgEl("svg", { width: w, height: total, viewBox: `0 0 ${w} ${total}` }, [
+      svgEl("rect", { x: 0, y: 0, width: w, height: total, fill: "#ffffff" }),
+      svgEl("text", { class: "export-title", x: 4, y: 19, "font-size": 14, "font-weight": 500, fill: "#212121", "font-family": "Roboto, sans-serif" }, [title]),
+    ]);
+    const body = this.svg.cloneNode(true) as SVGSVGElement;
+    body.setAttribute("y", String(head));
+    out.appendChild(body);
+    const legend = svgEl("g", { class: "export-legend", "font-size": 11, fill: "#424242", "font-family": "Roboto, sans-serif" });
+    lines.forEach((line, i) => legend.appendChild(svgEl("text", { x: 4, y: head + h + 20 + 16 * i }, [line])));
+    out.appendChild(legend);
+    return out;
   }
 }

@@ -214,7 +214,24 @@ export interface ContributionData {
   mode: string;
   seconds: number;
   scores: number[];
-  ranking: Array<{ channel: number; score: number }>;
+  ranking: ContributionEntry[];
+  /** The example indices the contribution was computed for. */
+  examples?: number[];
+  /** What a score means, in one sentence (newer servers). */
+  score_meaning?: string;
   cached?: boolean;
   warnings?: string[];
+}
+
+/** One entry of the ranked contribution list (fields after `score` come from newer servers). */
+export interface ContributionEntry {
+  channel: number;
+  score: number;
+  rank?: number;
+  /** Example indices whose binary datapath at the earlier layer contains this map. */
+  in_datapaths?: number[];
+  /** `neuron?...` URL relative to the data root. */
+  neuron?: string;
+  activation_map?: string | null;
+  learned_feature?: string | null;
 }

@@ -17,6 +17,9 @@ function greenRamp(t) {
   const b = GREEN_STOPS[i + 1];
   return [0, 1, 2].map((c) => Math.round(a[c] + (b[c] - a[c]) * f));
 }
+function rgbCss([r, g, b]) {
+  return `rgb(${r}, ${g}, ${b})`;
+}
 function greenLookupTable() {
   const table = new Uint8ClampedArray(256 * 4);
   for (let level = 0; level < 256; level++) {
@@ -1194,6 +1197,7 @@ var NetworkView = class {
     this.minimapView.setAttribute("y", String((z.graph - t.y) / t.k));
     this.minimapView.setAttribute("width", String(w / t.k));
     this.minimapView.setAttribute("height", String(Math.max(1, h - z.graph) / t.k));
+    if (this.layout) this.minimap.style.display = this.layout.width * t.k < w * 1.05 ? "none" : "";
     if (!this.input) return;
     clear(this.screen);
     this.drawScreen(this.screen, t, w, true);
@@ -1250,11 +1254,9 @@ var NetworkView = class {
   updateMinimap(nodesLayer) {
     clear(this.minimap);
     if (!this.layout) return;
-    const [w] = this.viewSize();
     const pad = 24;
     const vbW = this.layout.width + 2 * pad;
     const vbH = this.layout.height + 2 * pad;
-    this.minimap.style.display = this.layout.width * this.transform.k < w * 1.1 ? "none" : "";
     this.minimap.setAttribute("viewBox", `${-pad} ${-pad} ${vbW} ${vbH}`);
     this.minimap.setAttribute("height", String(Math.max(30, Math.min(100, MINIMAP_WIDTH * vbH / vbW))));
     this.minimap.setAttribute("preserveAspectRatio", "none");
@@ -1301,24 +1303,95 @@ var NetworkView = class {
   }
 };
 
+// src/contributionPanel.ts
+var SCORE_MEANING = "Score: the gate (0 to 1) that Eq. 7/8 keeps open on this earlier feature map while it closes as many earlier maps as it can and keeps the selected neurons' activation; higher means the selection needs this map more (the mean over the chosen examples).";
+var TOP_K = 10;
+function thumbnail(url, alt, cls) {
+  if (!url) return el("span", { class: `thumb ${cls} none`, title: `no ${alt} logged` }, ["—"]);
+  const image = el("img", { class: `thumb ${cls}`, src: url, alt, width: 40, height: 40, loading: "lazy" });
+  image.addEventListener("error", () => image.replaceWith(el("span", { class: `thumb ${cls} none`, title: `no ${alt} logged` }, ["—"])));
+  return image;
+}
+var ContributionPanel = class {
+  constructor() {
+    this.element = el("div", { class: "contribution-result" });
+    this.element.hidden = true;
+  }
+  hide() {
+    this.element.hidden = true;
+    clear(this.element);
+  }
+  render(input) {
+    const { answer } = input;
+    clear(this.element);
+    this.element.hidden = false;
+    const entries = (answer.ranking ?? []).slice(0, TOP_K).map((e, k) => ({ ...e, rank: e.rank ?? k + 1 }));
+    const examples = answer.examples ?? [];
+    const top = Math.max(1e-12, ...entries.map((e) => Math.abs(e.score)));
+    const list = el("ol", { class: "contribution-list" });
+    for (const entry of entries) {
+      const inPaths = entry.in_datapaths;
+      const chips = inPaths === void 0 ? [el("span", { class: "note" }, ["datapaths not reported by this server"])] : inPaths.length === 0 ? [el("span", { class: "chip none" }, ["in no datapath"])] : inPaths.map((i) => el("span", { class: "chip", style: `border-color:${input.colors.get(i) ?? "#9e9e9e"}` }, [input.names.get(i) ?? `#${i}`]));
+      const activation = entry.activation_map !== void 0 ? entry.activation_map : examples.length ? input.activationUrl(entry.channel, examples[0]) : null;
+      const learned = entry.learned_feature !== void 0 ? entry.learned_feature : input.learnedUrl(entry.channel);
+      const item = el("li", {
+        class: "contribution-entry",
+        "data-channel": entry.channel,
+        tabindex: 0,
+        role: "button",
+        title: `open feature map ${entry.channel} of ${answer.earlier_layer} at the neuron level`
+      }, [
+        el("span", { class: "rank" }, [`#${entry.rank}`]),
+        el("span", { class: "channel" }, [`map ${entry.channel}`]),
+        el("span", { class: "score-bar" }, [el("span", { style: `width:${Math.round(100 * Math.abs(entry.score) / top)}%` })]),
+        el("span", { class: "score" }, [formatValue(entry.score)]),
+        el("span", { class: "chips" }, chips),
+        thumbnail(activation, "activation map", "activation"),
+        thumbnail(learned, "learned feature", "learned")
+      ]);
+      const open = () => input.onOpen(entry.channel);
+      item.addEventListener("click", open);
+      item.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter" || ev.key === " ") open();
+      });
+      list.appendChild(item);
+    }
+    const who = examples.length ? ` · computed for ${examples.map((i) => input.names.get(i) ?? `#${i}`).join(", ")}` : "";
+    this.element.append(
+      el("h4", {}, [`Top ${entries.length} contributing feature maps of ${answer.earlier_layer}`]),
+      el("div", { class: "note" }, [`${input.label}${who} · ${answer.mode}, ${formatValue(answer.seconds)} s`]),
+      el("div", { class: "score-meaning" }, [answer.score_meaning ?? SCORE_MEANING]),
+      el("div", { class: "contribution-head note" }, ["rank · feature map · score · in the datapaths of · activation (first chosen example) · learned feature — click an entry to open it"]),
+      list
+    );
+    return entries.length;
+  }
+};
+
 // src/neuronView.ts
 var MAP_SIZE = 112;
 var REFERENCE_SIZE = 72;
 var LUT = greenLookupTable();
-function paintGreen(canvas, bitmap) {
+function paintGreen(canvas, bitmap, own, scale) {
   canvas.width = bitmap.width;
   canvas.height = bitmap.height;
   const ctx = canvas.getContext("2d");
   ctx.drawImage(bitmap, 0, 0);
   const image = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
   const levels = new Uint8ClampedArray(bitmap.width * bitmap.height);
+  const span = scale[1] - scale[0];
   for (let p = 0; p < levels.length; p++) {
     const level = image.data[p * 4];
     levels[p] = level;
-    image.data.set(LUT.subarray(level * 4, level * 4 + 4), p * 4);
+    const value = dequantise(level, own[0], own[1]);
+    const shown = span > 0 ? Math.round(Math.min(1, Math.max(0, (value - scale[0]) / span)) * 255) : 0;
+    image.data.set(LUT.subarray(shown * 4, shown * 4 + 4), p * 4);
   }
   ctx.putImageData(image, 0, 0);
   return levels;
+}
+function sharedRange(ranges) {
+  return [Math.min(...ranges.map((r) => r[0])), Math.max(...ranges.map((r) => r[1]))];
 }
 function boxPercent(box, width, height) {
   const clip = (v, hi) => Math.min(hi, Math.max(0, v));
@@ -1338,6 +1411,9 @@ function learnedFeatureSource(f) {
 }
 var NeuronView = class {
   constructor() {
+    /** One colour scale for every example's map of the feature map (false: each map its own range). */
+    this.shared = true;
+    this.last = null;
     this.selection = null;
     this.overlays = [];
     this.element = el("div", { class: "neuron" });
@@ -1388,10 +1464,15 @@ var NeuronView = class {
       };
       this.showSelection();
     });
-    canvas.addEventListener("pointerup", () => start = null);
+    canvas.addEventListener("pointerup", () => {
+      const brushed = start !== null && this.selection !== null;
+      start = null;
+      if (brushed) this.last?.onArea?.(this.selection);
+    });
   }
   /** Draw the panel; resolves when every activation map is painted, with the number painted. */
   async render(input) {
+    this.last = input;
     clear(this.element);
     this.selection = null;
     this.overlays.length = 0;
@@ -1421,27 +1502,13 @@ var NeuronView = class {
         continue;
       }
       mapBox.appendChild(canvas);
-      pending.push(
-        getRangedImage(ex.activation_map).then(
-          ({ bitmap, range }) => {
-            const levels = paintGreen(canvas, bitmap);
-            this.installAreaSelection(canvas, mapBox);
-            const [lo, hi] = range ?? [0, 1];
-            mapBox.appendChild(el("div", { class: "range" }, [range ? `range ${formatValue(lo)} … ${formatValue(hi)}` : "range not sent (grey levels 0…1)"]));
-            canvas.addEventListener("mousemove", (ev) => {
-              const r = canvas.getBoundingClientRect();
-              const col = Math.min(canvas.width - 1, Math.floor((ev.clientX - r.left) / r.width * canvas.width));
-              const row = Math.min(canvas.height - 1, Math.floor((ev.clientY - r.top) / r.height * canvas.height));
-              readout.textContent = `(${row}, ${col}): activation ${formatValue(dequantise(levels[row * canvas.width + col], lo, hi))}`;
-            });
-            return true;
-          },
-          (err) => {
-            mapBox.replaceChildren(el("div", { class: "error" }, [`activation map: ${err.message}`]));
-            return false;
-          }
-        )
-      );
+      pending.push(getRangedImage(ex.activation_map).then(
+        ({ bitmap, range }) => ({ canvas, mapBox, readout, bitmap, range: range ?? [0, 1], sent: range !== null }),
+        (err) => {
+          mapBox.replaceChildren(el("div", { class: "error" }, [`activation map: ${err.message}`]));
+          return null;
+        }
+      ));
     }
     const features = el("div", { class: "learned-features" });
     if (data.learned_features.length === 0) {
@@ -1456,16 +1523,89 @@ var NeuronView = class {
         ])
       ]));
     }
+    const ramp = el("div", { class: "legend-ramp" });
+    const toggle = el("input", { type: "checkbox", name: "per-map-scale" });
+    toggle.checked = !this.shared;
+    toggle.addEventListener("change", () => {
+      this.shared = !toggle.checked;
+      if (this.last) void this.render(this.last);
+    });
     this.element.append(
       el("h3", {}, [`Feature map ${data.channel} of ${data.layer}`]),
       ...input.actions ? [input.actions] : [],
-      el("div", { class: "legend-ramp" }, ["activation: ", el("span", { class: "ramp" }), " low → high · drag on a map to select an area of neurons"]),
+      el("div", { class: "scale-row" }, [ramp, el("label", { class: "note" }, [toggle, " each map on its own scale"])]),
       cards,
       el("h4", {}, ["Learned features (top-activating reference images: receptive-field box, and its crop)"]),
       features
     );
-    const painted = await Promise.all(pending);
-    return painted.filter(Boolean).length;
+    const loaded = (await Promise.all(pending)).filter((m) => m !== null);
+    const common = loaded.length ? sharedRange(loaded.map((m) => m.range)) : [0, 1];
+    for (const m of loaded) {
+      const scale = this.shared ? common : m.range;
+      const levels = paintGreen(m.canvas, m.bitmap, m.range, scale);
+      m.canvas.dataset.scale = scale.join(",");
+      this.installAreaSelection(m.canvas, m.mapBox);
+      const [lo, hi] = m.range;
+      m.mapBox.appendChild(el("div", { class: "range" }, [m.sent ? `range ${formatValue(lo)} … ${formatValue(hi)}` : "range not sent (grey levels 0…1)"]));
+      m.canvas.addEventListener("mousemove", (ev) => {
+        const r = m.canvas.getBoundingClientRect();
+        const col = Math.min(m.canvas.width - 1, Math.floor((ev.clientX - r.left) / r.width * m.canvas.width));
+        const row = Math.min(m.canvas.height - 1, Math.floor((ev.clientY - r.top) / r.height * m.canvas.height));
+        m.readout.textContent = `(${row}, ${col}): activation ${formatValue(dequantise(levels[row * m.canvas.width + col], lo, hi))}`;
+      });
+    }
+    ramp.append(
+      "activation: ",
+      el("span", { class: "ramp-number lo" }, [formatValue(common[0])]),
+      el("span", { class: "ramp" }),
+      el("span", { class: "ramp-number hi" }, [formatValue(common[1])]),
+      this.shared ? " — one scale for every example's map · drag on a map to select an area of neurons" : " — (shared range; each map is now drawn on its own range, shown under it) · drag on a map to select an area of neurons"
+    );
+    return loaded.length;
+  }
+  /**
+   * The panel as a PNG (title, each example's image and activation map with its values,
+   * the colour ramp with its numbers), or null before a feature map is shown.
+   */
+  async exportPng(title) {
+    const cards = [...this.element.querySelectorAll(".neuron-example")];
+    if (cards.length === 0) return null;
+    const cell = MAP_SIZE * 2 + 24;
+    const width = Math.max(520, cards.length * cell + 16);
+    const height = 64 + MAP_SIZE + 56;
+    const canvas = document.createElement("canvas");
+    canvas.width = width * 2;
+    canvas.height = height * 2;
+    const ctx = canvas.getContext("2d");
+    ctx.scale(2, 2);
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(0, 0, width, height);
+    ctx.fillStyle = "#212121";
+    ctx.font = "500 14px Roboto, sans-serif";
+    ctx.fillText(title, 8, 20);
+    const scale = this.element.querySelector(".legend-ramp")?.textContent ?? "";
+    ctx.font = "11px Roboto, sans-serif";
+    for (let i = 0; i <= 100; i++) {
+      ctx.fillStyle = rgbCss(greenRamp(i / 100));
+      ctx.fillRect(8 + i * 1.2, 30, 1.3, 10);
+    }
+    ctx.fillStyle = "#424242";
+    ctx.fillText(scale.replace(/ · drag.*$/, ""), 136, 39);
+    cards.forEach((card, k) => {
+      const x = 8 + k * cell;
+      const image = card.querySelector("img");
+      const map = card.querySelector("canvas");
+      if (image && image.complete) ctx.drawImage(image, x, 52, MAP_SIZE, MAP_SIZE);
+      if (map && map.width > 1) {
+        ctx.imageSmoothingEnabled = false;
+        ctx.drawImage(map, x + MAP_SIZE + 4, 52, MAP_SIZE, MAP_SIZE);
+      }
+      ctx.fillStyle = "#212121";
+      ctx.fillText(card.querySelector(".card-title")?.textContent ?? "", x, 52 + MAP_SIZE + 16);
+      ctx.fillStyle = "#616161";
+      ctx.fillText(card.querySelector(".values")?.textContent ?? "", x, 52 + MAP_SIZE + 32);
+    });
+    return await new Promise((resolve) => canvas.toBlob((b) => resolve(b), "image/png"));
   }
 };
 
@@ -1659,9 +1799,25 @@ var TreemapView = class {
     this.tooltip.style.top = `${ev.clientY - box.top + 14}px`;
     this.tooltip.hidden = false;
   }
-  /** The treemap as drawn now (for export), or null before the first render. */
-  snapshot() {
-    return this.svg ? this.svg.cloneNode(true) : null;
+  /** The treemap as drawn now with `title` above and its legend below (for export), or null before the first render. */
+  snapshot(title) {
+    if (!this.svg) return null;
+    const w = Number(this.svg.getAttribute("width"));
+    const h = Number(this.svg.getAttribute("height"));
+    const lines = [...this.element.querySelectorAll(".treemap-legend > div, .treemap-legend li")].map((n) => n.textContent ?? "");
+    const head = 28;
+    const total = head + h + 10 + 16 * lines.length;
+    const out = svgEl("svg", { width: w, height: total, viewBox: `0 0 ${w} ${total}` }, [
+      svgEl("rect", { x: 0, y: 0, width: w, height: total, fill: "#ffffff" }),
+      svgEl("text", { class: "export-title", x: 4, y: 19, "font-size": 14, "font-weight": 500, fill: "#212121", "font-family": "Roboto, sans-serif" }, [title])
+    ]);
+    const body = this.svg.cloneNode(true);
+    body.setAttribute("y", String(head));
+    out.appendChild(body);
+    const legend = svgEl("g", { class: "export-legend", "font-size": 11, fill: "#424242", "font-family": "Roboto, sans-serif" });
+    lines.forEach((line, i) => legend.appendChild(svgEl("text", { x: 4, y: head + h + 20 + 16 * i }, [line])));
+    out.appendChild(legend);
+    return out;
   }
 };
 
@@ -1786,6 +1942,8 @@ var App = class {
     this.networkView = new NetworkView();
     this.treemapView = new TreemapView();
     this.neuronView = new NeuronView();
+    this.contributionSection = el("section", { class: "panel contribution-panel", hidden: "" });
+    this.contributionPanel = new ContributionPanel();
     this.legend = el("div", { class: "legend" });
     this.summary = el("div", { class: "summary" });
     this.networkOptions = el("span", { class: "network-options" });
@@ -1799,9 +1957,12 @@ var App = class {
     this.treemapNotice = null;
     // ------------------------------------------------------------- contribution (paper Sec. 5.4)
     this.mode = "sgd";
+    /** The examples a contribution is computed for; null: the default (the adversarial datapath alone). */
+    this.contributionExamples = null;
     this.state = readViewState(this.host.location.hash);
     root.classList.add("aevis");
-    root.append(this.controls, this.messages, this.networkPanel, this.treemapPanel, this.neuronPanel);
+    root.append(this.controls, this.messages, this.networkPanel, this.treemapPanel, this.neuronPanel, this.contributionSection);
+    this.contributionSection.append(this.contributionPanel.element);
     const exportButtons = (what, name) => [
       this.button("Export SVG", () => this.exportView(what, name, "svg")),
       this.button("Export PNG", () => this.exportView(what, name, "png"))
@@ -2002,6 +2163,8 @@ var App = class {
     this.networkPanel.hidden = true;
     this.treemapPanel.hidden = true;
     this.neuronPanel.hidden = true;
+    this.contributionSection.hidden = true;
+    this.contributionPanel.hide();
     if (!run || !requests) {
       this.saveState();
       if (run) this.message("info", `Run "${run.run}" has no AEVis data: it logged no add_analysis summaries.`);
@@ -2217,11 +2380,10 @@ var App = class {
       el("span", { class: "note" }, [`${info.channels} channels, ${info.height}×${info.width}`]),
       select("Difference A", diffOptions, String(diff[0]), (v) => this.setDiff([Number(v), diff[1]]), "diff-a"),
       select("minus B", diffOptions, String(diff[1]), (v) => this.setDiff([diff[0], Number(v)]), "diff-b"),
-      this.contributionMode(),
-      this.manifest.has_model ? this.button("Contribution to prediction", () => void this.computeContribution({ target: "prediction", earlier_layer: layer }, "contribution to the prediction")) : el("span", { class: "note" }, ["no saved model: contribution analysis unavailable"]),
+      this.manifest.has_model ? this.contributionRunner("Contribution to prediction", () => ({ body: { target: "prediction", earlier_layer: layer }, label: "contribution to the prediction" })).element : el("span", { class: "note" }, [this.noModelText()]),
       el("span", { class: "spacer" }),
-      this.button("Export SVG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "svg")),
-      this.button("Export PNG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "png")),
+      this.button("Export SVG", () => this.exportView(() => this.treemapView.snapshot(this.treemapTitle(layer, diff)), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "svg")),
+      this.button("Export PNG", () => this.exportView(() => this.treemapView.snapshot(this.treemapTitle(layer, diff)), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "png")),
       this.button("Close", () => {
         delete this.state.layer;
         delete this.state.channel;
@@ -2274,6 +2436,10 @@ var App = class {
     if (this.state.channel !== void 0) void this.loadNeuron();
     else this.neuronPanel.hidden = true;
   }
+  treemapTitle(layer, diff) {
+    const names = this.exampleNames();
+    return `${this.state.analysis ?? ""} — feature maps of ${layer} (${this.state.method}, step ${this.state.step}); fill: ${names.get(diff[0]) ?? diff[0]} − ${names.get(diff[1]) ?? diff[1]}`;
+  }
   setDiff(diff) {
     if (diff[0] === diff[1]) {
       this.treemapNotice = "A − B needs two different datapaths: choose another B (or A). The treemap keeps the last valid pair.";
@@ -2301,9 +2467,17 @@ var App = class {
     }
     if (generation !== this.generation || this.state.layer !== layer || this.state.channel !== channel) return;
     const colors = this.exampleColors();
+    const title = `${this.state.analysis ?? ""} — feature map ${channel} of ${layer} (${this.state.method}, step ${this.state.step})`;
+    const exportButton = this.button("Export PNG", () => void this.neuronView.exportPng(title).then((blob) => {
+      if (blob) download(blob, `${fileStem([this.state.analysis ?? "", layer, String(channel), "neuron"])}.png`);
+      else this.message("warning", "Nothing to export yet: the feature map is not drawn.");
+    }));
+    exportButton.classList.add("neuron-export");
+    const tracer = this.contributionTracer(layer, channel);
     await this.neuronView.render({
       data,
-      actions: this.contributionTracer(layer, channel),
+      actions: el("div", { class: "neuron-actions" }, [tracer.element, exportButton]),
+      onArea: () => tracer.run?.(),
       names: this.exampleNames(),
       colors,
       imageUrl: (example) => routeUrl("image", { ...this.analysisParams(), example })
@@ -2315,55 +2489,115 @@ var App = class {
       { value: "quadratic", text: "quadratic (fast)" }
     ], this.mode, (v) => this.mode = v, "contribution-mode");
   }
-  /** "Trace from layer [earlier] [button]": contributions of an earlier layer to this feature map (or its selected area). */
+  /** The examples to compute a contribution for: the user's choice, else the first adversarial datapath compared. */
+  contributionFor() {
+    const compared = this.state.examples ?? [];
+    const chosen = (this.contributionExamples ?? []).filter((i) => compared.includes(i));
+    if (chosen.length) return chosen;
+    const adversarial = compared.filter((i) => this.manifest?.examples.find((e) => e.index === i)?.role === "adversarial");
+    return (adversarial.length ? adversarial : compared).slice(0, 1);
+  }
+  /** Checkboxes choosing the examples of a contribution (one alone possible). */
+  contributionChooser() {
+    const chosen = new Set(this.contributionFor());
+    const names = this.exampleNames();
+    const box = el("span", { class: "contribution-examples", role: "group", "aria-label": "examples the contribution is computed for" });
+    for (const i of (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES)) {
+      const input = el("input", { type: "checkbox", name: "contribution-example", value: i });
+      input.checked = chosen.has(i);
+      input.addEventListener("change", () => {
+        const next = [...box.querySelectorAll("input:checked")].map((x) => Number(x.value));
+        if (next.length === 0) {
+          input.checked = true;
+          return;
+        }
+        this.contributionExamples = next;
+        for (const other of document.querySelectorAll('input[name="contribution-example"]')) other.checked = next.includes(Number(other.value));
+      });
+      box.appendChild(el("label", {}, [input, names.get(i) ?? `#${i}`]));
+    }
+    return el("span", { class: "control" }, [el("span", {}, ["Compute for"]), box]);
+  }
+  /** A run control: [examples] [mode] [button] [progress]; `request()` says what to compute. */
+  contributionRunner(text, request2) {
+    const status = el("span", { class: "contribution-status note", role: "status" });
+    const button = el("button", { type: "button", class: "contribution-run" }, [text]);
+    const run = () => {
+      if (button.disabled) return;
+      const { body, label } = request2();
+      void this.computeContribution(body, label, button, status);
+    };
+    button.addEventListener("click", run);
+    return { element: el("span", { class: "contribution-controls" }, [this.contributionChooser(), this.contributionMode(), button, status]), run };
+  }
+  /** "Trace from layer [earlier]": contributions of an earlier layer to this feature map or its brushed area (runs on mouse-up). */
   contributionTracer(layer, channel) {
     const manifest = this.manifest;
     const index = manifest.layers.findIndex((l) => l.name === layer);
-    if (!manifest.has_model) return el("div", { class: "note" }, ["no saved model: contribution analysis unavailable"]);
-    if (index <= 0) return el("div", { class: "note" }, ["the first gated layer has no earlier gated layer to trace contributions from"]);
-    const earlier = manifest.layers.slice(0, index).map((l) => ({ value: l.name, text: l.name }));
+    if (!manifest.has_model) return { element: el("div", { class: "note" }, [this.noModelText()]), run: null };
+    if (index <= 0) return { element: el("div", { class: "note" }, ["the first gated layer has no earlier gated layer to trace contributions from"]), run: null };
+    const earlier = manifest.layers.slice(0, index).map((l) => ({ value: l.name, text: this.names.get(l.name) ?? l.name }));
     let from = earlier[earlier.length - 1].value;
-    return el("div", { class: "contribution-controls" }, [
-      select("Trace contributions from", earlier, from, (v) => from = v, "earlier-layer"),
-      this.contributionMode(),
-      this.button("Trace", () => {
-        const chosen = this.neuronView.area();
-        const where = chosen ? ` (area rows ${chosen.area[0]}–${chosen.area[2] - 1}, columns ${chosen.area[1]}–${chosen.area[3] - 1})` : "";
-        void this.computeContribution(
-          { target: "feature_map", target_layer: layer, channel, earlier_layer: from, ...chosen ? { area: chosen.area, area_grid: chosen.grid } : {} },
-          `contribution to feature map ${channel} of ${layer}${where}`
-        );
-      })
-    ]);
+    const runner = this.contributionRunner("Trace", () => {
+      const chosen = this.neuronView.area();
+      const where = chosen ? ` (area rows ${chosen.area[0]}–${chosen.area[2] - 1}, columns ${chosen.area[1]}–${chosen.area[3] - 1})` : "";
+      return {
+        body: { target: "feature_map", target_layer: layer, channel, earlier_layer: from, ...chosen ? { area: chosen.area, area_grid: chosen.grid } : {} },
+        label: `contribution to feature map ${channel} of ${layer}${where}`
+      };
+    });
+    return {
+      element: el("div", { class: "contribution-tracer" }, [
+        select("Trace contributions from", earlier, from, (v) => from = v, "earlier-layer"),
+        runner.element,
+        el("span", { class: "note" }, ["brush an area on a map: tracing starts on mouse-up"])
+      ]),
+      run: runner.run
+    };
   }
-  /** POST the contribution request, then show the earlier layer's treemap with the scores as dotted fills. */
-  async computeContribution(request2, label) {
+  /** POST the contribution request; progress next to `button` (disabled meanwhile); the ranked result in its panel. */
+  async computeContribution(request2, label, button, status) {
     const key = this.analysisKey();
-    const status = this.message("info", `Computing the ${label} (${this.mode})…`);
+    const examples = this.contributionFor();
+    button.disabled = true;
+    status.textContent = `Computing (${this.mode})…`;
+    const started = performance.now();
+    const tick = setInterval(() => status.textContent = `Computing (${this.mode})… ${((performance.now() - started) / 1e3).toFixed(0)} s`, 1e3);
     let answer;
     try {
-      answer = await postJson("contribution", {
-        ...this.analysisParams(),
-        ...request2,
-        examples: (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES),
-        mode: this.mode
-      });
+      answer = await postJson("contribution", { ...this.analysisParams(), ...request2, examples, mode: this.mode });
     } catch (err) {
-      status.remove();
+      status.textContent = "";
       this.message("error", describeError(err));
       return;
+    } finally {
+      clearInterval(tick);
+      button.disabled = false;
     }
-    status.remove();
     if (key !== this.analysisKey()) return;
+    status.textContent = `done in ${formatValue(answer.seconds)} s`;
     for (const warning of answer.warnings ?? []) this.message("warning", warning);
+    answer.examples = answer.examples ?? examples;
     this.contribution = { key, layer: answer.earlier_layer, scores: answer.scores, label: `${label}, ${answer.mode}, ${formatValue(answer.seconds)} s` };
-    if (this.state.layer !== answer.earlier_layer) {
-      this.state.layer = answer.earlier_layer;
-      delete this.state.channel;
-      this.saveState();
-      this.drawNetwork();
-    }
-    await this.loadTreemap();
+    const params = this.analysisParams();
+    const earlier = answer.earlier_layer;
+    this.contributionSection.hidden = false;
+    this.contributionPanel.render({
+      answer,
+      label,
+      names: this.exampleNames(),
+      colors: this.exampleColors(),
+      activationUrl: (channel, example) => routeUrl("activation_map", { ...params, layer: earlier, channel, example }),
+      learnedUrl: (channel) => routeUrl("learned_feature", { ...params, layer: earlier, channel, rank: 0 }),
+      onOpen: (channel) => {
+        this.state.layer = earlier;
+        this.state.channel = channel;
+        this.saveState();
+        this.drawNetwork();
+        void this.loadTreemap();
+      }
+    });
+    if (this.state.layer === earlier) void this.loadTreemap();
   }
   // ------------------------------------------------------------- export
   async exportView(what, name, format) {
@@ -2454,6 +2688,25 @@ button:hover { background: #eeeeee; }
 .note { color: #757575; font-size: 12px; }
 .error { color: #b71c1c; }
 .summary { font-size: 12px; color: #424242; margin: 2px 0 6px; }
+.scale-row { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; font-size: 12px; }
+.ramp-number { font-variant-numeric: tabular-nums; margin: 0 4px; }
+.neuron-actions { display: flex; gap: 12px; align-items: flex-end; flex-wrap: wrap; }
+.contribution-controls { display: inline-flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; }
+.contribution-tracer { display: flex; gap: 10px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
+.contribution-examples { display: inline-flex; gap: 8px; font-size: 12px; color: #212121; }
+.contribution-status { min-width: 110px; }
+.contribution-list { list-style: none; padding: 0; margin: 6px 0 0; }
+.contribution-entry { display: grid; grid-template-columns: 36px 64px 120px 56px 1fr 44px 44px; gap: 8px; align-items: center; padding: 3px 4px; border-bottom: 1px solid #eeeeee; cursor: pointer; }
+.contribution-entry:hover, .contribution-entry:focus { background: rgba(255,152,0,0.1); }
+.contribution-entry .score-bar { height: 8px; background: #eeeeee; border-radius: 4px; overflow: hidden; }
+.contribution-entry .score-bar > span { display: block; height: 100%; background: #ef6c00; }
+.contribution-entry .score { font-variant-numeric: tabular-nums; text-align: right; }
+.chip { display: inline-block; border: 2px solid #9e9e9e; border-radius: 9px; padding: 0 6px; margin-right: 4px; font-size: 11px; }
+.chip.none { border-style: dashed; color: #757575; }
+.thumb { width: 40px; height: 40px; image-rendering: pixelated; border: 1px solid #e0e0e0; display: inline-flex; align-items: center; justify-content: center; color: #9e9e9e; }
+.score-meaning { font-size: 12px; margin: 4px 0; }
+.aevis.dark .contribution-entry { border-color: #555; }
+.aevis.dark .contribution-examples { color: #e0e0e0; }
 .provenance { color: #37474f; font-style: italic; }
 .network-options .control { flex-direction: row; align-items: center; gap: 6px; }
 .network-options select { min-width: 0; }

@@ -229,3 +229,75 @@ def test_river_export_holds_every_layer_with_title_and_legend(served_runs, page,
     assert all(0 <= float(x) <= width for _, x in ticks)
     assert 'class="export-title"' in text and small.name in text.replace("&gt;", ">")
     assert 'class="export-legend"' in text and text.count('class="river-path"') == 3
+
+
+def best_layer(tb, written, method="constrained"):
+    """The layer whose treemap of examples 0, 1, 2 has the most cells, and that treemap."""
+    manifest = tb.aevis("analysis", **ids(written, method))
+    return max(((l["name"], tb.aevis("treemap", **ids(written, method), layer=l["name"], examples="0,1,2"))
+                for l in manifest["layers"]), key=lambda t: len(t[1]["cells"]))
+
+
+def test_treemap_outlines_every_datapath_labels_regions_and_refuses_a_equal_b(served_runs, page, tmp_path):
+    tb, small, _ = served_runs
+    layer, treemap = best_layer(tb, small)
+    assert treemap["cells"], "no datapath keeps any feature map"
+    frame = open_run(page, tb, small, {"aevis.layer": layer})
+    frame.wait_for_selector("g.treemap-cell", timeout=60_000)
+    keeping = {m for s in treemap["sets"] for m in s["members"]}
+    outlined = {int(e) for e in frame.eval_on_selector_all(".datapath-outline", "rs => rs.map(r => r.dataset.example)")}
+    assert outlined == keeping
+    legend = frame.locator(".treemap-legend li[data-example]").all_inner_texts()
+    assert len(legend) == 3  # every chosen datapath is named, also one that keeps no map here
+    labels = frame.eval_on_selector_all("text.region-label", "ts => ts.map(t => t.textContent)")
+    assert labels and all(" only" in t or "∩" in t for t in labels)
+    # A = B is refused with a message next to the menus; the URL keeps the last valid pair.
+    before = page.evaluate("location.hash")
+    scroll = frame.evaluate("() => window.scrollY")
+    b = frame.eval_on_selector('select[name="diff-a"]', "s => s.value")
+    frame.select_option('select[name="diff-b"]', b)
+    frame.wait_for_selector(".treemap-notice")
+    assert "two different datapaths" in frame.locator(".treemap-notice").inner_text()
+    assert page.evaluate("location.hash") == before
+    assert frame.eval_on_selector('select[name="diff-b"]', "s => s.value") != b
+    assert abs(frame.evaluate("() => window.scrollY") - scroll) < 5
+    # Export: title and legend with the drawing.
+    with page.expect_download() as info:
+        frame.locator(".treemap-panel button", has_text="Export SVG").click()
+    path = tmp_path / "treemap.svg"
+    info.value.save_as(path)
+    text = path.read_text(encoding="utf-8")
+    assert 'class="export-title"' in text and f"feature maps of {layer}" in text
+    assert 'class="export-legend"' in text and text.count('class="treemap-cell"') == len(treemap["cells"])
+
+
+def test_neuron_maps_share_one_colour_scale_with_numbers(served_runs, page):
+    tb, small, _ = served_runs
+    layer, treemap = best_layer(tb, small)
+    channel = treemap["cells"][0]["channel"]
+    neuron = tb.aevis("neuron", **ids(small), layer=layer, channel=channel)
+    urls = [e["activation_map"] for e in neuron["examples"] if e["activation_map"]]
+    assert len(urls) >= 2, "two or more examples have an activation map of this feature map"
+    ranges = []
+    for url in urls:
+        status, _, headers = tb.get("/data/plugin/aevis/" + url)
+        assert status == 200
+        ranges.append([float(v) for v in headers["X-AEVis-Range"].split(",")])
+    shared = [min(r[0] for r in ranges), max(r[1] for r in ranges)]
+    frame = open_run(page, tb, small, {"aevis.layer": layer, "aevis.channel": str(channel)})
+    frame.wait_for_function("n => [...document.querySelectorAll('.activation-map canvas')].filter(c => c.dataset.scale).length === n",
+                            arg=len(urls), timeout=60_000)
+    scales = frame.eval_on_selector_all(".activation-map canvas", "cs => cs.map(c => c.dataset.scale.split(',').map(Number))")
+    assert all(s == pytest.approx(shared, rel=1e-6, abs=1e-9) for s in scales)
+    numbers = frame.locator(".ramp-number").all_inner_texts()
+    assert len(numbers) == 2 and float(numbers[0]) == pytest.approx(shared[0], rel=5e-3, abs=1e-3)
+    # Per-map scale as an option.
+    frame.locator('input[name="per-map-scale"]').check()
+    frame.wait_for_function("n => [...document.querySelectorAll('.activation-map canvas')].filter(c => c.dataset.scale).length === n",
+                            arg=len(urls), timeout=60_000)
+    scales = frame.eval_on_selector_all(".activation-map canvas", "cs => cs.map(c => c.dataset.scale.split(',').map(Number))")
+    flat = [v for s in sorted(scales) for v in s]
+    assert flat == pytest.approx([v for r in sorted(ranges) for v in r], rel=1e-6, abs=1e-9)
+    with page.expect_download() as info:
+        frame.locator("button.neuron-export").click()
+    assert info.value.suggested_filename.endswith(".png")
