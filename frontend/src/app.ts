@@ -640,6 +640,7 @@ export class App {
       data,
       actions: el("div", { class: "neuron-actions" }, [tracer.element, exportButton]),
       onArea: () => tracer.run?.(),
+      aside: this.contributionPanel.element,
       names: this.exampleNames(),
       colors,
       imageUrl: (example) => routeUrl("image", { ...this.analysisParams(), example }),
@@ -754,7 +755,10 @@ export class App {
     this.contribution = { key, layer: answer.earlier_layer, scores: answer.scores, label: `${label}, ${answer.mode}, ${formatValue(answer.seconds)} s` };
     const params = this.analysisParams();
     const earlier = answer.earlier_layer;
-    this.contributionSection.hidden = false;
+    // Beside the brushed maps when a feature map is open, else in its own panel.
+    const beside = !this.neuronPanel.hidden && this.neuronView.element.contains(this.contributionPanel.element);
+    if (!beside) this.contributionSection.append(this.contributionPanel.element);
+    this.contributionSection.hidden = beside;
     this.contributionPanel.render({
       answer, label, names: this.exampleNames(), colors: this.exampleColors(),
       activationUrl: (channel, example) => routeUrl("activation_map", { ...params, layer: earlier, channel, example }),

@@ -57,7 +57,8 @@ export function drawDiffChart(layer: SVGGElement, values: number[], r: number, g
   const lo = Math.min(0, ...points.map((p) => p[1]));
   const hi = Math.max(0, ...points.map((p) => p[1]));
   const span = hi - lo || 1;
-  const y = (v: number) => g.top + 4 + (1 - (v - lo) / span) * (g.height - 8);
+  // The caption takes the chart's top 16 px; the curve the rest.
+  const y = (v: number) => g.top + 18 + (1 - (v - lo) / span) * (g.height - 24);
   layer.appendChild(svgEl("rect", { class: "chart-frame", x: g.left, y: g.top, width: Math.max(0, g.right - g.left), height: g.height, fill: "#fafafa" }));
   const L = values.length;
   const first = g.xs[Math.max(0, L - 1 - r)];
@@ -66,7 +67,7 @@ export function drawDiffChart(layer: SVGGElement, values: number[], r: number, g
     layer.appendChild(svgEl("rect", { class: "last-r-window", x: first, y: g.top, width: Math.max(2, last - first), height: g.height, fill: "rgba(121,134,203,0.16)" }, [
       svgTitle(`Eq. 10 window: the last ${r} layers must all rise and the last must be the maximum`),
     ]));
-    layer.appendChild(svgEl("text", { x: first + 3, y: g.top + g.height - 4, "font-size": 10, fill: "#757575" }, [`last r = ${r} layers (Eq. 10)`]));
+    layer.appendChild(svgEl("text", { x: last - 3, y: g.top + g.height - 3, "text-anchor": "end", "font-size": 10, fill: "#5c6bc0" }, [`last r = ${r} layers (Eq. 10 window)`]));
   }
   layer.appendChild(svgEl("line", { class: "zero-line", x1: g.left, x2: g.right, y1: y(0), y2: y(0), stroke: "#757575", "stroke-dasharray": "2 3" }));
   const d = points.map((p, k) => `${k ? "L" : "M"}${p[0].toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");

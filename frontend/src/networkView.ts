@@ -191,7 +191,7 @@ export class NetworkView {
     const x0 = xs.length ? Math.min(...xs) : 0;
     const x1 = xs.length ? Math.max(...xs) : this.layout.width;
     const side = SIDE + 30;
-    const k = Math.min(K_MAX, 1.5, (width - 2 * side) / Math.max(1, x1 - x0));
+    const k = Math.min(1, (width - 2 * side) / Math.max(1, x1 - x0));
     const z = zones(this.height);
     // Room above the graph's first row for the headers of expanded groups (drawn above their nodes).
     return { k, x: side + ((width - 2 * side) - (x1 - x0) * k) / 2 - x0 * k, y: z.graph + 8 + GROUP_HEADROOM * k };

@@ -17,6 +17,8 @@ export interface NeuronInput {
   names: Map<number, string>;
   colors: Map<number, string>;
   imageUrl: (example: number) => string;
+  /** Shown beside the maps (e.g. the contribution result), so both stay in view. */
+  aside?: HTMLElement;
   /** Called on mouse-up after an area was brushed (the area is then `area()`). */
   onArea?: (area: AreaSelection) => void;
 }
@@ -221,7 +223,7 @@ export class NeuronView {
       el("h3", {}, [`Feature map ${data.channel} of ${data.layer}`]),
       ...(input.actions ? [input.actions] : []),
       el("div", { class: "scale-row" }, [ramp, el("label", { class: "note" }, [toggle, " each map on its own scale"])]),
-      cards,
+      el("div", { class: "neuron-row" }, [cards, input.aside ?? null]),
       el("h4", {}, ["Learned features (top-activating reference images: receptive-field box, and its crop)"]),
       features,
     );

@@ -54,6 +54,9 @@ button:hover { background: #eeeeee; }
 .activation-map { position: relative; }
 .activation-canvas { cursor: crosshair; touch-action: none; }
 .area-overlay { position: absolute; border: 2px solid #d84315; background: rgba(216,67,21,0.15); pointer-events: none; box-sizing: border-box; }
+.neuron-row { display: flex; gap: 14px; align-items: flex-start; flex-wrap: wrap; }
+.neuron-row .neuron-examples { flex: 0 1 auto; }
+.neuron-row .contribution-result { flex: 1 1 460px; min-width: 420px; max-height: 520px; overflow-y: auto; }
 .contribution-controls { display: flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
 .neuron-example img, .activation-canvas { image-rendering: pixelated; border: 1px solid #eeeeee; }
 .card-title { font-weight: 500; margin-bottom: 4px; }
@@ -75,12 +78,15 @@ button:hover { background: #eeeeee; }
 .scale-row { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; font-size: 12px; }
 .ramp-number { font-variant-numeric: tabular-nums; margin: 0 4px; }
 .neuron-actions { display: flex; gap: 12px; align-items: flex-end; flex-wrap: wrap; }
+.neuron-row { display: flex; gap: 14px; align-items: flex-start; flex-wrap: wrap; }
+.neuron-row .neuron-examples { flex: 0 1 auto; }
+.neuron-row .contribution-result { flex: 1 1 460px; min-width: 420px; max-height: 520px; overflow-y: auto; }
 .contribution-controls { display: inline-flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; }
 .contribution-tracer { display: flex; gap: 10px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
 .contribution-examples { display: inline-flex; gap: 8px; font-size: 12px; color: #212121; }
 .contribution-status { min-width: 110px; }
 .contribution-list { list-style: none; padding: 0; margin: 6px 0 0; }
-.contribution-entry { display: grid; grid-template-columns: 36px 64px 120px 56px 1fr 44px 44px; gap: 8px; align-items: center; padding: 3px 4px; border-bottom: 1px solid #eeeeee; cursor: pointer; }
+.contribution-entry { display: grid; grid-template-columns: 30px 56px 70px 48px 1fr 42px 42px; gap: 8px; align-items: center; padding: 3px 4px; border-bottom: 1px solid #eeeeee; cursor: pointer; }
 .contribution-entry:hover, .contribution-entry:focus { background: rgba(255,152,0,0.1); }
 .contribution-entry .score-bar { height: 8px; background: #eeeeee; border-radius: 4px; overflow: hidden; }
 .contribution-entry .score-bar > span { display: block; height: 100%; background: #ef6c00; }

@@ -673,7 +673,7 @@ function drawDiffChart(layer, values, r, g, unit) {
   const lo = Math.min(0, ...points.map((p) => p[1]));
   const hi = Math.max(0, ...points.map((p) => p[1]));
   const span = hi - lo || 1;
-  const y = (v) => g.top + 4 + (1 - (v - lo) / span) * (g.height - 8);
+  const y = (v) => g.top + 18 + (1 - (v - lo) / span) * (g.height - 24);
   layer.appendChild(svgEl("rect", { class: "chart-frame", x: g.left, y: g.top, width: Math.max(0, g.right - g.left), height: g.height, fill: "#fafafa" }));
   const L = values.length;
   const first = g.xs[Math.max(0, L - 1 - r)];
@@ -682,7 +682,7 @@ function drawDiffChart(layer, values, r, g, unit) {
     layer.appendChild(svgEl("rect", { class: "last-r-window", x: first, y: g.top, width: Math.max(2, last - first), height: g.height, fill: "rgba(121,134,203,0.16)" }, [
       svgTitle(`Eq. 10 window: the last ${r} layers must all rise and the last must be the maximum`)
     ]));
-    layer.appendChild(svgEl("text", { x: first + 3, y: g.top + g.height - 4, "font-size": 10, fill: "#757575" }, [`last r = ${r} layers (Eq. 10)`]));
+    layer.appendChild(svgEl("text", { x: last - 3, y: g.top + g.height - 3, "text-anchor": "end", "font-size": 10, fill: "#5c6bc0" }, [`last r = ${r} layers (Eq. 10 window)`]));
   }
   layer.appendChild(svgEl("line", { class: "zero-line", x1: g.left, x2: g.right, y1: y(0), y2: y(0), stroke: "#757575", "stroke-dasharray": "2 3" }));
   const d = points.map((p, k) => `${k ? "L" : "M"}${p[0].toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
@@ -882,7 +882,7 @@ var NetworkView = class {
     const x0 = xs.length ? Math.min(...xs) : 0;
     const x1 = xs.length ? Math.max(...xs) : this.layout.width;
     const side = SIDE + 30;
-    const k = Math.min(K_MAX, 1.5, (width - 2 * side) / Math.max(1, x1 - x0));
+    const k = Math.min(1, (width - 2 * side) / Math.max(1, x1 - x0));
     const z = zones(this.height);
     return { k, x: side + (width - 2 * side - (x1 - x0) * k) / 2 - x0 * k, y: z.graph + 8 + GROUP_HEADROOM * k };
   }
@@ -1534,7 +1534,7 @@ var NeuronView = class {
       el("h3", {}, [`Feature map ${data.channel} of ${data.layer}`]),
       ...input.actions ? [input.actions] : [],
       el("div", { class: "scale-row" }, [ramp, el("label", { class: "note" }, [toggle, " each map on its own scale"])]),
-      cards,
+      el("div", { class: "neuron-row" }, [cards, input.aside ?? null]),
       el("h4", {}, ["Learned features (top-activating reference images: receptive-field box, and its crop)"]),
       features
     );
@@ -2478,6 +2478,7 @@ var App = class {
       data,
       actions: el("div", { class: "neuron-actions" }, [tracer.element, exportButton]),
       onArea: () => tracer.run?.(),
+      aside: this.contributionPanel.element,
       names: this.exampleNames(),
       colors,
       imageUrl: (example) => routeUrl("image", { ...this.analysisParams(), example })
@@ -2581,7 +2582,9 @@ var App = class {
     this.contribution = { key, layer: answer.earlier_layer, scores: answer.scores, label: `${label}, ${answer.mode}, ${formatValue(answer.seconds)} s` };
     const params = this.analysisParams();
     const earlier = answer.earlier_layer;
-    this.contributionSection.hidden = false;
+    const beside = !this.neuronPanel.hidden && this.neuronView.element.contains(this.contributionPanel.element);
+    if (!beside) this.contributionSection.append(this.contributionPanel.element);
+    this.contributionSection.hidden = beside;
     this.contributionPanel.render({
       answer,
       label,
@@ -2670,6 +2673,9 @@ button:hover { background: #eeeeee; }
 .activation-map { position: relative; }
 .activation-canvas { cursor: crosshair; touch-action: none; }
 .area-overlay { position: absolute; border: 2px solid #d84315; background: rgba(216,67,21,0.15); pointer-events: none; box-sizing: border-box; }
+.neuron-row { display: flex; gap: 14px; align-items: flex-start; flex-wrap: wrap; }
+.neuron-row .neuron-examples { flex: 0 1 auto; }
+.neuron-row .contribution-result { flex: 1 1 460px; min-width: 420px; max-height: 520px; overflow-y: auto; }
 .contribution-controls { display: flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
 .neuron-example img, .activation-canvas { image-rendering: pixelated; border: 1px solid #eeeeee; }
 .card-title { font-weight: 500; margin-bottom: 4px; }
@@ -2691,12 +2697,15 @@ button:hover { background: #eeeeee; }
 .scale-row { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; font-size: 12px; }
 .ramp-number { font-variant-numeric: tabular-nums; margin: 0 4px; }
 .neuron-actions { display: flex; gap: 12px; align-items: flex-end; flex-wrap: wrap; }
+.neuron-row { display: flex; gap: 14px; align-items: flex-start; flex-wrap: wrap; }
+.neuron-row .neuron-examples { flex: 0 1 auto; }
+.neuron-row .contribution-result { flex: 1 1 460px; min-width: 420px; max-height: 520px; overflow-y: auto; }
 .contribution-controls { display: inline-flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; }
 .contribution-tracer { display: flex; gap: 10px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
 .contribution-examples { display: inline-flex; gap: 8px; font-size: 12px; color: #212121; }
 .contribution-status { min-width: 110px; }
 .contribution-list { list-style: none; padding: 0; margin: 6px 0 0; }
-.contribution-entry { display: grid; grid-template-columns: 36px 64px 120px 56px 1fr 44px 44px; gap: 8px; align-items: center; padding: 3px 4px; border-bottom: 1px solid #eeeeee; cursor: pointer; }
+.contribution-entry { display: grid; grid-template-columns: 30px 56px 70px 48px 1fr 42px 42px; gap: 8px; align-items: center; padding: 3px 4px; border-bottom: 1px solid #eeeeee; cursor: pointer; }
 .contribution-entry:hover, .contribution-entry:focus { background: rgba(255,152,0,0.1); }
 .contribution-entry .score-bar { height: 8px; background: #eeeeee; border-radius: 4px; overflow: hidden; }
 .contribution-entry .score-bar > span { display: block; height: 100%; background: #ef6c00; }
