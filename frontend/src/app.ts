@@ -330,6 +330,10 @@ export class App {
       const dm = manifest.diverging_merging;
       const story = dm ? [dm.adversarial, dm.source, dm.target] : null;
       const examples = resolveExamples(requests.asked, manifest.examples.map((e) => e.index), story);
+      const dropped = (requests.asked ?? []).filter((i) => !examples.includes(i));
+      if (dropped.length) {
+        this.message("warning", `Datapath${dropped.length > 1 ? "s" : ""} ${dropped.join(", ")} of the link ${dropped.length > 1 ? "are" : "is"} not in this analysis (examples 0..${manifest.examples.length - 1}); showing ${examples.join(", ")}.`);
+      }
       if (requests.asked === undefined && story && manifest.examples.length > 3 && examples.length === 3) {
         this.message("info", `Showing the paper's triplet: the adversarial example, its source and the representative target (Sec. 6.2.1) of ${manifest.examples.filter((e) => e.role === "target").length} target images. Tick more under Datapaths to compare them.`);
       }

@@ -301,3 +301,27 @@ def test_neuron_maps_share_one_colour_scale_with_numbers(served_runs, page):
     with page.expect_download() as info:
         frame.locator("button.neuron-export").click()
     assert info.value.suggested_filename.endswith(".png")
+
+
+def test_a_step_without_a_model_says_which_steps_allow_contribution(tmp_path_factory, page):
+    from run_fixtures import write_small_run
+
+    logdir = str(tmp_path_factory.mktemp("aevis-nomodel"))
+    write_small_run(logdir, run="mixed", name="cat->dog", steps=(0,), with_model=False)
+    written = write_small_run(logdir, run="mixed", name="cat->dog", steps=(5,), with_model=True)
+    tb = start_tensorboard(logdir, expect_runs=1)
+    try:
+        entry = tb.aevis("runs")["runs"][0]["analyses"][0]
+        frame = open_run(page, tb, written, {"aevis.method": "constrained", "aevis.step": "0"})
+        note = frame.locator(".summary .no-model").inner_text()
+        assert "Step 0 saved no model" in note
+        if "steps_with_model" in entry:  # servers that list them: the note names the steps
+            assert entry["steps_with_model"] == [5] and "steps with a saved model: 5" in note
+        else:
+            assert "model=" in note
+        # A link naming datapaths the analysis does not have is repaired, and says so.
+        frame = open_run(page, tb, written, {"aevis.method": "constrained", "aevis.step": "5", "aevis.examples": "0,9"})
+        assert "9 of the link is not in this analysis" in frame.locator(".messages").inner_text()
+        assert page.aevis_errors == []
+    finally:
+        tb.close()
