@@ -308,12 +308,16 @@ export class App {
     const wanted = JSON.stringify([this.analysisKey(), this.state.examples ?? null]);
     // Requests first: drawing the controls and writing the hash need no answer.
     const requests = run && this.currentAnalysis() ? (prefetched?.key === wanted ? prefetched : this.requestAnalysis()) : null;
+    // Another choice within the same analysis (datapaths) keeps every panel in place: no jump of the page.
+    const sameAnalysis = this.manifest !== null && this.manifestKey === this.analysisKey();
     this.renderControls();
-    this.networkPanel.hidden = true;
-    this.treemapPanel.hidden = true;
-    this.neuronPanel.hidden = true;
-    this.contributionSection.hidden = true;
-    this.contributionPanel.hide();
+    if (!sameAnalysis) {
+      this.networkPanel.hidden = true;
+      this.treemapPanel.hidden = true;
+      this.neuronPanel.hidden = true;
+      this.contributionSection.hidden = true;
+      this.contributionPanel.hide();
+    }
     // The hash is written once the answers are in (each write costs TensorBoard's page some ms).
     if (!run || !requests) {
       this.saveState();
@@ -321,7 +325,7 @@ export class App {
       return;
     }
     const params = this.analysisParams();
-    const loading = this.message("info", "Loading the analysis…");
+    const loading = sameAnalysis ? el("div") : this.message("info", "Loading the analysis…");
     let manifest: AnalysisManifest;
     let river: RiverData;
     let graph: GraphData | null;
@@ -622,7 +626,8 @@ export class App {
     const layer = this.state.layer!;
     const channel = this.state.channel!;
     this.neuronPanel.hidden = false;
-    this.neuronView.element.replaceChildren(el("div", { class: "note" }, [`Loading feature map ${channel}…`]));
+    // The shown feature map stays until the next one is ready (no jump of the page).
+    if (!this.neuronView.element.firstChild) this.neuronView.element.append(el("div", { class: "note" }, [`Loading feature map ${channel}…`]));
     let data: NeuronData;
     try {
       data = await getJson<NeuronData>("neuron", { ...this.analysisParams(), layer, channel });

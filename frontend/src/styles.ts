@@ -119,6 +119,7 @@ body:has(.aevis.dark) { background: #303030; color: #e0e0e0; }
 .aevis.dark .network-svg .story-label { fill: #ffca28; }
 .aevis.dark .network-svg .diff-curve { stroke: #e0e0e0; }
 .aevis.dark .minimap { background: #333; }
+.aevis.dark .minimap > rect:first-of-type { fill: #333; }
 .aevis.dark .treemap-canvas svg > rect:first-child, .aevis.dark .treemap-svg .background { fill: #262626; }
 .aevis.dark .neuron-example { border-color: #555; }
 .aevis.dark .message.info { background: #1a3550; color: #bbdefb; border-color: #2f5f8f; }

@@ -2159,19 +2159,22 @@ var App = class {
     const run = this.currentRun();
     const wanted = JSON.stringify([this.analysisKey(), this.state.examples ?? null]);
     const requests = run && this.currentAnalysis() ? prefetched?.key === wanted ? prefetched : this.requestAnalysis() : null;
+    const sameAnalysis = this.manifest !== null && this.manifestKey === this.analysisKey();
     this.renderControls();
-    this.networkPanel.hidden = true;
-    this.treemapPanel.hidden = true;
-    this.neuronPanel.hidden = true;
-    this.contributionSection.hidden = true;
-    this.contributionPanel.hide();
+    if (!sameAnalysis) {
+      this.networkPanel.hidden = true;
+      this.treemapPanel.hidden = true;
+      this.neuronPanel.hidden = true;
+      this.contributionSection.hidden = true;
+      this.contributionPanel.hide();
+    }
     if (!run || !requests) {
       this.saveState();
       if (run) this.message("info", `Run "${run.run}" has no AEVis data: it logged no add_analysis summaries.`);
       return;
     }
     const params = this.analysisParams();
-    const loading = this.message("info", "Loading the analysis…");
+    const loading = sameAnalysis ? el("div") : this.message("info", "Loading the analysis…");
     let manifest;
     let river;
     let graph;
@@ -2460,7 +2463,7 @@ var App = class {
     const layer = this.state.layer;
     const channel = this.state.channel;
     this.neuronPanel.hidden = false;
-    this.neuronView.element.replaceChildren(el("div", { class: "note" }, [`Loading feature map ${channel}…`]));
+    if (!this.neuronView.element.firstChild) this.neuronView.element.append(el("div", { class: "note" }, [`Loading feature map ${channel}…`]));
     let data;
     try {
       data = await getJson("neuron", { ...this.analysisParams(), layer, channel });
@@ -2742,6 +2745,7 @@ body:has(.aevis.dark) { background: #303030; color: #e0e0e0; }
 .aevis.dark .network-svg .story-label { fill: #ffca28; }
 .aevis.dark .network-svg .diff-curve { stroke: #e0e0e0; }
 .aevis.dark .minimap { background: #333; }
+.aevis.dark .minimap > rect:first-of-type { fill: #333; }
 .aevis.dark .treemap-canvas svg > rect:first-child, .aevis.dark .treemap-svg .background { fill: #262626; }
 .aevis.dark .neuron-example { border-color: #555; }
 .aevis.dark .message.info { background: #1a3550; color: #bbdefb; border-color: #2f5f8f; }

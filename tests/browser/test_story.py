@@ -325,3 +325,28 @@ def test_a_step_without_a_model_says_which_steps_allow_contribution(tmp_path_fac
         assert page.aevis_errors == []
     finally:
         tb.close()
+
+
+def test_changing_the_datapaths_keeps_the_open_levels_and_the_scroll(served_runs, page):
+    tb, small, _ = served_runs
+    layer, treemap = best_layer(tb, small)
+    channel = treemap["cells"][0]["channel"]
+    frame = open_run(page, tb, small, {"aevis.layer": layer, "aevis.channel": str(channel)})
+    frame.wait_for_function("() => [...document.querySelectorAll('.activation-map canvas')].some(c => c.dataset.scale)", timeout=60_000)
+    frame.locator(".neuron h3").scroll_into_view_if_needed()
+    where = lambda: frame.evaluate("() => [window.scrollY, window.parent.scrollY]")  # noqa: E731
+    before = where()
+    assert max(before) > 0, "the page is scrolled to the neuron level"
+    frame.evaluate("() => { window.aevisHidden = 0; new MutationObserver(() => { if (document.querySelector('.treemap-panel').hidden) window.aevisHidden++; })"
+                   ".observe(document.body, {subtree: true, attributes: true, attributeFilter: ['hidden']}); }")
+    # Untick a datapath without scrolling to its checkbox (as a keyboard user would).
+    frame.evaluate("() => document.querySelector('input[name=\"datapath\"][value=\"1\"]').click()")
+    frame.wait_for_function("() => document.querySelectorAll('path.river-path').length === 2")
+    frame.wait_for_function("() => document.querySelectorAll('.neuron-example').length > 0")
+    assert frame.evaluate("() => window.aevisHidden") == 0  # the treemap never disappeared
+    after = where()
+    # Not reset: the page stays where it was, up to the height of what changed above (a shorter legend).
+    assert all(abs(a - b) < 60 for a, b in zip(before, after)), (before, after)
+    heading = frame.locator(".neuron h3").bounding_box()
+    assert 0 <= heading["y"] <= page.viewport_size["height"]
+    assert frame.locator(".neuron h3").inner_text() == f"Feature map {channel} of {layer}"
