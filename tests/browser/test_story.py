@@ -350,3 +350,29 @@ def test_changing_the_datapaths_keeps_the_open_levels_and_the_scroll(served_runs
     heading = frame.locator(".neuron h3").bounding_box()
     assert 0 <= heading["y"] <= page.viewport_size["height"]
     assert frame.locator(".neuron h3").inner_text() == f"Feature map {channel} of {layer}"
+
+
+def test_provenance_is_shown_as_text(tmp_path_factory, page):
+    import numpy as np
+    import torch
+    from run_fixtures import IMAGE_SIZE, TinyCNN
+    from summary_writers import add_analysis
+    from tensorboard_plugin_aevis.extraction import extract_datapaths
+
+    logdir = str(tmp_path_factory.mktemp("aevis-provenance"))
+    model = TinyCNN(0).eval()
+    images = torch.from_numpy(np.random.default_rng(0).random((3, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
+    analysis = extract_datapaths(model, images, ["source", "adversarial", "target"], method="constrained", steps=4)
+    provenance = {"adversarial": "MI-FGSM, targeted at 'dog', eps 16/255, 10 steps",
+                  "target": "representative (Sec. 6.2.1) of 3 'dog' images: <b>dog 2</b>"}
+    analysis.params["provenance"] = provenance
+    add_analysis(f"{logdir}/prov", "cat->dog", analysis, 0, model=None, save_model=False)
+    tb = start_tensorboard(logdir, expect_runs=1)
+    try:
+        frame = dashboard(page, tb)
+        frame.wait_for_selector("path.river-path")
+        shown = frame.locator(".summary .provenance").inner_text()
+        assert provenance["adversarial"] in shown and provenance["target"] in shown  # as text, never as markup
+        assert frame.locator(".summary .provenance b").count() == 0
+    finally:
+        tb.close()
