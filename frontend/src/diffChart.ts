@@ -67,7 +67,6 @@ export function drawDiffChart(layer: SVGGElement, values: number[], r: number, g
     layer.appendChild(svgEl("rect", { class: "last-r-window", x: first, y: g.top, width: Math.max(2, last - first), height: g.height, fill: "rgba(121,134,203,0.16)" }, [
       svgTitle(`Eq. 10 window: the last ${r} layers must all rise and the last must be the maximum`),
     ]));
-    layer.appendChild(svgEl("text", { x: last - 3, y: g.top + g.height - 3, "text-anchor": "end", "font-size": 10, fill: "#5c6bc0" }, [`last r = ${r} layers (Eq. 10 window)`]));
   }
   layer.appendChild(svgEl("line", { class: "zero-line", x1: g.left, x2: g.right, y1: y(0), y2: y(0), stroke: "#757575", "stroke-dasharray": "2 3" }));
   const d = points.map((p, k) => `${k ? "L" : "M"}${p[0].toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
@@ -76,6 +75,6 @@ export function drawDiffChart(layer: SVGGElement, values: number[], r: number, g
     layer.appendChild(svgEl("circle", { class: "diff-point", cx: x, cy: y(v), r: 2.2, fill: v > 0 ? "#9467bd" : "#1f77b4" }));
   }
   layer.appendChild(svgEl("text", { x: g.left + 4, y: g.top + 11, "font-size": 10, fill: "#757575" }, [
-    `diff(l) = d(adv, source) − d(adv, target), ${unit}; above 0: closer to the target · max ${formatValue(hi)}, min ${formatValue(lo)}`,
+    `diff(l) = d(adv, source) − d(adv, target), ${unit}; above 0: closer to the target · max ${formatValue(hi)}, min ${formatValue(lo)} · shaded: the last r = ${r} layers (Eq. 10 window)`,
   ]));
 }

@@ -579,7 +579,7 @@ export class NetworkView {
     const t = this.fitTransform(width);
     const z = zones(this.height);
     const height = z.graph + this.layout.height * t.k + 40;
-    const out = svgEl("svg", { width, height: Math.round(height + head), viewBox: `0 0 ${width} ${Math.round(height + head)}` });
+    const out = svgEl("svg", { width, height: Math.round(height + head), viewBox: `0 0 ${width} ${Math.round(height + head)}`, "font-family": "Roboto, Helvetica, Arial, sans-serif" });
     out.appendChild(svgEl("rect", { x: 0, y: 0, width, height: height + head, fill: "#ffffff" }));
     out.appendChild(svgEl("text", { class: "export-title", x: 12, y: 20, "font-size": 15, "font-weight": 500, fill: "#212121", "font-family": "Roboto, sans-serif" }, [input.title]));
     const legend = svgEl("g", { class: "export-legend", "font-family": "Roboto, sans-serif", "font-size": 12 });

@@ -37,6 +37,7 @@ export class TreemapView {
   /** Draw the treemap; returns the number of cells drawn. */
   render(input: TreemapInput): number {
     clear(this.element);
+    this.tooltip.hidden = true; // a redraw never keeps a tooltip of old values
     const { data } = input;
     const [a, b] = input.diff;
     const nameOf = (i: number) => input.names.get(i) ?? `#${i}`;
