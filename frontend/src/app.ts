@@ -657,15 +657,20 @@ export class App {
   }
 
   // ------------------------------------------------------------- contribution (paper Sec. 5.4)
-  private mode = "sgd";
+  /** "preview": a quadratic answer first (about a second), then refined by SGD (the accurate one). */
+  private mode = "preview";
   /** The examples a contribution is computed for; null: the default (the adversarial datapath alone). */
   private contributionExamples: number[] | null = null;
 
   private contributionMode(): HTMLElement {
     return select("Contribution mode", [
+      { value: "preview", text: "quadratic preview, then SGD" },
       { value: "sgd", text: "SGD (accurate)" },
       { value: "quadratic", text: "quadratic (fast)" },
-    ], this.mode, (v) => (this.mode = v), "contribution-mode");
+    ], this.mode, (v) => {
+      this.mode = v;
+      for (const other of document.querySelectorAll<HTMLSelectElement>('select[name="contribution-mode"]')) other.value = v;
+    }, "contribution-mode");
   }
 
   /** The examples to compute a contribution for: the user's choice, else the first adversarial datapath compared. */
@@ -738,27 +743,44 @@ export class App {
     };
   }
 
-  /** POST the contribution request; progress next to `button` (disabled meanwhile); the ranked result in its panel. */
+  /**
+   * POST the contribution request (in "preview" mode: quadratic, shown, then SGD, shown);
+   * progress next to `button` (disabled meanwhile); the ranked result in its panel.
+   */
   private async computeContribution(request: Record<string, unknown>, label: string, button: HTMLButtonElement, status: HTMLElement): Promise<void> {
     const key = this.analysisKey();
     const examples = this.contributionFor();
+    const modes = this.mode === "preview" ? ["quadratic", "sgd"] : [this.mode];
     button.disabled = true;
-    status.textContent = `Computing (${this.mode})…`;
     const started = performance.now();
-    const tick = setInterval(() => (status.textContent = `Computing (${this.mode})… ${((performance.now() - started) / 1000).toFixed(0)} s`), 1000);
-    let answer: ContributionData;
+    let doing = "";
+    const show = () => (status.textContent = `${doing} ${((performance.now() - started) / 1000).toFixed(0)} s`);
+    const tick = setInterval(show, 1000);
     try {
-      answer = await postJson<ContributionData>("contribution", { ...this.analysisParams(), ...request, examples, mode: this.mode });
-    } catch (err) {
-      status.textContent = "";
-      this.message("error", describeError(err));
-      return;
+      for (const [k, mode] of modes.entries()) {
+        doing = modes.length > 1 && k > 0 ? "Preview shown; refining with SGD…" : `Computing (${mode})…`;
+        show();
+        let answer: ContributionData;
+        try {
+          answer = await postJson<ContributionData>("contribution", { ...this.analysisParams(), ...request, examples, mode });
+        } catch (err) {
+          status.textContent = "";
+          this.message("error", describeError(err));
+          return;
+        }
+        if (key !== this.analysisKey()) return;
+        this.showContribution(answer, examples, modes.length > 1 && k === 0 ? `${label} — quadratic preview, SGD refining…` : label);
+      }
+      status.textContent = `done in ${((performance.now() - started) / 1000).toFixed(1)} s`;
     } finally {
       clearInterval(tick);
       button.disabled = false;
     }
-    if (key !== this.analysisKey()) return;
-    status.textContent = `done in ${formatValue(answer.seconds)} s`;
+  }
+
+  /** Show a contribution answer: the ranked panel, and the dotted fills of its layer's treemap. */
+  private showContribution(answer: ContributionData, examples: number[], label: string): void {
+    const key = this.analysisKey();
     for (const warning of answer.warnings ?? []) this.message("warning", warning);
     answer.examples = answer.examples ?? examples;
     this.contribution = { key, layer: answer.earlier_layer, scores: answer.scores, label: `${label}, ${answer.mode}, ${formatValue(answer.seconds)} s` };

@@ -1956,7 +1956,8 @@ var App = class {
     /** A refusal shown once in the treemap's head, next to the menus that caused it. */
     this.treemapNotice = null;
     // ------------------------------------------------------------- contribution (paper Sec. 5.4)
-    this.mode = "sgd";
+    /** "preview": a quadratic answer first (about a second), then refined by SGD (the accurate one). */
+    this.mode = "preview";
     /** The examples a contribution is computed for; null: the default (the adversarial datapath alone). */
     this.contributionExamples = null;
     this.state = readViewState(this.host.location.hash);
@@ -2493,9 +2494,13 @@ var App = class {
   }
   contributionMode() {
     return select("Contribution mode", [
+      { value: "preview", text: "quadratic preview, then SGD" },
       { value: "sgd", text: "SGD (accurate)" },
       { value: "quadratic", text: "quadratic (fast)" }
-    ], this.mode, (v) => this.mode = v, "contribution-mode");
+    ], this.mode, (v) => {
+      this.mode = v;
+      for (const other of document.querySelectorAll('select[name="contribution-mode"]')) other.value = v;
+    }, "contribution-mode");
   }
   /** The examples to compute a contribution for: the user's choice, else the first adversarial datapath compared. */
   contributionFor() {
@@ -2563,27 +2568,43 @@ var App = class {
       run: runner.run
     };
   }
-  /** POST the contribution request; progress next to `button` (disabled meanwhile); the ranked result in its panel. */
+  /**
+   * POST the contribution request (in "preview" mode: quadratic, shown, then SGD, shown);
+   * progress next to `button` (disabled meanwhile); the ranked result in its panel.
+   */
   async computeContribution(request2, label, button, status) {
     const key = this.analysisKey();
     const examples = this.contributionFor();
+    const modes = this.mode === "preview" ? ["quadratic", "sgd"] : [this.mode];
     button.disabled = true;
-    status.textContent = `Computing (${this.mode})…`;
     const started = performance.now();
-    const tick = setInterval(() => status.textContent = `Computing (${this.mode})… ${((performance.now() - started) / 1e3).toFixed(0)} s`, 1e3);
-    let answer;
+    let doing = "";
+    const show = () => status.textContent = `${doing} ${((performance.now() - started) / 1e3).toFixed(0)} s`;
+    const tick = setInterval(show, 1e3);
     try {
-      answer = await postJson("contribution", { ...this.analysisParams(), ...request2, examples, mode: this.mode });
-    } catch (err) {
-      status.textContent = "";
-      this.message("error", describeError(err));
-      return;
+      for (const [k, mode] of modes.entries()) {
+        doing = modes.length > 1 && k > 0 ? "Preview shown; refining with SGD…" : `Computing (${mode})…`;
+        show();
+        let answer;
+        try {
+          answer = await postJson("contribution", { ...this.analysisParams(), ...request2, examples, mode });
+        } catch (err) {
+          status.textContent = "";
+          this.message("error", describeError(err));
+          return;
+        }
+        if (key !== this.analysisKey()) return;
+        this.showContribution(answer, examples, modes.length > 1 && k === 0 ? `${label} — quadratic preview, SGD refining…` : label);
+      }
+      status.textContent = `done in ${((performance.now() - started) / 1e3).toFixed(1)} s`;
     } finally {
       clearInterval(tick);
       button.disabled = false;
     }
-    if (key !== this.analysisKey()) return;
-    status.textContent = `done in ${formatValue(answer.seconds)} s`;
+  }
+  /** Show a contribution answer: the ranked panel, and the dotted fills of its layer's treemap. */
+  showContribution(answer, examples, label) {
+    const key = this.analysisKey();
     for (const warning of answer.warnings ?? []) this.message("warning", warning);
     answer.examples = answer.examples ?? examples;
     this.contribution = { key, layer: answer.earlier_layer, scores: answer.scores, label: `${label}, ${answer.mode}, ${formatValue(answer.seconds)} s` };

@@ -376,3 +376,30 @@ def test_provenance_is_shown_as_text(tmp_path_factory, page):
         assert frame.locator(".summary .provenance b").count() == 0
     finally:
         tb.close()
+
+
+def test_brushing_shows_a_quadratic_preview_then_the_sgd_answer(served_runs, page):
+    tb, small, _ = served_runs
+    layer, treemap = best_layer(tb, small)
+    manifest = tb.aevis("analysis", **ids(small))
+    if manifest["layers"][0]["name"] == layer:
+        pytest.skip("the layer with most maps is the first: nothing earlier to trace from")
+    channel = treemap["cells"][0]["channel"]
+    frame = open_run(page, tb, small, {"aevis.layer": layer, "aevis.channel": str(channel)})
+    frame.wait_for_function("() => [...document.querySelectorAll('.activation-map canvas')].some(c => c.dataset.scale)", timeout=60_000)
+    assert frame.eval_on_selector('.neuron select[name="contribution-mode"]', "s => s.value") == "preview"
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data_json["mode"]) if r.url.endswith("/contribution") and r.method == "POST" else None)
+    canvas = frame.locator(".activation-map canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6, steps=4)
+    page.mouse.up()
+    frame.wait_for_selector(".contribution-entry", timeout=120_000)
+    frame.wait_for_function("() => /done in/.test(document.querySelector('.neuron .contribution-status').textContent)", timeout=180_000)
+    assert sent == ["quadratic", "sgd"]
+    note = frame.locator(".contribution-result .note").first.inner_text()
+    assert "sgd" in note and "preview" not in note
+    assert not frame.locator(".neuron button.contribution-run").is_disabled()
