@@ -30,7 +30,7 @@ from tensorboard import plugin_util
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 
-from tensorboard_plugin_aevis import metadata, run_reader
+from tensorboard_plugin_aevis import datapath_metrics, metadata, run_reader
 from tensorboard_plugin_aevis.analysis import METHODS
 from tensorboard_plugin_aevis.layouts import river as river_layout
 from tensorboard_plugin_aevis.layouts import treemap as treemap_layout
@@ -367,6 +367,9 @@ class AEVisPlugin(base_plugin.TBPlugin):
     def _river(self, request: wrappers.Request, params: Params):
         key = self._analysis_key(request, params)
         chosen = params.integers("examples", None, 2, MAX_RIVER_DATAPATHS)
+        normalization = params.string("normalization", "l2")
+        if normalization not in datapath_metrics.NORMALIZATIONS:
+            raise HttpError(400, f"normalization {_shown(normalization)!r} is unknown; use one of {', '.join(datapath_metrics.NORMALIZATIONS)}")
 
         def compute() -> str:
             loaded = self._loaded(request, key)
@@ -374,9 +377,9 @@ class AEVisPlugin(base_plugin.TBPlugin):
             examples = _check_examples(chosen if chosen is not None else list(range(min(a.num_examples, MAX_RIVER_DATAPATHS))), a.num_examples)
             if len(examples) < 2:
                 raise HttpError(404, "the river needs two or more examples; this analysis has one")
-            return json_text(river_answer(loaded, examples))
+            return json_text(river_answer(loaded, examples, normalization))
 
-        return http_util.Respond(request, self._cached(("river",) + key + (tuple(chosen or ()),), compute), JSON_TYPE)
+        return http_util.Respond(request, self._cached(("river",) + key + (tuple(chosen or ()), normalization), compute), JSON_TYPE)
 
     def _treemap(self, request: wrappers.Request, params: Params):
         key = self._analysis_key(request, params)
@@ -569,10 +572,12 @@ def default_treemap_examples(analysis) -> List[int]:
     return list(range(min(3, analysis.num_examples)))
 
 
-def river_answer(loaded: "run_reader.LoadedAnalysis", examples: List[int]) -> Dict[str, Any]:
-    """The ``river`` answer for ``examples`` (indices into the analysis)."""
+def river_answer(loaded: "run_reader.LoadedAnalysis", examples: List[int], normalization: str = "l2") -> Dict[str, Any]:
+    """The ``river`` answer for ``examples`` (indices into the analysis); distances and the
+    diff curve are the logged L2 ones, divided by sqrt(C_l) for ``normalization="rms"``."""
     a = loaded.analysis
     L, n = len(a.layers), len(examples)
+    per_layer = 1.0 / np.sqrt([max(1, l.channels) for l in a.layers]) if normalization == "rms" else np.ones(L)
     D = np.zeros((L, n, n))
     for p in range(n):
         for q in range(p + 1, n):
@@ -580,7 +585,7 @@ def river_answer(loaded: "run_reader.LoadedAnalysis", examples: List[int]) -> Di
             curve = loaded.distances.get(f"{i},{j}")
             if curve is None or len(curve) != L:
                 raise HttpError(404, f"the logged analysis has no per-layer distance between examples {i} and {j}; re-log it")
-            D[:, p, q] = D[:, q, p] = curve
+            D[:, p, q] = D[:, q, p] = np.asarray(curve) * per_layer
     roles = [a.examples[e].role for e in examples]
     if sorted(roles) == ["adversarial", "source", "target"]:
         s, v, t = (roles.index(r) for r in ("source", "adversarial", "target"))
@@ -603,9 +608,10 @@ def river_answer(loaded: "run_reader.LoadedAnalysis", examples: List[int]) -> Di
         "order": [examples[k] for k in layout.order],
         "paths": [{"example": e, "role": a.examples[e].role, "name": a.examples[e].name, "y": [round(float(v), 6) for v in y[k]]}
                   for k, e in enumerate(examples)],
-        "distances": {f"{min(i, j)},{max(i, j)}": loaded.distances[f"{min(i, j)},{max(i, j)}"]
+        "normalization": normalization,
+        "distances": {f"{min(i, j)},{max(i, j)}": (np.asarray(loaded.distances[f"{min(i, j)},{max(i, j)}"]) * per_layer).tolist()
                       for p, i in enumerate(examples) for j in examples[p + 1:]},
-        "diff_curve": loaded.diff_curve,
+        "diff_curve": None if loaded.diff_curve is None else (np.asarray(loaded.diff_curve) * per_layer).tolist(),
         "markers": markers,
     }
 

@@ -4,6 +4,11 @@
 All distances use the continuous gates (method-notes Sec. 1): the datapath of
 example i at layer l is ``analysis.gates[l][i]``, a vector of C_l gates.
 Layer indices are 0-based positions in ``analysis.layers``.
+
+``normalization``: ``"l2"`` is the paper's raw L2 distance; ``"rms"`` divides it by
+sqrt(C_l), the root-mean-square gate difference, so layers of different widths
+compare (a layer of 4C channels with the same per-channel difference has twice the
+L2 distance but the same RMS distance).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 from .analysis import Analysis
 
 DEFAULT_R = 8  # the paper's r (Sec. 6.1)
+NORMALIZATIONS = ("l2", "rms")
 
 
 @dataclasses.dataclass
@@ -50,10 +56,25 @@ def _check_example(analysis: Analysis, i: int, what: str = "example") -> int:
     return int(i)
 
 
-def layer_distances(analysis: Analysis, i: int, j: int) -> np.ndarray:
-    """(L,) L2 distance between the continuous gates of examples i and j at each layer."""
+def check_normalization(normalization: str) -> str:
+    """``normalization`` itself; raises ValueError when it is not one of NORMALIZATIONS."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization {normalization!r} is unknown; use one of {', '.join(NORMALIZATIONS)}")
+    return normalization
+
+
+def layer_widths(analysis: Analysis) -> np.ndarray:
+    """(L,) number of channels C_l of each gated layer."""
+    return np.array([g.shape[1] for g in analysis.gates], dtype=np.float64)
+
+
+def layer_distances(analysis: Analysis, i: int, j: int, normalization: str = "l2") -> np.ndarray:
+    """(L,) distance between the continuous gates of examples i and j at each layer:
+    L2 (``"l2"``) or L2 / sqrt(C_l) (``"rms"``). Raises ValueError for another normalization."""
+    check_normalization(normalization)
     i, j = _check_example(analysis, i), _check_example(analysis, j)
-    return np.array([np.linalg.norm(g[i].astype(np.float64) - g[j].astype(np.float64)) for g in analysis.gates])
+    d = np.array([np.linalg.norm(g[i].astype(np.float64) - g[j].astype(np.float64)) for g in analysis.gates])
+    return d / np.sqrt(layer_widths(analysis)) if normalization == "rms" else d
 
 
 def pairwise_layer_distances(analysis: Analysis) -> Dict[Tuple[int, int], np.ndarray]:
@@ -67,9 +88,11 @@ def datapath_distance(analysis: Analysis, i: int, j: int) -> float:
     return float(np.sqrt(np.sum(layer_distances(analysis, i, j) ** 2)))
 
 
-def diff_curve(analysis: Analysis, adversarial: int, source: int, target: int) -> np.ndarray:
-    """(L,) Eq. 9: ``||z_adv(l) - z_src(l)||_2 - ||z_adv(l) - z_tar(l)||_2`` per layer l."""
-    return layer_distances(analysis, adversarial, source) - layer_distances(analysis, adversarial, target)
+def diff_curve(analysis: Analysis, adversarial: int, source: int, target: int, normalization: str = "l2") -> np.ndarray:
+    """(L,) Eq. 9: ``||z_adv(l) - z_src(l)||_2 - ||z_adv(l) - z_tar(l)||_2`` per layer l
+    (each term divided by sqrt(C_l) for ``normalization="rms"``)."""
+    return (layer_distances(analysis, adversarial, source, normalization)
+            - layer_distances(analysis, adversarial, target, normalization))
 
 
 def default_r(num_layers: int) -> int:

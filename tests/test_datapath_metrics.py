@@ -109,3 +109,26 @@ def test_representative_target_is_the_closest_datapath():
         representative_target(analysis, 0, [7])
     with pytest.raises(ValueError, match="no candidate"):
         representative_target(analysis, 0, [])
+
+
+def test_rms_normalization_divides_by_sqrt_width_and_compares_layers_of_different_widths():
+    # Layer 0: 4 channels, layer 1: 16 channels; every gate differs by 0.5 in both layers.
+    a = [np.zeros(4), np.zeros(16)]
+    b = [np.full(4, 0.5), np.full(16, 0.5)]
+    analysis = make_analysis([a, b], ["source", "adversarial"])
+    raw = layer_distances(analysis, 0, 1)
+    np.testing.assert_allclose(raw, [np.sqrt(4 * 0.25), np.sqrt(16 * 0.25)])  # 1, 2: the wide layer looks twice as far
+    np.testing.assert_allclose(layer_distances(analysis, 0, 1, normalization="rms"), [0.5, 0.5])  # same per-gate change
+    assert layer_distances(analysis, 0, 1, "l2").tolist() == raw.tolist()
+    with pytest.raises(ValueError, match="normalization 'max' is unknown"):
+        layer_distances(analysis, 0, 1, normalization="max")
+
+
+def test_diff_curve_rms_is_the_l2_curve_over_sqrt_width():
+    adv = [np.array([1.0, 0.0]), np.array([0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0])]
+    src = [np.array([0.0, 0.0]), np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])]
+    tar = [np.array([0.5, 0.0]), np.ones(8)]
+    analysis = make_analysis([src, adv, tar], ["source", "adversarial", "target"])
+    raw = diff_curve(analysis, 1, 0, 2)
+    np.testing.assert_allclose(raw, [1 - 0.5, np.sqrt(2) - np.sqrt(6)])
+    np.testing.assert_allclose(diff_curve(analysis, 1, 0, 2, normalization="rms"), raw / np.sqrt([2, 8]))

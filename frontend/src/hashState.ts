@@ -19,6 +19,10 @@ export interface ViewState {
   diff?: [number, number];
   /** Ids of the expanded layer groups in the model graph. */
   expanded?: string[];
+  /** Layer distance of the river and the chart: "l2" (paper) or "rms" (L2 / sqrt(C_l)). */
+  distance?: "l2" | "rms";
+  /** Pan and zoom of the network view: [k, x, y]. */
+  view?: [number, number, number];
 }
 
 const PREFIX = "aevis.";
@@ -80,6 +84,12 @@ export function readViewState(hash: string): ViewState {
         break;
       }
       case "expanded": state.expanded = value === "" ? [] : value.split(","); break;
+      case "distance": if (value === "l2" || value === "rms") state.distance = value; break;
+      case "view": {
+        const v = value.split(",").map(Number);
+        if (v.length === 3 && v.every(Number.isFinite) && v[0] > 0) state.view = [v[0], v[1], v[2]];
+        break;
+      }
     }
   }
   for (const key of Object.keys(state) as Array<keyof ViewState>) {
@@ -102,6 +112,8 @@ function serialise(state: ViewState): Array<[string, string]> {
   put("channel", state.channel === undefined ? undefined : String(state.channel));
   put("diff", state.diff?.join(","));
   put("expanded", state.expanded?.join(","));
+  put("distance", state.distance);
+  put("view", state.view?.map((v, i) => (i === 0 ? Number(v.toPrecision(4)) : Math.round(v))).join(","));
   return out;
 }
 

@@ -7,7 +7,7 @@
 
 import { getRangedImage } from "./api";
 import { clear, el } from "./dom";
-import { dequantise, formatValue, greenLookupTable } from "./scales";
+import { dequantise, formatValue, greenLookupTable, greenRamp, rgbCss } from "./scales";
 import type { LearnedFeature, NeuronData } from "./types";
 
 export interface NeuronInput {
@@ -17,6 +17,10 @@ export interface NeuronInput {
   names: Map<number, string>;
   colors: Map<number, string>;
   imageUrl: (example: number) => string;
+  /** Shown beside the maps (e.g. the contribution result), so both stay in view. */
+  aside?: HTMLElement;
+  /** Called on mouse-up after an area was brushed (the area is then `area()`). */
+  onArea?: (area: AreaSelection) => void;
 }
 
 const MAP_SIZE = 112;
@@ -24,21 +28,32 @@ const MAP_SIZE = 112;
 const REFERENCE_SIZE = 72;
 const LUT = greenLookupTable();
 
-/** Draw a grey-scale bitmap onto `canvas` through the green ramp; returns the grey levels (H*W). */
-function paintGreen(canvas: HTMLCanvasElement, bitmap: ImageBitmap): Uint8ClampedArray {
+/**
+ * Draw a grey-scale bitmap quantised over `own` onto `canvas` through the green ramp
+ * spanning `scale` (values outside are clipped); returns the grey levels (H*W).
+ */
+function paintGreen(canvas: HTMLCanvasElement, bitmap: ImageBitmap, own: [number, number], scale: [number, number]): Uint8ClampedArray {
   canvas.width = bitmap.width;
   canvas.height = bitmap.height;
   const ctx = canvas.getContext("2d")!;
   ctx.drawImage(bitmap, 0, 0);
   const image = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
   const levels = new Uint8ClampedArray(bitmap.width * bitmap.height);
+  const span = scale[1] - scale[0];
   for (let p = 0; p < levels.length; p++) {
     const level = image.data[p * 4];
     levels[p] = level;
-    image.data.set(LUT.subarray(level * 4, level * 4 + 4), p * 4);
+    const value = dequantise(level, own[0], own[1]);
+    const shown = span > 0 ? Math.round(Math.min(1, Math.max(0, (value - scale[0]) / span)) * 255) : 0;
+    image.data.set(LUT.subarray(shown * 4, shown * 4 + 4), p * 4);
   }
   ctx.putImageData(image, 0, 0);
   return levels;
+}
+
+/** The colour scale of a feature map's activation maps: one range for all (shared) or each map's own. */
+export function sharedRange(ranges: Array<[number, number]>): [number, number] {
+  return [Math.min(...ranges.map((r) => r[0])), Math.max(...ranges.map((r) => r[1]))];
 }
 
 /** Percent offsets (left, top, width, height) of `box` = [y0, x0, y1, x1] in a `width` x `height` image, clipped to it. */
@@ -62,6 +77,16 @@ function learnedFeatureSource(f: LearnedFeature): HTMLElement {
 }
 
 /** A rectangle of neurons chosen on an activation map: [y0, x0, y1, x1) in a grid of [h, w]. */
+interface LoadedMap {
+  canvas: HTMLCanvasElement;
+  mapBox: HTMLElement;
+  readout: HTMLElement;
+  bitmap: ImageBitmap;
+  range: [number, number];
+  /** False when the backend sent no range (grey levels read as 0..1). */
+  sent: boolean;
+}
+
 export interface AreaSelection {
   area: [number, number, number, number];
   grid: [number, number];
@@ -69,6 +94,9 @@ export interface AreaSelection {
 
 export class NeuronView {
   readonly element: HTMLDivElement;
+  /** One colour scale for every example's map of the feature map (false: each map its own range). */
+  private shared = true;
+  private last: NeuronInput | null = null;
   private selection: AreaSelection | null = null;
   private readonly overlays: HTMLDivElement[] = [];
 
@@ -124,17 +152,22 @@ export class NeuronView {
       };
       this.showSelection();
     });
-    canvas.addEventListener("pointerup", () => (start = null));
+    canvas.addEventListener("pointerup", () => {
+      const brushed = start !== null && this.selection !== null;
+      start = null;
+      if (brushed) this.last?.onArea?.(this.selection!);
+    });
   }
 
   /** Draw the panel; resolves when every activation map is painted, with the number painted. */
   async render(input: NeuronInput): Promise<number> {
+    this.last = input;
     clear(this.element);
     this.selection = null;
     this.overlays.length = 0;
     const { data } = input;
     const cards = el("div", { class: "neuron-examples" });
-    const pending: Array<Promise<boolean>> = [];
+    const pending: Array<Promise<LoadedMap | null>> = [];
     for (const ex of data.examples) {
       const name = input.names.get(ex.example) ?? `#${ex.example}`;
       const readout = el("div", { class: "readout" }, ["hover the map for values"]);
@@ -158,27 +191,13 @@ export class NeuronView {
         continue;
       }
       mapBox.appendChild(canvas);
-      pending.push(
-        getRangedImage(ex.activation_map).then(
-          ({ bitmap, range }) => {
-            const levels = paintGreen(canvas, bitmap);
-            this.installAreaSelection(canvas, mapBox);
-            const [lo, hi] = range ?? [0, 1];
-            mapBox.appendChild(el("div", { class: "range" }, [range ? `range ${formatValue(lo)} … ${formatValue(hi)}` : "range not sent (grey levels 0…1)"]));
-            canvas.addEventListener("mousemove", (ev) => {
-              const r = canvas.getBoundingClientRect();
-              const col = Math.min(canvas.width - 1, Math.floor(((ev.clientX - r.left) / r.width) * canvas.width));
-              const row = Math.min(canvas.height - 1, Math.floor(((ev.clientY - r.top) / r.height) * canvas.height));
-              readout.textContent = `(${row}, ${col}): activation ${formatValue(dequantise(levels[row * canvas.width + col], lo, hi))}`;
-            });
-            return true;
-          },
-          (err: Error) => {
-            mapBox.replaceChildren(el("div", { class: "error" }, [`activation map: ${err.message}`]));
-            return false;
-          },
-        ),
-      );
+      pending.push(getRangedImage(ex.activation_map).then(
+        ({ bitmap, range }) => ({ canvas, mapBox, readout, bitmap, range: range ?? ([0, 1] as [number, number]), sent: range !== null }),
+        (err: Error) => {
+          mapBox.replaceChildren(el("div", { class: "error" }, [`activation map: ${err.message}`]));
+          return null;
+        },
+      ));
     }
     const features = el("div", { class: "learned-features" });
     if (data.learned_features.length === 0) {
@@ -193,15 +212,86 @@ export class NeuronView {
         ]),
       ]));
     }
+    const ramp = el("div", { class: "legend-ramp" });
+    const toggle = el("input", { type: "checkbox", name: "per-map-scale" });
+    toggle.checked = !this.shared;
+    toggle.addEventListener("change", () => {
+      this.shared = !toggle.checked;
+      if (this.last) void this.render(this.last);
+    });
     this.element.append(
       el("h3", {}, [`Feature map ${data.channel} of ${data.layer}`]),
       ...(input.actions ? [input.actions] : []),
-      el("div", { class: "legend-ramp" }, ["activation: ", el("span", { class: "ramp" }), " low → high · drag on a map to select an area of neurons"]),
-      cards,
+      el("div", { class: "scale-row" }, [ramp, el("label", { class: "note" }, [toggle, " each map on its own scale"])]),
+      el("div", { class: "neuron-row" }, [cards, input.aside ?? null]),
       el("h4", {}, ["Learned features (top-activating reference images: receptive-field box, and its crop)"]),
       features,
     );
-    const painted = await Promise.all(pending);
-    return painted.filter(Boolean).length;
+    const loaded = (await Promise.all(pending)).filter((m): m is LoadedMap => m !== null);
+    const common = loaded.length ? sharedRange(loaded.map((m) => m.range)) : ([0, 1] as [number, number]);
+    for (const m of loaded) {
+      const scale = this.shared ? common : m.range;
+      const levels = paintGreen(m.canvas, m.bitmap, m.range, scale);
+      m.canvas.dataset.scale = scale.join(",");
+      this.installAreaSelection(m.canvas, m.mapBox);
+      const [lo, hi] = m.range;
+      m.mapBox.appendChild(el("div", { class: "range" }, [m.sent ? `range ${formatValue(lo)} … ${formatValue(hi)}` : "range not sent (grey levels 0…1)"]));
+      m.canvas.addEventListener("mousemove", (ev) => {
+        const r = m.canvas.getBoundingClientRect();
+        const col = Math.min(m.canvas.width - 1, Math.floor(((ev.clientX - r.left) / r.width) * m.canvas.width));
+        const row = Math.min(m.canvas.height - 1, Math.floor(((ev.clientY - r.top) / r.height) * m.canvas.height));
+        m.readout.textContent = `(${row}, ${col}): activation ${formatValue(dequantise(levels[row * m.canvas.width + col], lo, hi))}`;
+      });
+    }
+    ramp.append("activation: ", el("span", { class: "ramp-number lo" }, [formatValue(common[0])]), el("span", { class: "ramp" }),
+      el("span", { class: "ramp-number hi" }, [formatValue(common[1])]),
+      this.shared ? " — one scale for every example's map · drag on a map to select an area of neurons"
+        : " — (shared range; each map is now drawn on its own range, shown under it) · drag on a map to select an area of neurons");
+    return loaded.length;
+  }
+
+  /**
+   * The panel as a PNG (title, each example's image and activation map with its values,
+   * the colour ramp with its numbers), or null before a feature map is shown.
+   */
+  async exportPng(title: string): Promise<Blob | null> {
+    const cards = [...this.element.querySelectorAll<HTMLElement>(".neuron-example")];
+    if (cards.length === 0) return null;
+    const cell = MAP_SIZE * 2 + 24;
+    const width = Math.max(520, cards.length * cell + 16);
+    const height = 64 + MAP_SIZE + 56;
+    const canvas = document.createElement("canvas");
+    canvas.width = width * 2;
+    canvas.height = height * 2;
+    const ctx = canvas.getContext("2d")!;
+    ctx.scale(2, 2);
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(0, 0, width, height);
+    ctx.fillStyle = "#212121";
+    ctx.font = "500 14px Roboto, sans-serif";
+    ctx.fillText(title, 8, 20);
+    const scale = this.element.querySelector(".legend-ramp")?.textContent ?? "";
+    ctx.font = "11px Roboto, sans-serif";
+    for (let i = 0; i <= 100; i++) {
+      ctx.fillStyle = rgbCss(greenRamp(i / 100));
+      ctx.fillRect(8 + i * 1.2, 30, 1.3, 10);
+    }
+    ctx.fillStyle = "#424242";
+    ctx.fillText(scale.replace(/ · drag.*$/, ""), 136, 39);
+    cards.forEach((card, k) => {
+      const x = 8 + k * cell;
+      const image = card.querySelector("img");
+      const map = card.querySelector("canvas");
+      if (image && image.complete) ctx.drawImage(image, x, 52, MAP_SIZE, MAP_SIZE);
+      if (map && map.width > 1) {
+        ctx.imageSmoothingEnabled = false;
+        ctx.drawImage(map, x + MAP_SIZE + 4, 52, MAP_SIZE, MAP_SIZE);
+      }
+      ctx.fillStyle = "#212121";
+      ctx.fillText(card.querySelector(".card-title")?.textContent ?? "", x, 52 + MAP_SIZE + 16);
+      ctx.fillStyle = "#616161";
+      ctx.fillText(card.querySelector(".values")?.textContent ?? "", x, 52 + MAP_SIZE + 32);
+    });
+    return await new Promise<Blob | null>((resolve) => canvas.toBlob((b) => resolve(b), "image/png"));
   }
 }

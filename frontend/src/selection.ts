@@ -11,6 +11,8 @@ export interface AnalysisChoice {
   name: string;
   methods: string[];
   steps: Record<string, number[]>;
+  /** Per method, the steps with a saved model; undefined when the server does not say. */
+  stepsWithModel: Record<string, number[] | undefined>;
 }
 
 /** The run's (name, method) entries grouped by analysis name, in order of first appearance. */
@@ -19,11 +21,14 @@ export function groupAnalyses(run: RunListing): AnalysisChoice[] {
   for (const entry of run.analyses) {
     let choice = byName.get(entry.name);
     if (!choice) {
-      choice = { name: entry.name, methods: [], steps: {} };
+      choice = { name: entry.name, methods: [], steps: {}, stepsWithModel: {} };
       byName.set(entry.name, choice);
     }
     if (!choice.methods.includes(entry.method)) choice.methods.push(entry.method);
     choice.steps[entry.method] = [...new Set([...(choice.steps[entry.method] ?? []), ...entry.steps])].sort((a, b) => a - b);
+    if (entry.steps_with_model) {
+      choice.stepsWithModel[entry.method] = [...new Set([...(choice.stepsWithModel[entry.method] ?? []), ...entry.steps_with_model])].sort((a, b) => a - b);
+    }
   }
   return [...byName.values()];
 }
@@ -80,8 +85,8 @@ function defaultMethod(analysis: AnalysisChoice): string {
 }
 
 const BELOW: Record<"run" | "analysis", Array<keyof ViewState>> = {
-  run: ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded"],
-  analysis: ["method", "step", "examples", "layer", "channel", "diff", "expanded"],
+  run: ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded", "view"],
+  analysis: ["method", "step", "examples", "layer", "channel", "diff", "expanded", "view"],
 };
 
 function dropBelow(state: ViewState, level: "run" | "analysis"): void {
@@ -93,12 +98,15 @@ export const MAX_RIVER_DATAPATHS = 16;
 
 /**
  * The datapaths to compare: the asked example indices that exist (two or more, in
- * the asked order), else the first MAX_RIVER_DATAPATHS examples.
+ * the asked order), else the paper's triplet `story` (adversarial, source,
+ * representative target, ascending) when given, else the first MAX_RIVER_DATAPATHS examples.
  */
-export function resolveExamples(asked: number[] | undefined, available: number[]): number[] {
+export function resolveExamples(asked: number[] | undefined, available: number[], story: number[] | null = null): number[] {
   const known = new Set(available);
   const chosen = [...new Set((asked ?? []).filter((i) => known.has(i)))].slice(0, MAX_RIVER_DATAPATHS);
-  return chosen.length >= 2 ? chosen : available.slice(0, MAX_RIVER_DATAPATHS);
+  if (chosen.length >= 2) return chosen;
+  if (story && story.length === 3 && story.every((i) => known.has(i)) && new Set(story).size === 3) return [...story].sort((a, b) => a - b);
+  return available.slice(0, MAX_RIVER_DATAPATHS);
 }
 
 /** The pair for the activation difference: the asked one when both are compared and distinct, else the first two. */

@@ -54,6 +54,9 @@ button:hover { background: #eeeeee; }
 .activation-map { position: relative; }
 .activation-canvas { cursor: crosshair; touch-action: none; }
 .area-overlay { position: absolute; border: 2px solid #d84315; background: rgba(216,67,21,0.15); pointer-events: none; box-sizing: border-box; }
+.neuron-row { display: flex; gap: 14px; align-items: flex-start; flex-wrap: wrap; }
+.neuron-row .neuron-examples { flex: 0 1 auto; }
+.neuron-row .contribution-result { flex: 1 1 460px; min-width: 420px; max-height: 520px; overflow-y: auto; }
 .contribution-controls { display: flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
 .neuron-example img, .activation-canvas { image-rendering: pixelated; border: 1px solid #eeeeee; }
 .card-title { font-weight: 500; margin-bottom: 4px; }
@@ -72,4 +75,54 @@ button:hover { background: #eeeeee; }
 .note { color: #757575; font-size: 12px; }
 .error { color: #b71c1c; }
 .summary { font-size: 12px; color: #424242; margin: 2px 0 6px; }
+.scale-row { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; font-size: 12px; }
+.ramp-number { font-variant-numeric: tabular-nums; margin: 0 4px; }
+.neuron-actions { display: flex; gap: 12px; align-items: flex-end; flex-wrap: wrap; }
+.neuron-row { display: flex; gap: 14px; align-items: flex-start; flex-wrap: wrap; }
+.neuron-row .neuron-examples { flex: 0 1 auto; }
+.neuron-row .contribution-result { flex: 1 1 460px; min-width: 420px; max-height: 520px; overflow-y: auto; }
+.contribution-controls { display: inline-flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; }
+.contribution-tracer { display: flex; gap: 10px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
+.contribution-examples { display: inline-flex; gap: 8px; font-size: 12px; color: #212121; }
+.contribution-status { min-width: 110px; }
+.contribution-list { list-style: none; padding: 0; margin: 6px 0 0; }
+.contribution-entry { display: grid; grid-template-columns: 30px 56px 70px 48px 1fr 42px 42px; gap: 8px; align-items: center; padding: 3px 4px; border-bottom: 1px solid #eeeeee; cursor: pointer; }
+.contribution-entry:hover, .contribution-entry:focus { background: rgba(255,152,0,0.1); }
+.contribution-entry .score-bar { height: 8px; background: #eeeeee; border-radius: 4px; overflow: hidden; }
+.contribution-entry .score-bar > span { display: block; height: 100%; background: #ef6c00; }
+.contribution-entry .score { font-variant-numeric: tabular-nums; text-align: right; }
+.chip { display: inline-block; border: 2px solid #9e9e9e; border-radius: 9px; padding: 0 6px; margin-right: 4px; font-size: 11px; }
+.chip.none { border-style: dashed; color: #757575; }
+.thumb { width: 40px; height: 40px; image-rendering: pixelated; border: 1px solid #e0e0e0; display: inline-flex; align-items: center; justify-content: center; color: #9e9e9e; }
+.score-meaning { font-size: 12px; margin: 4px 0; }
+.aevis.dark .contribution-entry { border-color: #555; }
+.aevis.dark .contribution-examples { color: #e0e0e0; }
+.provenance { color: #37474f; font-style: italic; }
+.network-options .control { flex-direction: row; align-items: center; gap: 6px; }
+.network-options select { min-width: 0; }
+.legend .span-swatch { display: inline-block; width: 22px; height: 12px; background: rgba(255,193,7,0.35); border: 1px solid #ffa000; border-radius: 3px; }
+.legend .note { flex-basis: 100%; }
+button:disabled { opacity: 0.55; cursor: progress; }
+/* Dark mode (TensorBoard's body.dark-mode, mirrored as .dark on our root). */
+body:has(.aevis.dark) { background: #303030; color: #e0e0e0; }
+.aevis.dark { color: #e0e0e0; }
+.aevis.dark .panel { background: #3a3a3a; box-shadow: 0 1px 3px rgba(0,0,0,0.6); }
+.aevis.dark .control, .aevis.dark .note, .aevis.dark .summary, .aevis.dark .provenance, .aevis.dark .values, .aevis.dark .readout, .aevis.dark .range { color: #bdbdbd; }
+.aevis.dark .datapaths label { color: #e0e0e0; }
+.aevis.dark button, .aevis.dark select { background: #4a4a4a; color: #eeeeee; border-color: #666; }
+.aevis.dark .network { border-color: #555; }
+.aevis.dark .network-svg .background { fill: #262626; }
+.aevis.dark .network-svg .chart-frame { fill: #2f2f2f; }
+.aevis.dark .network-svg .graph-node rect { fill: #333; }
+.aevis.dark .network-svg .graph-node.group rect { fill: #2c2f45; }
+.aevis.dark .network-svg text { fill: #e0e0e0; }
+.aevis.dark .network-svg .story-label { fill: #ffca28; }
+.aevis.dark .network-svg .diff-curve { stroke: #e0e0e0; }
+.aevis.dark .minimap { background: #333; }
+.aevis.dark .minimap > rect:first-of-type { fill: #333; }
+.aevis.dark .treemap-canvas svg > rect:first-child, .aevis.dark .treemap-svg .background { fill: #262626; }
+.aevis.dark .neuron-example { border-color: #555; }
+.aevis.dark .message.info { background: #1a3550; color: #bbdefb; border-color: #2f5f8f; }
+.aevis.dark .message.warning { background: #4a3b00; color: #ffe082; border-color: #7a6100; }
+.aevis.dark .message.error { background: #4a1a1a; color: #ffcdd2; border-color: #8f2f2f; }
 `;

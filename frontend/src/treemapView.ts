@@ -37,6 +37,7 @@ export class TreemapView {
   /** Draw the treemap; returns the number of cells drawn. */
   render(input: TreemapInput): number {
     clear(this.element);
+    this.tooltip.hidden = true; // a redraw never keeps a tooltip of old values
     const { data } = input;
     const [a, b] = input.diff;
     const nameOf = (i: number) => input.names.get(i) ?? `#${i}`;
@@ -93,19 +94,49 @@ export class TreemapView {
     }
     for (const box of data.containers) {
       outlines.appendChild(svgEl("rect", {
-        class: "treemap-container", "data-example": box.example, x: box.x + 1, y: box.y + 1, width: Math.max(0, box.dx - 2), height: Math.max(0, box.dy - 2),
+        class: "treemap-container datapath-outline", "data-example": box.example, x: box.x + 1, y: box.y + 1, width: Math.max(0, box.dx - 2), height: Math.max(0, box.dy - 2),
         fill: "none", stroke: input.colors.get(box.example) ?? "#616161", "stroke-width": 2.5,
-      }));
+      }, [svgTitle(`${box.label}'s datapath`)]));
     }
-    svg.appendChild(outlines);
+    // A datapath without maps of its own (all its maps shared with a larger one) is outlined
+    // around each region holding its maps, inset so the owner's outline stays visible.
+    const owners = new Set(data.containers.map((c) => c.example));
+    const inset = 4;
+    for (const example of data.examples) {
+      if (owners.has(example)) continue;
+      for (const set of data.sets.filter((r) => r.members.includes(example))) {
+        outlines.appendChild(svgEl("rect", {
+          class: "datapath-outline inner", "data-example": example, x: set.x + inset, y: set.y + inset,
+          width: Math.max(0, set.dx - 2 * inset), height: Math.max(0, set.dy - 2 * inset),
+          fill: "none", stroke: input.colors.get(example) ?? "#616161", "stroke-width": 2.5, "stroke-dasharray": "6 3",
+        }, [svgTitle(`${nameOf(example)}'s datapath: no maps of its own, all shared (${set.label})`)]));
+      }
+    }
+    // Region labels: "A only", "A ∩ B", ... where they fit.
+    const labels = svgEl("g", { class: "region-labels", "pointer-events": "none" });
+    for (const set of data.sets) {
+      const text = set.shared ? set.label : `${set.label} only`;
+      const fits = Math.floor((set.dx - 8) / 6.4);
+      if (fits < 4 || set.dy < 16) continue;
+      labels.appendChild(svgEl("text", {
+        class: "region-label", "data-members": membersKey(set.members), x: set.x + 5, y: set.y + 13, "font-size": 11, "font-weight": 500,
+        fill: "#212121", stroke: "#ffffff", "stroke-width": 3, "paint-order": "stroke", "font-family": "Roboto, sans-serif",
+      }, [text.length > fits ? text.slice(0, fits - 1) + "…" : text]));
+    }
+    svg.append(outlines, labels);
     this.svg = svg;
 
-    const containerRows = data.containers.map((box) =>
-      el("li", {}, [
-        el("span", { class: "swatch", style: `border-color:${input.colors.get(box.example) ?? "#616161"}` }),
-        `${box.label}: ${box.set_size} feature map${box.set_size === 1 ? "" : "s"} in its datapath`,
-      ]),
-    );
+    const containerRows = data.examples.map((example) => {
+      const box = data.containers.find((c) => c.example === example);
+      const kept = data.sets.filter((r) => r.members.includes(example)).reduce((n, r) => n + r.size, 0);
+      const what = box ? `${box.set_size} feature map${box.set_size === 1 ? "" : "s"} in its datapath`
+        : kept > 0 ? `${kept} feature map${kept === 1 ? "" : "s"}, no maps of its own (all shared; dashed inner outline)`
+          : "keeps no feature map of this layer";
+      return el("li", { "data-example": example }, [
+        el("span", { class: "swatch", style: `border-color:${input.colors.get(example) ?? "#616161"}${box ? "" : ";border-style:dashed"}` }),
+        `${nameOf(example)}: ${what}`,
+      ]);
+    });
     const sharedRows = data.sets.filter((set) => set.shared).map((set) =>
       el("li", {}, [el("span", { class: "swatch", style: "border-color:#424242;border-style:dashed" }), `${set.label}: ${set.size} shared`]),
     );
@@ -122,6 +153,12 @@ export class TreemapView {
       ]),
       el("ul", { class: "set-list" }, [...containerRows, ...sharedRows]),
     ]);
+    if (data.cells.length === 0) {
+      // Nothing to lay out: say so, without an empty box.
+      this.svg = null;
+      this.element.append(el("div", { class: "note empty-layer" }, ["None of the chosen datapaths keeps a feature map of this layer."]), legend);
+      return 0;
+    }
     this.element.append(el("div", { class: "treemap-canvas" }, [svg, this.tooltip]), legend);
     return data.cells.length;
   }
@@ -135,8 +172,24 @@ export class TreemapView {
     this.tooltip.hidden = false;
   }
 
-  /** The treemap as drawn now (for export), or null before the first render. */
-  snapshot(): SVGSVGElement | null {
-    return this.svg ? (this.svg.cloneNode(true) as SVGSVGElement) : null;
+  /** The treemap as drawn now with `title` above and its legend below (for export), or null before the first render. */
+  snapshot(title: string): SVGSVGElement | null {
+    if (!this.svg) return null;
+    const w = Number(this.svg.getAttribute("width"));
+    const h = Number(this.svg.getAttribute("height"));
+    const lines = [...this.element.querySelectorAll(".treemap-legend > div, .treemap-legend li")].map((n) => n.textContent ?? "");
+    const head = 28;
+    const total = head + h + 10 + 16 * lines.length;
+    const out = svgEl("svg", { width: w, height: total, viewBox: `0 0 ${w} ${total}` }, [
+      svgEl("rect", { x: 0, y: 0, width: w, height: total, fill: "#ffffff" }),
+      svgEl("text", { class: "export-title", x: 4, y: 19, "font-size": 14, "font-weight": 500, fill: "#212121", "font-family": "Roboto, sans-serif" }, [title]),
+    ]);
+    const body = this.svg.cloneNode(true) as SVGSVGElement;
+    body.setAttribute("y", String(head));
+    out.appendChild(body);
+    const legend = svgEl("g", { class: "export-legend", "font-size": 11, fill: "#424242", "font-family": "Roboto, sans-serif" });
+    lines.forEach((line, i) => legend.appendChild(svgEl("text", { x: 4, y: head + h + 20 + 16 * i }, [line])));
+    out.appendChild(legend);
+    return out;
   }
 }

@@ -7,6 +7,8 @@ export interface AnalysisEntry {
   name: string;
   method: string;
   steps: number[];
+  /** Steps whose analysis saved a model artifact (contribution analysis possible); absent from older servers. */
+  steps_with_model?: number[];
 }
 
 export interface RunListing {
@@ -119,7 +121,11 @@ export interface RiverData {
   /** Example indices top to bottom. */
   order?: number[];
   paths: RiverPath[];
+  /** "l2" (paper) or "rms" (L2 / sqrt(C_l)); absent from older servers (then "l2"). */
+  normalization?: "l2" | "rms";
   distances: Record<string, number[]>;
+  /** Eq. 9 per layer, in the answer's normalization. */
+  diff_curve?: number[] | null;
   markers: RiverMarker[];
 }
 
@@ -208,7 +214,24 @@ export interface ContributionData {
   mode: string;
   seconds: number;
   scores: number[];
-  ranking: Array<{ channel: number; score: number }>;
+  ranking: ContributionEntry[];
+  /** The example indices the contribution was computed for. */
+  examples?: number[];
+  /** What a score means, in one sentence (newer servers). */
+  score_meaning?: string;
   cached?: boolean;
   warnings?: string[];
+}
+
+/** One entry of the ranked contribution list (fields after `score` come from newer servers). */
+export interface ContributionEntry {
+  channel: number;
+  score: number;
+  rank?: number;
+  /** Example indices whose binary datapath at the earlier layer contains this map. */
+  in_datapaths?: number[];
+  /** `neuron?...` URL relative to the data root. */
+  neuron?: string;
+  activation_map?: string | null;
+  learned_feature?: string | null;
 }

@@ -17,8 +17,8 @@ const runs: RunListing[] = [
 
 test("groupAnalyses merges the (name, method) entries of a run", () => {
   assert.deepEqual(groupAnalyses(runs[1]), [
-    { name: "cat->dog", methods: ["dgr", "constrained"], steps: { dgr: [0], constrained: [0, 10] } },
-    { name: "panda", methods: ["dgr"], steps: { dgr: [3, 7] } },
+    { name: "cat->dog", methods: ["dgr", "constrained"], steps: { dgr: [0], constrained: [0, 10] }, stepsWithModel: {} },
+    { name: "panda", methods: ["dgr"], steps: { dgr: [3, 7] }, stepsWithModel: {} },
   ]);
 });
 
@@ -67,4 +67,17 @@ test("resolveDiff keeps a valid pair and falls back to the first two", () => {
   assert.deepEqual(resolveDiff([1, 1], [0, 1, 2]), [0, 1]);
   assert.deepEqual(resolveDiff([5, 0], [0, 1]), [0, 1]);
   assert.deepEqual(resolveDiff(undefined, [3]), [3, 3]);
+});
+
+test("groupAnalyses keeps the steps with a saved model when the server lists them", () => {
+  const run: RunListing = { run: "r", analyses: [{ name: "a", method: "constrained", steps: [0, 5, 9], steps_with_model: [9, 0] }] };
+  assert.deepEqual(groupAnalyses(run)[0].stepsWithModel, { constrained: [0, 9] });
+});
+
+test("resolveExamples opens on the paper's triplet when nothing is asked", () => {
+  assert.deepEqual(resolveExamples(undefined, [0, 1, 2, 3, 4, 5], [1, 0, 4]), [0, 1, 4]);
+  // an asked list wins; a triplet naming unknown or repeated examples is ignored
+  assert.deepEqual(resolveExamples([2, 3], [0, 1, 2, 3], [1, 0, 3]), [2, 3]);
+  assert.deepEqual(resolveExamples(undefined, [0, 1, 2], [0, 0, 2]), [0, 1, 2]);
+  assert.deepEqual(resolveExamples(undefined, [0, 1, 2], [0, 1, 7]), [0, 1, 2]);
 });

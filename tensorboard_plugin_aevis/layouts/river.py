@@ -26,7 +26,6 @@ import dataclasses
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy.optimize import nnls
 
 ROLE_ORDER = {"source": 0, "adversarial": 1, "target": 2}
 
@@ -92,6 +91,8 @@ def least_squares_layout(distances: np.ndarray, order: Optional[Sequence[int]] =
             row[l * gaps + k], row[(l + 1) * gaps + k] = -weight, weight
             rows.append(row)
             rhs.append(0.0)
+    from scipy.optimize import nnls  # imported here: the server starts without scipy (CONTRACTS item 6)
+
     g, _ = nnls(np.array(rows), np.array(rhs))
     g = g.reshape(L, gaps)
     cumulative = np.concatenate([np.zeros((L, 1)), np.cumsum(g, axis=1)], axis=1)  # (L, n) in order

@@ -18,18 +18,20 @@ feature maps of the layer. Construction:
    the sets that share it. The centre of set j is the centre of its container (sets
    without a container, i.e. subsets with no unique channel, are left out of the mean;
    the owner always has one). Containers are fixed by step 3, so the objective splits
-   per container. In each container we search over (a) the order in which its regions
-   are fed to ``squarify`` (moving one region to another slot of the order) and (b) the
-   four mirror images of the container's layout, by greedy local search from the
-   size-sorted order. A candidate is accepted only when it lowers the summed squared
-   distance, moves no shared region farther from its target than the plain
-   size-sorted layout does, and keeps the worst region aspect ratio within
-   ``max_aspect_growth`` times the plain one. Tiling and areas are exact for any order.
+   per container. In each container the candidates are (a) the order in which its
+   regions are fed to ``squarify`` and (b) eight symmetric placements (the frame or its
+   transpose, each mirrored left-right and / or top-bottom), among those whose worst
+   region aspect ratio stays within ``max_aspect_growth`` times the plain one. With at
+   most ``EXHAUSTIVE_REGIONS`` regions every order is tried, so the summed squared
+   distance is the minimum over all candidates; with more, a local search (move one
+   region to another slot) from the size-sorted order. Tiling and areas are exact for
+   any order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -37,6 +39,7 @@ import numpy as np
 import squarify
 
 Pattern = Tuple[int, ...]
+EXHAUSTIVE_REGIONS = 6  # 6! = 720 orders x 2 squarify calls: a few ms per container
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,46 +287,46 @@ def _place_regions(
     plain = dict(zip(patterns, bases(patterns)[0]))
     if not optimise or not targets:
         return plain
-    plain_dist = {}
-    for p, (tx, ty) in targets.items():
-        x, y = plain[p].centre
-        plain_dist[p] = math.hypot(x - tx, y - ty)
     aspect_limit = max_aspect_growth * max(r.aspect for r in plain.values())
     mirrors = [(fx, fy) for fx in (False, True) for fy in (False, True)]
 
-    def score(rects: Dict[Pattern, Rect], flip_x: bool, flip_y: bool) -> Optional[float]:
-        """Sum of squared distances of the mirrored placement, or None when a shared
-        region ends up farther from its target than in the plain placement."""
+    def score(rects: Dict[Pattern, Rect], flip_x: bool, flip_y: bool) -> float:
+        """Eq. 6: the summed squared distances of the shared regions to their targets."""
         total = 0.0
         for p, (tx, ty) in targets.items():
             x, y = rects[p].mirrored(frame, flip_x, flip_y).centre
-            d = math.hypot(x - tx, y - ty)
-            if d > plain_dist[p] + 1e-9:
-                return None
-            total += d * d
+            total += (x - tx) ** 2 + (y - ty) ** 2
         return total
 
-    best_order, best_choice = list(patterns), (0, False, False)
-    best_score = sum(v * v for v in plain_dist.values())
-    for _ in range(max_rounds):
+    best: Tuple[float, List[Pattern], Tuple[int, bool, bool]] = (score(plain, False, False), list(patterns), (0, False, False))
+
+    def consider(order: List[Pattern]) -> bool:
+        nonlocal best
         improved = False
-        candidates = [list(best_order)]
-        for i in range(len(best_order)):
-            for j in range(len(best_order)):
-                if i != j:
-                    order = list(best_order)
-                    order.insert(j, order.pop(i))
-                    candidates.append(order)
-        for order in candidates:
-            for base, rects in enumerate(bases(order)):
-                if max(r.aspect for r in rects) > aspect_limit + 1e-9:
-                    continue  # the same for all four mirror images
-                by_pattern = dict(zip(order, rects))
-                for fx, fy in mirrors:
-                    s = score(by_pattern, fx, fy)
-                    if s is not None and s < best_score - 1e-9:
-                        best_order, best_choice, best_score, improved = order, (base, fx, fy), s, True
-        if not improved:
-            break
-    base, fx, fy = best_choice
-    return {p: r.mirrored(frame, fx, fy) for p, r in zip(best_order, bases(best_order)[base])}
+        for base, rects in enumerate(bases(order)):
+            if max(r.aspect for r in rects) > aspect_limit + 1e-9:
+                continue  # the same for all four mirror images
+            by_pattern = dict(zip(order, rects))
+            for fx, fy in mirrors:
+                s = score(by_pattern, fx, fy)
+                if s < best[0] - 1e-9:
+                    best, improved = (s, order, (base, fx, fy)), True
+        return improved
+
+    if len(patterns) <= EXHAUSTIVE_REGIONS:
+        for order in itertools.permutations(patterns):
+            consider(list(order))
+    else:
+        for _ in range(max_rounds):
+            current = best[1]
+            improved = False
+            for i in range(len(current)):
+                for j in range(len(current)):
+                    if i != j:
+                        order = list(current)
+                        order.insert(j, order.pop(i))
+                        improved |= consider(order)
+            if not improved:
+                break
+    _, order, (base, fx, fy) = best
+    return {p: r.mirrored(frame, fx, fy) for p, r in zip(order, bases(order)[base])}

@@ -17,6 +17,9 @@ function greenRamp(t) {
   const b = GREEN_STOPS[i + 1];
   return [0, 1, 2].map((c) => Math.round(a[c] + (b[c] - a[c]) * f));
 }
+function rgbCss([r, g, b]) {
+  return `rgb(${r}, ${g}, ${b})`;
+}
 function greenLookupTable() {
   const table = new Uint8ClampedArray(256 * 4);
   for (let level = 0; level < 256; level++) {
@@ -333,6 +336,51 @@ function layerToOpen(node) {
   return node.gatedLayers.length ? node.gatedLayers[node.gatedLayers.length - 1] : null;
 }
 
+// src/labels.ts
+function segmentsOf(path) {
+  return path.split(".");
+}
+function tidy(segments) {
+  return segments.map((s) => s.replace(/^_+/, "") || s).join(".");
+}
+function shortNames(paths) {
+  const split = paths.map(segmentsOf);
+  const out = /* @__PURE__ */ new Map();
+  split.forEach((segments, i) => {
+    let n = Math.min(2, segments.length);
+    const unique = (k) => {
+      const end = segments.slice(-k).join(".");
+      return split.every((other, j) => j === i || paths[j] === paths[i] || !(other.join(".") === end || other.join(".").endsWith("." + end)));
+    };
+    while (n < segments.length && (!unique(n) || /^\d+$/.test(segments[segments.length - n]))) n++;
+    out.set(paths[i], tidy(segments.slice(-n)));
+  });
+  return out;
+}
+function datapathLabel(name, role) {
+  const label = ROLE_LABELS[role] ?? role;
+  return name.toLowerCase().includes(role.toLowerCase()) ? name : `${name} — ${label}`;
+}
+
+// src/theme.ts
+function followTheme(root, host) {
+  let body = null;
+  try {
+    body = host !== window ? host.document.body : null;
+  } catch {
+    body = null;
+  }
+  const media = window.matchMedia?.("(prefers-color-scheme: dark)");
+  const apply = () => {
+    const dark = body ? body.classList.contains("dark-mode") : media?.matches ?? false;
+    root.classList.toggle("dark", dark);
+    document.documentElement.style.colorScheme = dark ? "dark" : "light";
+  };
+  apply();
+  if (body) new MutationObserver(apply).observe(body, { attributes: true, attributeFilter: ["class"] });
+  else media?.addEventListener?.("change", apply);
+}
+
 // src/hashState.ts
 var PREFIX = "aevis.";
 function parseHash(hash) {
@@ -397,6 +445,14 @@ function readViewState(hash) {
       case "expanded":
         state.expanded = value === "" ? [] : value.split(",");
         break;
+      case "distance":
+        if (value === "l2" || value === "rms") state.distance = value;
+        break;
+      case "view": {
+        const v = value.split(",").map(Number);
+        if (v.length === 3 && v.every(Number.isFinite) && v[0] > 0) state.view = [v[0], v[1], v[2]];
+        break;
+      }
     }
   }
   for (const key of Object.keys(state)) {
@@ -418,6 +474,8 @@ function serialise(state) {
   put("channel", state.channel === void 0 ? void 0 : String(state.channel));
   put("diff", state.diff?.join(","));
   put("expanded", state.expanded?.join(","));
+  put("distance", state.distance);
+  put("view", state.view?.map((v, i) => i === 0 ? Number(v.toPrecision(4)) : Math.round(v)).join(","));
   return out;
 }
 function writeViewState(hash, state, defaultTab) {
@@ -589,6 +647,53 @@ function layoutDag(nodes, edges, options = {}) {
   };
 }
 
+// src/diffChart.ts
+function verdict(diff, r, detected, diverging, merging, name) {
+  const L = diff.length;
+  const window2 = Math.max(0, Math.min(r, L - 1));
+  const falls = [];
+  for (let l = L - window2; l < L; l++) if (!(diff[l] > diff[l - 1])) falls.push(l);
+  const rises = window2 - falls.length;
+  if (detected) {
+    const from = diverging === null ? "" : `diverges at ${name(diverging)}, `;
+    return { detected, rises, r: window2, text: `Pattern (Eq. 10): ${from}merges at ${merging === null ? name(L - 1) : name(merging)} — diff rises over all of the last ${window2} layers and peaks at the last.` };
+  }
+  let why;
+  if (falls.length > 0) {
+    why = `diff falls at ${falls.length} of the last ${window2} layers (${falls.slice(0, 3).map(name).join(", ")}${falls.length > 3 ? ", …" : ""})`;
+  } else {
+    why = "the last layer is not the curve's maximum";
+  }
+  const candidate = merging === null ? " The adversarial datapath is never closer to the target than to the source." : ` Best candidate: ${diverging === null ? "" : `diverging ${name(diverging)}, `}merging ${name(merging)}.`;
+  return { detected, rises, r: window2, text: `No pattern (Eq. 10): ${why}.${candidate}` };
+}
+function drawDiffChart(layer, values, r, g, unit) {
+  const points = values.map((v, l) => g.xs[l] === null || !Number.isFinite(v) ? null : [g.xs[l], v]).filter((p) => p !== null);
+  if (points.length === 0) return;
+  const lo = Math.min(0, ...points.map((p) => p[1]));
+  const hi = Math.max(0, ...points.map((p) => p[1]));
+  const span = hi - lo || 1;
+  const y = (v) => g.top + 18 + (1 - (v - lo) / span) * (g.height - 24);
+  layer.appendChild(svgEl("rect", { class: "chart-frame", x: g.left, y: g.top, width: Math.max(0, g.right - g.left), height: g.height, fill: "#fafafa" }));
+  const L = values.length;
+  const first = g.xs[Math.max(0, L - 1 - r)];
+  const last = g.xs[L - 1];
+  if (first !== null && last !== null && r > 0) {
+    layer.appendChild(svgEl("rect", { class: "last-r-window", x: first, y: g.top, width: Math.max(2, last - first), height: g.height, fill: "rgba(121,134,203,0.16)" }, [
+      svgTitle(`Eq. 10 window: the last ${r} layers must all rise and the last must be the maximum`)
+    ]));
+  }
+  layer.appendChild(svgEl("line", { class: "zero-line", x1: g.left, x2: g.right, y1: y(0), y2: y(0), stroke: "#757575", "stroke-dasharray": "2 3" }));
+  const d = points.map((p, k) => `${k ? "L" : "M"}${p[0].toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
+  layer.appendChild(svgEl("path", { class: "diff-curve", d, fill: "none", stroke: "#37474f", "stroke-width": 1.6 }));
+  for (const [x, v] of points) {
+    layer.appendChild(svgEl("circle", { class: "diff-point", cx: x, cy: y(v), r: 2.2, fill: v > 0 ? "#9467bd" : "#1f77b4" }));
+  }
+  layer.appendChild(svgEl("text", { x: g.left + 4, y: g.top + 11, "font-size": 10, fill: "#757575" }, [
+    `diff(l) = d(adv, source) − d(adv, target), ${unit}; above 0: closer to the target · max ${formatValue(hi)}, min ${formatValue(lo)} · shaded: the last r = ${r} layers (Eq. 10 window)`
+  ]));
+}
+
 // src/panZoom.ts
 var IDENTITY = { k: 1, x: 0, y: 0 };
 function zoomAt(t, factor, px, py, kMin, kMax) {
@@ -599,23 +704,6 @@ function zoomAt(t, factor, px, py, kMin, kMax) {
 }
 function panBy(t, dx, dy) {
   return { k: t.k, x: t.x + dx, y: t.y + dy };
-}
-function fitTransform(content, viewWidth, viewHeight, padding, kMax) {
-  const w = Math.max(content.width, 1);
-  const h = Math.max(content.height, 1);
-  const k = Math.min(kMax, (viewWidth - 2 * padding) / w, (viewHeight - 2 * padding) / h);
-  const kk = k > 0 ? k : kMax;
-  return {
-    k: kk,
-    x: (viewWidth - w * kk) / 2 - content.x * kk,
-    y: (viewHeight - h * kk) / 2 - content.y * kk
-  };
-}
-function visibleContent(t, viewWidth, viewHeight) {
-  return { x: -t.x / t.k, y: -t.y / t.k, width: viewWidth / t.k, height: viewHeight / t.k };
-}
-function centreOn(t, cx, cy, viewWidth, viewHeight) {
-  return { k: t.k, x: viewWidth / 2 - cx * t.k, y: viewHeight / 2 - cy * t.k };
 }
 
 // src/riverGeometry.ts
@@ -636,14 +724,6 @@ function layerAnchors(numLayers, boxOf) {
     });
   }
   return anchors;
-}
-function riverPoints(anchors, ys, bandWidth) {
-  const points = [];
-  anchors.forEach((a, l) => {
-    if (a === null || l >= ys.length || !Number.isFinite(ys[l])) return;
-    points.push([a[0], a[1] + (ys[l] - 0.5) * bandWidth]);
-  });
-  return points;
 }
 function fmt(v) {
   return String(Math.round(v * 100) / 100);
@@ -670,14 +750,27 @@ var OP_HEIGHT = 24;
 var GROUP_HEIGHT = 34;
 var GROUP_MIN_WIDTH = 96;
 var GATED_PITCH = 26;
-var BAND_WIDTH = 48;
-var RIVER_STROKE = 4;
-var VIEW_HEIGHT = 420;
-var K_MIN = 0.02;
+var MIN_HEIGHT = 520;
+var MAX_HEIGHT = 720;
+var BAND_SHARE = 0.3;
+var BAND_TOP = 34;
+var AXIS_HEIGHT = 44;
+var CHART_HEIGHT = 96;
+var VERDICT_HEIGHT = 22;
+var SIDE = 24;
+var GROUP_HEADROOM = 56;
 var K_MAX = 4;
 var MINIMAP_WIDTH = 240;
+function zones(height) {
+  const band = Math.round(height * BAND_SHARE);
+  const axis = BAND_TOP + band + 6;
+  const chart = axis + AXIS_HEIGHT;
+  const verdictY = chart + CHART_HEIGHT + 15;
+  const graph = chart + CHART_HEIGHT + VERDICT_HEIGHT + 6;
+  return { bandTop: BAND_TOP, band, axis, chart, verdictY, graph };
+}
 function truncate(text, max) {
-  return text.length > max ? text.slice(0, max - 1) + "…" : text;
+  return text.length > max ? text.slice(0, Math.max(1, max - 1)) + "…" : text;
 }
 function nodeSize(node) {
   if (node.kind === "group") return { width: Math.max(GROUP_MIN_WIDTH, GATED_PITCH * node.gatedLayers.length), height: GROUP_HEIGHT };
@@ -686,51 +779,63 @@ function nodeSize(node) {
 function pairLabel(key, names) {
   return key.split(",").map((i) => names.get(Number(i)) ?? `#${i}`).join(" – ");
 }
+function strokeWidth(k, n) {
+  return Math.round((2.5 + 2.5 * (n - 1 - k)) * 10) / 10;
+}
+function drawOrder(river) {
+  const rank = (role) => role === "target" ? 0 : role === "source" ? 1 : 2;
+  return [...river.paths].sort((a, b) => rank(a.role) - rank(b.role) || a.example - b.example);
+}
 var NetworkView = class {
   constructor() {
     this.transform = IDENTITY;
     this.layout = null;
+    this.input = null;
+    /** Content x of each river layer (null: not shown by the visible graph). */
+    this.anchors = [];
     this.draggedSincePointerDown = false;
-    /** Number of render() calls, so a deferred mini-map update of an older drawing is skipped. */
     this.renders = 0;
+    /** Pixel height of the view (set per render). */
+    this.height = MIN_HEIGHT;
     this.viewport = svgEl("g", { class: "viewport" });
-    this.svg = svgEl("svg", { class: "network-svg", width: "100%", height: VIEW_HEIGHT, role: "img", "aria-label": "model graph with datapath river" }, [
+    this.screen = svgEl("g", { class: "screen" });
+    this.svg = svgEl("svg", { class: "network-svg", width: "100%", height: MIN_HEIGHT, role: "img", "aria-label": "datapath river, diff chart and model graph" }, [
       svgEl("defs", {}, [
         svgEl("marker", { id: "aevis-arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" }, [
           svgEl("path", { d: "M0,0 L10,5 L0,10 z", fill: "#9e9e9e" })
-        ])
+        ]),
+        svgEl("clipPath", { id: "aevis-graph-clip" }, [svgEl("rect", { class: "graph-clip", x: 0, y: zones(MIN_HEIGHT).graph, width: 1e4, height: 1e4 })])
       ]),
       svgEl("rect", { class: "background", x: 0, y: 0, width: "100%", height: "100%", fill: "#ffffff" }),
-      this.viewport
+      svgEl("g", { "clip-path": "url(#aevis-graph-clip)" }, [this.viewport]),
+      this.screen
     ]);
     this.minimapView = svgEl("rect", { class: "minimap-view", fill: "rgba(255,152,0,0.12)", stroke: "#ef6c00", "stroke-width": 1, "vector-effect": "non-scaling-stroke" });
-    this.minimap = svgEl("svg", { class: "minimap", width: MINIMAP_WIDTH, height: 60, "aria-label": "mini-map: click to move the view" });
+    this.minimap = svgEl("svg", { class: "minimap", width: MINIMAP_WIDTH, height: 60, "aria-label": "mini-map of the model graph: click to move the view" });
     this.tooltip = el("div", { class: "tooltip", role: "tooltip" });
     this.tooltip.hidden = true;
     this.element = el("div", { class: "network" }, [this.svg, this.minimap, this.tooltip]);
     this.installPanZoom();
   }
-  /** Draw the graph and the river; returns the number of river paths drawn. */
-  render(input) {
+  /**
+   * Draw the graph, the river and the chart; `view`: keep this transform (a restored or
+   * current view), else fit everything. `keepLayer`: keep that river layer at the same
+   * screen x as before (expanding a group keeps the view where it is).
+   */
+  render(input, view = null, keepLayer = null) {
     const width = this.svg.getBoundingClientRect().width || 800;
+    const oldScreenX = keepLayer !== null && this.anchors[keepLayer] ? this.anchors[keepLayer][0] * this.transform.k + this.transform.x : null;
+    this.tooltip.hidden = true;
+    this.input = input;
     clear(this.viewport);
     const visible = visibleGraph(input.graph, input.expanded);
     const sizes = new Map(visible.nodes.map((n) => [n.id, nodeSize(n)]));
-    const layout = layoutDag(
-      visible.nodes.map((n) => ({ id: n.id, ...sizes.get(n.id) })),
-      visible.edges,
-      { rankGap: 36, rowGap: BAND_WIDTH + 28 }
-    );
+    const layout = layoutDag(visible.nodes.map((n) => ({ id: n.id, ...sizes.get(n.id) })), visible.edges, { rankGap: 36, rowGap: 28 });
     this.layout = layout;
-    const height = Math.round(Math.max(240, Math.min(VIEW_HEIGHT, layout.height + 2 * BAND_WIDTH + 80)));
-    this.svg.setAttribute("height", String(height));
     const groupsLayer = svgEl("g", { class: "expanded-groups" });
     const edgesLayer = svgEl("g", { class: "edges" });
     const nodesLayer = svgEl("g", { class: "nodes" });
-    const riverLayer = svgEl("g", { class: "river" });
-    const markersLayer = svgEl("g", { class: "markers" });
-    const hitsLayer = svgEl("g", { class: "hits" });
-    this.viewport.append(groupsLayer, edgesLayer, nodesLayer, riverLayer, markersLayer, hitsLayer);
+    this.viewport.append(groupsLayer, edgesLayer, nodesLayer);
     this.drawExpandedGroups(groupsLayer, input, visible.nodes, layout);
     for (const edge of layout.edges) {
       edgesLayer.appendChild(svgEl("path", {
@@ -748,35 +853,53 @@ var NetworkView = class {
     for (const node of visible.nodes) nodesLayer.appendChild(this.drawNode(node, layout, input, selectedIndex));
     const manifestIndex = input.river.layers.map((name) => input.layerNames.indexOf(name));
     const boxes = /* @__PURE__ */ new Map();
-    for (const [id, p] of layout.nodes) boxes.set(id, { x: p.x, y: p.y + p.height / 2 + 6 + BAND_WIDTH / 2, width: p.width * 0.8, height: p.height });
-    const anchors = layerAnchors(input.river.layers.length, (i) => {
+    for (const [id, p] of layout.nodes) boxes.set(id, { x: p.x, y: p.y, width: p.width * 0.8, height: p.height });
+    this.anchors = layerAnchors(input.river.layers.length, (i) => {
       const anchor = visible.gatedAnchor.get(manifestIndex[i]);
       return anchor === void 0 ? void 0 : boxes.get(anchor);
     });
-    input.river.paths.forEach((path) => {
-      const points = riverPoints(anchors, path.y, BAND_WIDTH);
-      riverLayer.appendChild(
-        svgEl("path", {
-          class: "river-path",
-          "data-example": path.example,
-          "data-role": path.role,
-          d: smoothPath(points),
-          fill: "none",
-          stroke: input.colors.get(path.example) ?? "#757575",
-          "stroke-width": RIVER_STROKE,
-          "stroke-linecap": "round",
-          "stroke-opacity": 0.9
-        }, [svgTitle(`${path.name} (${path.role})`)])
-      );
-    });
-    this.drawMarkers(markersLayer, input.river, anchors);
-    this.drawHits(hitsLayer, input, anchors, manifestIndex);
-    this.fit([width, height]);
+    const fitK = this.fitTransform(width).k;
+    const needed = (zones(MIN_HEIGHT).graph - MIN_HEIGHT * BAND_SHARE + (layout.height + GROUP_HEADROOM) * fitK + 40) / (1 - BAND_SHARE);
+    this.height = Math.round(Math.max(MIN_HEIGHT, Math.min(MAX_HEIGHT, needed)));
+    this.svg.setAttribute("height", String(this.height));
+    this.svg.querySelector(".graph-clip").setAttribute("y", String(zones(this.height).graph));
+    if (view) this.transform = view;
+    else if (oldScreenX !== null && keepLayer !== null && this.anchors[keepLayer]) {
+      this.transform = { ...this.transform, x: oldScreenX - this.anchors[keepLayer][0] * this.transform.k };
+    } else this.transform = this.fitTransform(width);
+    this.setTransform(this.transform);
     const drawn = ++this.renders;
     afterNextFrame(() => {
-      if (drawn === this.renders) this.updateMinimap(riverLayer, nodesLayer);
+      if (drawn === this.renders) this.updateMinimap(nodesLayer);
     });
     return input.river.paths.length;
+  }
+  /** Transform showing every gated layer (and the whole graph width) across the view. */
+  fitTransform(width) {
+    if (!this.layout) return IDENTITY;
+    const xs = this.anchors.filter((a) => a !== null).map((a) => a[0]);
+    const x0 = xs.length ? Math.min(...xs) : 0;
+    const x1 = xs.length ? Math.max(...xs) : this.layout.width;
+    const side = SIDE + 30;
+    const k = Math.min(1, (width - 2 * side) / Math.max(1, x1 - x0));
+    const z = zones(this.height);
+    return { k, x: side + (width - 2 * side - (x1 - x0) * k) / 2 - x0 * k, y: z.graph + 8 + GROUP_HEADROOM * k };
+  }
+  fit() {
+    this.setTransform(this.fitTransform(this.viewSize()[0]));
+    this.input?.onViewChange(this.transform);
+  }
+  zoomBy(factor) {
+    const [w] = this.viewSize();
+    this.setTransform(zoomAt(this.transform, factor, w / 2, zones(this.height).graph, this.kMin(), K_MAX));
+    this.input?.onViewChange(this.transform);
+  }
+  /** The current pan and zoom. */
+  view() {
+    return { ...this.transform };
+  }
+  kMin() {
+    return Math.min(0.02, this.fitTransform(this.viewSize()[0]).k / 2);
   }
   drawExpandedGroups(layer, input, nodes, layout) {
     const nodeGroup = new Map(input.graph.nodes.map((n) => [n.id, n.group]));
@@ -806,7 +929,7 @@ var NetworkView = class {
       const y1 = Math.max(...placed.map((p) => p.y + p.height / 2)) + pad;
       const box = svgEl("g", { class: "expanded-group", "data-group": group }, [
         svgEl("rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, rx: 8, fill: "rgba(63,81,181,0.04)", stroke: "#9fa8da", "stroke-dasharray": "4 3" }),
-        svgEl("text", { x: x0 + 20, y: y0 + 12, "font-size": 11, fill: "#3949ab", "font-family": "Roboto, sans-serif" }, [group]),
+        svgEl("text", { class: "group-label", x: x0 + 20, y: y0 + 12, "font-size": 11, fill: "#3949ab", "font-family": "Roboto, sans-serif" }, [input.shortNames.get(group) ?? group, svgTitle(group)]),
         svgEl("g", { class: "toggle", "data-group": group, cursor: "pointer" }, [
           svgEl("rect", { x: x0 + 4, y: y0 + 3, width: 12, height: 12, rx: 2, fill: "#ffffff", stroke: "#3949ab" }),
           svgEl("text", { x: x0 + 10, y: y0 + 13, "text-anchor": "middle", "font-size": 12, fill: "#3949ab" }, ["−"]),
@@ -846,7 +969,9 @@ var NetworkView = class {
     const title = node.kind === "group" ? `${node.id}: ${node.size} operations, ${node.gatedLayers.length} gated layers (click to open the treemap of its last layer; ± expands)` : `${node.id}${gated ? ` (gated layer ${input.layerNames[node.gatedLayers[0]] ?? node.gatedLayers[0]})` : ""}`;
     g.appendChild(svgTitle(title));
     const labelX = node.kind === "group" ? x + 20 + (p.width - 20) / 2 : p.x;
+    const shown = node.kind === "group" ? input.shortNames.get(node.id) ?? node.id : node.label;
     g.appendChild(svgEl("text", {
+      class: "node-label",
       x: labelX,
       y: p.y + 4,
       "text-anchor": "middle",
@@ -854,7 +979,7 @@ var NetworkView = class {
       fill: "#263238",
       "font-family": "Roboto, sans-serif",
       "pointer-events": "none"
-    }, [truncate(node.kind === "group" ? node.id : node.label, node.kind === "group" ? Math.floor((p.width - 24) / 6.5) : 9)]));
+    }, [truncate(shown, node.kind === "group" ? Math.floor((p.width - 24) / 6.2) : 10)]));
     if (node.kind === "group") {
       const toggle = svgEl("g", { class: "toggle", "data-group": node.id, cursor: "pointer" }, [
         svgEl("rect", { x: x + 5, y: p.y - 6, width: 12, height: 12, rx: 2, fill: "#ffffff", stroke: "#3949ab" }),
@@ -874,41 +999,161 @@ var NetworkView = class {
     }
     return g;
   }
-  drawMarkers(layer, river, anchors) {
+  /** Screen x of every river layer under transform `t`. */
+  screenXs(t) {
+    return this.anchors.map((a) => a === null ? null : a[0] * t.k + t.x);
+  }
+  /**
+   * The river, its story span, the layer axis and the diff chart, in screen units, into
+   * `target`, for transform `t` and a view `width` pixels wide.
+   */
+  drawScreen(target, t, width, interactive) {
+    const input = this.input;
+    const river = input.river;
+    const z = zones(this.height);
+    const xs = this.screenXs(t);
+    const name = (l) => input.shortNames.get(river.layers[l]) ?? river.layers[l];
+    const band = svgEl("g", { class: "river" });
+    const spanLayer = svgEl("g", { class: "story" });
+    const axis = svgEl("g", { class: "axis" });
+    const markers = svgEl("g", { class: "markers" });
+    const chart = svgEl("g", { class: "diff-chart" });
+    const hits = svgEl("g", { class: "hits" });
+    target.append(spanLayer, band, axis, markers, chart, hits);
+    const dm = input.detection;
+    const merging = river.markers.find((m) => m.kind === "merging")?.layer ?? null;
+    const diverging = river.markers.find((m) => m.kind === "diverging")?.layer ?? null;
+    this.drawSpan(spanLayer, xs, diverging, merging, dm, z, name);
+    const selected = input.selectedLayer === null ? -1 : river.layers.indexOf(input.selectedLayer);
+    if (selected >= 0 && xs[selected] !== null) {
+      band.appendChild(svgEl("line", { class: "selected-layer", x1: xs[selected], x2: xs[selected], y1: z.bandTop - 4, y2: z.chart + CHART_HEIGHT, stroke: "#d84315", "stroke-width": 1.5 }, [
+        svgTitle(`${river.layers[selected]}: its feature maps are open below`)
+      ]));
+    }
+    const ordered = drawOrder(river);
+    ordered.forEach((path, k) => {
+      const points = [];
+      xs.forEach((x, l) => {
+        if (x !== null && Number.isFinite(path.y[l])) points.push([x, z.bandTop + path.y[l] * z.band]);
+      });
+      band.appendChild(svgEl("path", {
+        class: "river-path",
+        "data-example": path.example,
+        "data-role": path.role,
+        d: smoothPath(points),
+        fill: "none",
+        stroke: input.colors.get(path.example) ?? "#757575",
+        "stroke-width": strokeWidth(k, ordered.length),
+        "stroke-linecap": "round",
+        "stroke-linejoin": "round",
+        "stroke-opacity": 0.95
+      }, [svgTitle(datapathLabel(path.name, path.role))]));
+    });
+    this.drawAxis(axis, xs, z, name, [diverging, merging, selected]);
     for (const marker of river.markers) {
-      const a = anchors[marker.layer];
-      if (!a) continue;
+      const x = xs[marker.layer];
+      if (x === null || x === void 0) continue;
       const color = marker.kind === "diverging" ? "#c62828" : "#2e7d32";
       const confirmed = marker.detected !== false;
-      const bottom = a[1] + BAND_WIDTH / 2 + 4;
-      layer.appendChild(svgEl("g", { class: `marker ${marker.kind}`, "data-layer": marker.layer, opacity: confirmed ? 1 : 0.45 }, [
-        svgEl("line", { x1: a[0], x2: a[0], y1: a[1] - BAND_WIDTH / 2, y2: bottom, stroke: color, "stroke-width": 1.5, "stroke-dasharray": "3 2" }),
-        svgEl("path", { d: `M${a[0] - 6},${bottom + 9} L${a[0] + 6},${bottom + 9} L${a[0]},${bottom} z`, fill: color }),
-        svgEl("text", { x: a[0], y: bottom + 21, "text-anchor": "middle", "font-size": 11, fill: color, "font-family": "Roboto, sans-serif" }, [confirmed ? marker.kind : `${marker.kind}?`]),
-        svgTitle(`${marker.kind} point at ${river.layers[marker.layer]}${confirmed ? "" : " (candidate: the detection did not confirm the pattern)"}`)
+      const top = z.axis + 2;
+      markers.appendChild(svgEl("g", { class: `marker ${marker.kind}`, "data-layer": marker.layer, opacity: confirmed ? 1 : 0.6 }, [
+        svgEl("line", { x1: x, x2: x, y1: z.bandTop, y2: z.bandTop + z.band, stroke: color, "stroke-width": 1.2, "stroke-dasharray": "3 3" }),
+        svgEl("path", { d: `M${x - 6},${top + 9} L${x + 6},${top + 9} L${x},${top} z`, fill: color }),
+        svgTitle(`${marker.kind} layer ${river.layers[marker.layer]}${confirmed ? "" : " (best candidate: Eq. 10 did not confirm the pattern)"}`)
+      ]));
+    }
+    const diff = river.diff_curve;
+    if (diff && diff.length === river.layers.length) {
+      const r = dm?.r ?? Math.min(8, diff.length - 1);
+      const unit = river.normalization === "rms" ? "RMS gate distance (L2 / √C_l)" : "L2 gate distance";
+      const drawnXs = xs.map((x) => x === null ? null : x);
+      drawDiffChart(chart, diff, r, { xs: drawnXs, top: z.chart, height: CHART_HEIGHT, left: 0, right: width }, unit);
+      const said = this.verdict();
+      if (said) {
+        chart.appendChild(svgEl("text", { class: `verdict ${said.detected ? "detected" : "not-detected"}`, x: 8, y: z.verdictY, "font-size": 12, "font-weight": 500, fill: said.detected ? "#2e7d32" : "#6d4c00" }, [said.text]));
+      }
+    }
+    if (interactive) this.drawHits(hits, xs, z);
+  }
+  /** Eq. 10's verdict on the logged detection, or null without one. */
+  verdict() {
+    const input = this.input;
+    const dm = input?.detection;
+    if (!input || !dm || !dm.diff || dm.diff.length < 2) return null;
+    const name = (l) => input.shortNames.get(input.layerNames[l]) ?? input.layerNames[l] ?? String(l);
+    return verdict(dm.diff, dm.r, dm.detected, dm.diverging_layer, dm.merging_layer, name);
+  }
+  drawSpan(layer, xs, diverging, merging, dm, z, name) {
+    if (merging === null || xs[merging] === null) return;
+    const input = this.input;
+    const x1 = xs[merging];
+    const x0 = diverging !== null && xs[diverging] !== null ? xs[diverging] : x1;
+    const confirmed = dm?.detected ?? false;
+    const names = new Map(input.river.paths.map((p) => [p.example, p.name]));
+    const adv = dm ? names.get(dm.adversarial) : void 0;
+    const src = dm ? names.get(dm.source) : void 0;
+    const tgt = dm ? names.get(dm.target) : void 0;
+    const who = adv && src && tgt ? `${adv} leaves ${src}${diverging !== null ? ` after ${name(diverging)}` : ""} and joins ${tgt} at ${name(merging)}` : `${diverging !== null ? `diverging at ${name(diverging)}, ` : ""}merging at ${name(merging)}`;
+    const text = confirmed ? `Diverging → merging: ${who}` : `Best candidate span (Eq. 10 did not confirm a pattern): ${who}`;
+    layer.appendChild(svgEl("rect", {
+      class: `story-span${confirmed ? " detected" : " candidate"}`,
+      x: x0 - 10,
+      y: z.bandTop - 8,
+      width: Math.max(20, x1 - x0 + 20),
+      height: z.band + 16,
+      fill: confirmed ? "rgba(255,193,7,0.22)" : "rgba(255,193,7,0.12)",
+      stroke: "#ffa000",
+      "stroke-dasharray": confirmed ? "" : "5 4",
+      rx: 6
+    }, [svgTitle(text)]));
+    const textWidth = text.length * 6.6;
+    const mid = Math.max(textWidth / 2 + 8, Math.min(this.viewSize()[0] - textWidth / 2 - 8, (x0 + x1) / 2));
+    layer.appendChild(svgEl("text", { class: "story-label", x: mid, y: z.bandTop - 14, "text-anchor": "middle", "font-size": 13, "font-weight": 500, fill: "#8d5b00" }, [text]));
+  }
+  /** Layer ticks, and the short names that fit (marked layers first). */
+  drawAxis(layer, xs, z, name, first) {
+    const river = this.input.river;
+    const placed = [];
+    const order = [...first.filter((l) => l !== null && l >= 0), ...river.layers.map((_, l) => l)];
+    const done = /* @__PURE__ */ new Set();
+    xs.forEach((x, l) => {
+      if (x === null) return;
+      layer.appendChild(svgEl("line", { class: "layer-tick", "data-layer": river.layers[l], x1: x, x2: x, y1: z.bandTop + z.band, y2: z.axis + 2, stroke: "#bdbdbd" }));
+    });
+    for (const l of order) {
+      if (done.has(l) || xs[l] === null) continue;
+      done.add(l);
+      const label = name(l);
+      const w = label.length * 6 + 8;
+      const x = xs[l];
+      if (placed.some(([a, b]) => x - w / 2 < b && x + w / 2 > a)) continue;
+      placed.push([x - w / 2, x + w / 2]);
+      layer.appendChild(svgEl("text", { class: "layer-label", "data-layer": river.layers[l], x, y: z.axis + 24, "text-anchor": "middle", "font-size": 10.5, fill: "#37474f" }, [
+        label,
+        svgTitle(river.layers[l])
       ]));
     }
   }
-  drawHits(layer, input, anchors, manifestIndex) {
-    const names = new Map(input.river.paths.map((p) => [p.example, p.name]));
-    const anchored = anchors.map((a, i) => ({ a, i })).filter((e) => e.a !== null);
-    anchored.forEach(({ a, i }, k) => {
-      const left = k > 0 ? (anchored[k - 1].a[0] + a[0]) / 2 : a[0] - 12;
-      const right = k + 1 < anchored.length ? (anchored[k + 1].a[0] + a[0]) / 2 : a[0] + 12;
-      const sameRow = (b) => b !== void 0 && Math.abs(b[1] - a[1]) < 1;
-      const x0 = sameRow(anchored[k - 1]?.a) ? left : a[0] - 12;
-      const x1 = sameRow(anchored[k + 1]?.a) ? right : a[0] + 12;
+  drawHits(layer, xs, z) {
+    const input = this.input;
+    const river = input.river;
+    const manifestIndex = river.layers.map((n) => input.layerNames.indexOf(n));
+    const names = new Map(river.paths.map((p) => [p.example, p.name]));
+    const shown = xs.map((x, i) => ({ x, i })).filter((e) => e.x !== null).sort((a, b) => a.x - b.x);
+    shown.forEach(({ x, i }, k) => {
+      const left = k > 0 ? (shown[k - 1].x + x) / 2 : x - 12;
+      const right = k + 1 < shown.length ? (shown[k + 1].x + x) / 2 : x + 12;
       const hit = svgEl("rect", {
         class: "layer-hit",
-        "data-layer": input.river.layers[i],
-        x: x0,
-        y: a[1] - BAND_WIDTH / 2 - 4,
-        width: Math.max(4, x1 - x0),
-        height: BAND_WIDTH + 8,
+        "data-layer": river.layers[i],
+        x: Math.max(left, x - 30),
+        y: z.bandTop - 8,
+        width: Math.max(4, Math.min(right, x + 30) - Math.max(left, x - 30)),
+        height: z.chart + CHART_HEIGHT - z.bandTop + 8,
         fill: "transparent",
         cursor: "pointer"
       });
-      hit.addEventListener("mousemove", (ev) => this.showTooltip(ev, input.river, i, names));
+      hit.addEventListener("mousemove", (ev) => this.showTooltip(ev, i, names));
       hit.addEventListener("mouseleave", () => this.tooltip.hidden = true);
       hit.addEventListener("click", () => {
         if (!this.draggedSincePointerDown && manifestIndex[i] >= 0) input.onOpenLayer(manifestIndex[i]);
@@ -916,15 +1161,20 @@ var NetworkView = class {
       layer.appendChild(hit);
     });
   }
-  showTooltip(ev, river, layer, names) {
+  showTooltip(ev, layer, names) {
+    const river = this.input.river;
     clear(this.tooltip);
-    this.tooltip.appendChild(el("div", { class: "tooltip-title" }, [`${river.layers[layer]} (layer ${layer + 1} of ${river.layers.length})`]));
+    const short = this.input.shortNames.get(river.layers[layer]);
+    this.tooltip.appendChild(el("div", { class: "tooltip-title" }, [`${short ?? river.layers[layer]} (layer ${layer + 1} of ${river.layers.length})`]));
+    if (short && short !== river.layers[layer]) this.tooltip.appendChild(el("div", { class: "tooltip-hint" }, [river.layers[layer]]));
+    const unit = river.normalization === "rms" ? "RMS distance" : "L2 distance";
     const rows = Object.entries(river.distances).map(
       ([key, values]) => el("tr", {}, [el("td", {}, [pairLabel(key, names)]), el("td", { class: "num" }, [formatValue(values[layer])])])
     );
-    this.tooltip.appendChild(el("table", {}, [el("tr", {}, [el("th", {}, ["datapaths"]), el("th", {}, ["distance"])]), ...rows]));
+    this.tooltip.appendChild(el("table", {}, [el("tr", {}, [el("th", {}, ["datapaths"]), el("th", {}, [unit])]), ...rows]));
+    if (river.diff_curve) this.tooltip.appendChild(el("div", {}, [`diff (Eq. 9): ${formatValue(river.diff_curve[layer])}`]));
     const marker = river.markers.find((m) => m.layer === layer);
-    if (marker) this.tooltip.appendChild(el("div", { class: `tooltip-marker ${marker.kind}` }, [`${marker.kind} point`]));
+    if (marker) this.tooltip.appendChild(el("div", { class: `tooltip-marker ${marker.kind}` }, [`${marker.kind} layer`]));
     this.tooltip.appendChild(el("div", { class: "tooltip-hint" }, ["click: feature maps of this layer"]));
     const box = this.element.getBoundingClientRect();
     this.tooltip.style.left = `${Math.min(ev.clientX - box.left + 14, box.width - 260)}px`;
@@ -934,40 +1184,32 @@ var NetworkView = class {
   // ------------------------------------------------------------- pan & zoom
   viewSize() {
     const r = this.svg.getBoundingClientRect();
-    return [r.width || 800, r.height || VIEW_HEIGHT];
+    return [r.width || 800, r.height || this.height];
   }
-  setTransform(t, size = this.viewSize()) {
+  setTransform(t) {
     this.transform = t;
     this.viewport.setAttribute("transform", `translate(${t.x},${t.y}) scale(${t.k})`);
-    const [w, h] = size;
-    const v = visibleContent(t, w, h);
-    this.minimapView.setAttribute("x", String(v.x));
-    this.minimapView.setAttribute("y", String(v.y));
-    this.minimapView.setAttribute("width", String(v.width));
-    this.minimapView.setAttribute("height", String(v.height));
-  }
-  /** Show the whole graph; deep models are shown at a legible zoom from the start instead. */
-  fit(size = this.viewSize()) {
-    if (!this.layout) return;
-    const [w, h] = size;
-    const margin = BAND_WIDTH;
-    const content = { x: -margin, y: -margin - 20, width: this.layout.width + 2 * margin, height: this.layout.height + 2 * margin + 20 };
-    let t = fitTransform(content, w, h, 8, 1.5);
-    if (t.k < 0.45) {
-      const k = Math.min(0.8, h / content.height);
-      t = { k, x: -content.x * k + 8, y: (h - content.height * k) / 2 - content.y * k };
-    }
-    this.setTransform(t, size);
-  }
-  zoomBy(factor) {
+    this.tooltip.hidden = true;
     const [w, h] = this.viewSize();
-    this.setTransform(zoomAt(this.transform, factor, w / 2, h / 2, K_MIN, K_MAX));
+    const z = zones(this.height);
+    this.minimapView.setAttribute("x", String(-t.x / t.k));
+    this.minimapView.setAttribute("y", String((z.graph - t.y) / t.k));
+    this.minimapView.setAttribute("width", String(w / t.k));
+    this.minimapView.setAttribute("height", String(Math.max(1, h - z.graph) / t.k));
+    if (this.layout) this.minimap.style.display = this.layout.width * t.k < w * 1.05 ? "none" : "";
+    if (!this.input) return;
+    clear(this.screen);
+    this.drawScreen(this.screen, t, w, true);
+  }
+  userTransform(t) {
+    this.setTransform(t);
+    this.input?.onViewChange(t);
   }
   installPanZoom() {
     this.svg.addEventListener("wheel", (ev) => {
       ev.preventDefault();
       const r = this.svg.getBoundingClientRect();
-      this.setTransform(zoomAt(this.transform, Math.exp(-ev.deltaY * 15e-4), ev.clientX - r.left, ev.clientY - r.top, K_MIN, K_MAX));
+      this.userTransform(zoomAt(this.transform, Math.exp(-ev.deltaY * 15e-4), ev.clientX - r.left, ev.clientY - r.top, this.kMin(), K_MAX));
     }, { passive: false });
     let last = null;
     let travelled = 0;
@@ -984,8 +1226,7 @@ var NetworkView = class {
       last = [ev.clientX, ev.clientY];
       if (travelled > 4) {
         this.draggedSincePointerDown = true;
-        this.setTransform(panBy(this.transform, dx, dy));
-        this.tooltip.hidden = true;
+        this.userTransform(panBy(this.transform, dx, dy));
       }
     });
     window.addEventListener("pointerup", () => last = null);
@@ -996,7 +1237,9 @@ var NetworkView = class {
       const cx = vb.x + (ev.clientX - r.left) / r.width * vb.width;
       const cy = vb.y + (ev.clientY - r.top) / r.height * vb.height;
       const [w, h] = this.viewSize();
-      this.setTransform(centreOn(this.transform, cx, cy, w, h));
+      const z = zones(this.height);
+      const t = this.transform;
+      this.userTransform({ k: t.k, x: w / 2 - cx * t.k, y: (z.graph + h) / 2 - cy * t.k });
     };
     let minimapDrag = false;
     this.minimap.addEventListener("pointerdown", (ev) => {
@@ -1007,41 +1250,120 @@ var NetworkView = class {
     window.addEventListener("pointermove", (ev) => minimapDrag && moveTo(ev));
     window.addEventListener("pointerup", () => minimapDrag = false);
   }
-  updateMinimap(riverLayer, nodesLayer) {
+  updateMinimap(nodesLayer) {
     clear(this.minimap);
     if (!this.layout) return;
-    const [w] = this.viewSize();
-    const pad = BAND_WIDTH;
+    const pad = 24;
     const vbW = this.layout.width + 2 * pad;
     const vbH = this.layout.height + 2 * pad;
-    this.minimap.style.display = this.layout.width < w * 1.2 ? "none" : "";
     this.minimap.setAttribute("viewBox", `${-pad} ${-pad} ${vbW} ${vbH}`);
-    this.minimap.setAttribute("height", String(Math.max(30, Math.min(140, MINIMAP_WIDTH * vbH / vbW))));
+    this.minimap.setAttribute("height", String(Math.max(30, Math.min(100, MINIMAP_WIDTH * vbH / vbW))));
     this.minimap.setAttribute("preserveAspectRatio", "none");
     const nodes = nodesLayer.cloneNode(true);
     nodes.querySelectorAll("text, title, .toggle").forEach((n) => n.remove());
-    const river = riverLayer.cloneNode(true);
-    river.querySelectorAll("title").forEach((n) => n.remove());
-    river.querySelectorAll("path").forEach((p) => {
-      p.setAttribute("vector-effect", "non-scaling-stroke");
-      p.setAttribute("stroke-width", "2");
-    });
-    for (const copy of [nodes, river]) {
-      for (const node of [copy, ...copy.querySelectorAll("*")]) {
-        for (const name of node.getAttributeNames()) if (name === "class" || name.startsWith("data-")) node.removeAttribute(name);
-      }
+    for (const node of [nodes, ...nodes.querySelectorAll("*")]) {
+      for (const name of node.getAttributeNames()) if (name === "class" || name.startsWith("data-")) node.removeAttribute(name);
     }
-    this.minimap.append(svgEl("rect", { x: -pad, y: -pad, width: vbW, height: vbH, fill: "#fafafa" }), nodes, river, this.minimapView);
+    this.minimap.append(svgEl("rect", { x: -pad, y: -pad, width: vbW, height: vbH, fill: "#fafafa" }), nodes, this.minimapView);
     this.setTransform(this.transform);
   }
-  /** The view as drawn now, as a standalone SVG element (for export). */
-  snapshot() {
-    const [w, h] = this.viewSize();
-    const copy = this.svg.cloneNode(true);
-    copy.querySelectorAll(".hits").forEach((n) => n.remove());
-    copy.setAttribute("width", String(Math.round(w)));
-    copy.setAttribute("height", String(Math.round(h)));
-    return copy;
+  /**
+   * The whole river (every layer, fitted to `width` pixels whatever the current view),
+   * the chart and the graph, with a title and a legend, as a standalone SVG element.
+   */
+  snapshot(width = Math.max(1200, this.viewSize()[0])) {
+    const input = this.input;
+    if (!input || !this.layout) return null;
+    const head = 26 + 20 * Math.ceil((input.river.paths.length + 3) / 4);
+    const t = this.fitTransform(width);
+    const z = zones(this.height);
+    const height = z.graph + this.layout.height * t.k + 40;
+    const out = svgEl("svg", { width, height: Math.round(height + head), viewBox: `0 0 ${width} ${Math.round(height + head)}`, "font-family": "Roboto, Helvetica, Arial, sans-serif" });
+    out.appendChild(svgEl("rect", { x: 0, y: 0, width, height: height + head, fill: "#ffffff" }));
+    out.appendChild(svgEl("text", { class: "export-title", x: 12, y: 20, "font-size": 15, "font-weight": 500, fill: "#212121", "font-family": "Roboto, sans-serif" }, [input.title]));
+    const legend = svgEl("g", { class: "export-legend", "font-family": "Roboto, sans-serif", "font-size": 12 });
+    const items = input.river.paths.map((p) => ["line", input.colors.get(p.example) ?? "#757575", datapathLabel(p.name, p.role)]);
+    items.push(["span", "rgba(255,193,7,0.4)", "diverging → merging span"], ["tri-d", "#c62828", "diverging layer"], ["tri-m", "#2e7d32", "merging layer"]);
+    items.forEach(([kind, color, text], k) => {
+      const x = 12 + k % 4 * ((width - 24) / 4);
+      const y = 40 + Math.floor(k / 4) * 20;
+      legend.appendChild(kind === "line" ? svgEl("line", { x1: x, x2: x + 24, y1: y - 4, y2: y - 4, stroke: color, "stroke-width": 4 }) : kind === "span" ? svgEl("rect", { x, y: y - 10, width: 24, height: 12, fill: color }) : svgEl("path", { d: `M${x + 6},${y} L${x + 18},${y} L${x + 12},${y - 10} z`, fill: color }));
+      legend.appendChild(svgEl("text", { x: x + 30, y, fill: "#212121" }, [text]));
+    });
+    out.appendChild(legend);
+    const body = svgEl("g", { transform: `translate(0,${head})` });
+    const graph = this.viewport.cloneNode(true);
+    graph.setAttribute("transform", `translate(${t.x},${t.y}) scale(${t.k})`);
+    const screen = svgEl("g", {});
+    this.drawScreen(screen, t, width, false);
+    body.append(svgEl("defs", {}, [this.svg.querySelector("marker").cloneNode(true)]), graph, screen);
+    out.appendChild(body);
+    return out;
+  }
+};
+
+// src/contributionPanel.ts
+var SCORE_MEANING = "Score: the gate (0 to 1) that Eq. 7/8 keeps open on this earlier feature map while it closes as many earlier maps as it can and keeps the selected neurons' activation; higher means the selection needs this map more (the mean over the chosen examples).";
+var TOP_K = 10;
+function thumbnail(url, alt, cls) {
+  if (!url) return el("span", { class: `thumb ${cls} none`, title: `no ${alt} logged` }, ["—"]);
+  const image = el("img", { class: `thumb ${cls}`, src: url, alt, width: 40, height: 40, loading: "lazy" });
+  image.addEventListener("error", () => image.replaceWith(el("span", { class: `thumb ${cls} none`, title: `no ${alt} logged` }, ["—"])));
+  return image;
+}
+var ContributionPanel = class {
+  constructor() {
+    this.element = el("div", { class: "contribution-result" });
+    this.element.hidden = true;
+  }
+  hide() {
+    this.element.hidden = true;
+    clear(this.element);
+  }
+  render(input) {
+    const { answer } = input;
+    clear(this.element);
+    this.element.hidden = false;
+    const entries = (answer.ranking ?? []).slice(0, TOP_K).map((e, k) => ({ ...e, rank: e.rank ?? k + 1 }));
+    const examples = answer.examples ?? [];
+    const top = Math.max(1e-12, ...entries.map((e) => Math.abs(e.score)));
+    const list = el("ol", { class: "contribution-list" });
+    for (const entry of entries) {
+      const inPaths = entry.in_datapaths;
+      const chips = inPaths === void 0 ? [el("span", { class: "note" }, ["datapaths not reported by this server"])] : inPaths.length === 0 ? [el("span", { class: "chip none" }, ["in no datapath"])] : inPaths.map((i) => el("span", { class: "chip", style: `border-color:${input.colors.get(i) ?? "#9e9e9e"}` }, [input.names.get(i) ?? `#${i}`]));
+      const activation = entry.activation_map !== void 0 ? entry.activation_map : examples.length ? input.activationUrl(entry.channel, examples[0]) : null;
+      const learned = entry.learned_feature !== void 0 ? entry.learned_feature : input.learnedUrl(entry.channel);
+      const item = el("li", {
+        class: "contribution-entry",
+        "data-channel": entry.channel,
+        tabindex: 0,
+        role: "button",
+        title: `open feature map ${entry.channel} of ${answer.earlier_layer} at the neuron level`
+      }, [
+        el("span", { class: "rank" }, [`#${entry.rank}`]),
+        el("span", { class: "channel" }, [`map ${entry.channel}`]),
+        el("span", { class: "score-bar" }, [el("span", { style: `width:${Math.round(100 * Math.abs(entry.score) / top)}%` })]),
+        el("span", { class: "score" }, [formatValue(entry.score)]),
+        el("span", { class: "chips" }, chips),
+        thumbnail(activation, "activation map", "activation"),
+        thumbnail(learned, "learned feature", "learned")
+      ]);
+      const open = () => input.onOpen(entry.channel);
+      item.addEventListener("click", open);
+      item.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter" || ev.key === " ") open();
+      });
+      list.appendChild(item);
+    }
+    const who = examples.length ? ` · computed for ${examples.map((i) => input.names.get(i) ?? `#${i}`).join(", ")}` : "";
+    this.element.append(
+      el("h4", {}, [`Top ${entries.length} contributing feature maps of ${answer.earlier_layer}`]),
+      el("div", { class: "note" }, [`${input.label}${who} · ${answer.mode}, ${formatValue(answer.seconds)} s`]),
+      el("div", { class: "score-meaning" }, [answer.score_meaning ?? SCORE_MEANING]),
+      el("div", { class: "contribution-head note" }, ["rank · feature map · score · in the datapaths of · activation (first chosen example) · learned feature — click an entry to open it"]),
+      list
+    );
+    return entries.length;
   }
 };
 
@@ -1049,20 +1371,26 @@ var NetworkView = class {
 var MAP_SIZE = 112;
 var REFERENCE_SIZE = 72;
 var LUT = greenLookupTable();
-function paintGreen(canvas, bitmap) {
+function paintGreen(canvas, bitmap, own, scale) {
   canvas.width = bitmap.width;
   canvas.height = bitmap.height;
   const ctx = canvas.getContext("2d");
   ctx.drawImage(bitmap, 0, 0);
   const image = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
   const levels = new Uint8ClampedArray(bitmap.width * bitmap.height);
+  const span = scale[1] - scale[0];
   for (let p = 0; p < levels.length; p++) {
     const level = image.data[p * 4];
     levels[p] = level;
-    image.data.set(LUT.subarray(level * 4, level * 4 + 4), p * 4);
+    const value = dequantise(level, own[0], own[1]);
+    const shown = span > 0 ? Math.round(Math.min(1, Math.max(0, (value - scale[0]) / span)) * 255) : 0;
+    image.data.set(LUT.subarray(shown * 4, shown * 4 + 4), p * 4);
   }
   ctx.putImageData(image, 0, 0);
   return levels;
+}
+function sharedRange(ranges) {
+  return [Math.min(...ranges.map((r) => r[0])), Math.max(...ranges.map((r) => r[1]))];
 }
 function boxPercent(box, width, height) {
   const clip = (v, hi) => Math.min(hi, Math.max(0, v));
@@ -1082,6 +1410,9 @@ function learnedFeatureSource(f) {
 }
 var NeuronView = class {
   constructor() {
+    /** One colour scale for every example's map of the feature map (false: each map its own range). */
+    this.shared = true;
+    this.last = null;
     this.selection = null;
     this.overlays = [];
     this.element = el("div", { class: "neuron" });
@@ -1132,10 +1463,15 @@ var NeuronView = class {
       };
       this.showSelection();
     });
-    canvas.addEventListener("pointerup", () => start = null);
+    canvas.addEventListener("pointerup", () => {
+      const brushed = start !== null && this.selection !== null;
+      start = null;
+      if (brushed) this.last?.onArea?.(this.selection);
+    });
   }
   /** Draw the panel; resolves when every activation map is painted, with the number painted. */
   async render(input) {
+    this.last = input;
     clear(this.element);
     this.selection = null;
     this.overlays.length = 0;
@@ -1165,27 +1501,13 @@ var NeuronView = class {
         continue;
       }
       mapBox.appendChild(canvas);
-      pending.push(
-        getRangedImage(ex.activation_map).then(
-          ({ bitmap, range }) => {
-            const levels = paintGreen(canvas, bitmap);
-            this.installAreaSelection(canvas, mapBox);
-            const [lo, hi] = range ?? [0, 1];
-            mapBox.appendChild(el("div", { class: "range" }, [range ? `range ${formatValue(lo)} … ${formatValue(hi)}` : "range not sent (grey levels 0…1)"]));
-            canvas.addEventListener("mousemove", (ev) => {
-              const r = canvas.getBoundingClientRect();
-              const col = Math.min(canvas.width - 1, Math.floor((ev.clientX - r.left) / r.width * canvas.width));
-              const row = Math.min(canvas.height - 1, Math.floor((ev.clientY - r.top) / r.height * canvas.height));
-              readout.textContent = `(${row}, ${col}): activation ${formatValue(dequantise(levels[row * canvas.width + col], lo, hi))}`;
-            });
-            return true;
-          },
-          (err) => {
-            mapBox.replaceChildren(el("div", { class: "error" }, [`activation map: ${err.message}`]));
-            return false;
-          }
-        )
-      );
+      pending.push(getRangedImage(ex.activation_map).then(
+        ({ bitmap, range }) => ({ canvas, mapBox, readout, bitmap, range: range ?? [0, 1], sent: range !== null }),
+        (err) => {
+          mapBox.replaceChildren(el("div", { class: "error" }, [`activation map: ${err.message}`]));
+          return null;
+        }
+      ));
     }
     const features = el("div", { class: "learned-features" });
     if (data.learned_features.length === 0) {
@@ -1200,16 +1522,89 @@ var NeuronView = class {
         ])
       ]));
     }
+    const ramp = el("div", { class: "legend-ramp" });
+    const toggle = el("input", { type: "checkbox", name: "per-map-scale" });
+    toggle.checked = !this.shared;
+    toggle.addEventListener("change", () => {
+      this.shared = !toggle.checked;
+      if (this.last) void this.render(this.last);
+    });
     this.element.append(
       el("h3", {}, [`Feature map ${data.channel} of ${data.layer}`]),
       ...input.actions ? [input.actions] : [],
-      el("div", { class: "legend-ramp" }, ["activation: ", el("span", { class: "ramp" }), " low → high · drag on a map to select an area of neurons"]),
-      cards,
+      el("div", { class: "scale-row" }, [ramp, el("label", { class: "note" }, [toggle, " each map on its own scale"])]),
+      el("div", { class: "neuron-row" }, [cards, input.aside ?? null]),
       el("h4", {}, ["Learned features (top-activating reference images: receptive-field box, and its crop)"]),
       features
     );
-    const painted = await Promise.all(pending);
-    return painted.filter(Boolean).length;
+    const loaded = (await Promise.all(pending)).filter((m) => m !== null);
+    const common = loaded.length ? sharedRange(loaded.map((m) => m.range)) : [0, 1];
+    for (const m of loaded) {
+      const scale = this.shared ? common : m.range;
+      const levels = paintGreen(m.canvas, m.bitmap, m.range, scale);
+      m.canvas.dataset.scale = scale.join(",");
+      this.installAreaSelection(m.canvas, m.mapBox);
+      const [lo, hi] = m.range;
+      m.mapBox.appendChild(el("div", { class: "range" }, [m.sent ? `range ${formatValue(lo)} … ${formatValue(hi)}` : "range not sent (grey levels 0…1)"]));
+      m.canvas.addEventListener("mousemove", (ev) => {
+        const r = m.canvas.getBoundingClientRect();
+        const col = Math.min(m.canvas.width - 1, Math.floor((ev.clientX - r.left) / r.width * m.canvas.width));
+        const row = Math.min(m.canvas.height - 1, Math.floor((ev.clientY - r.top) / r.height * m.canvas.height));
+        m.readout.textContent = `(${row}, ${col}): activation ${formatValue(dequantise(levels[row * m.canvas.width + col], lo, hi))}`;
+      });
+    }
+    ramp.append(
+      "activation: ",
+      el("span", { class: "ramp-number lo" }, [formatValue(common[0])]),
+      el("span", { class: "ramp" }),
+      el("span", { class: "ramp-number hi" }, [formatValue(common[1])]),
+      this.shared ? " — one scale for every example's map · drag on a map to select an area of neurons" : " — (shared range; each map is now drawn on its own range, shown under it) · drag on a map to select an area of neurons"
+    );
+    return loaded.length;
+  }
+  /**
+   * The panel as a PNG (title, each example's image and activation map with its values,
+   * the colour ramp with its numbers), or null before a feature map is shown.
+   */
+  async exportPng(title) {
+    const cards = [...this.element.querySelectorAll(".neuron-example")];
+    if (cards.length === 0) return null;
+    const cell = MAP_SIZE * 2 + 24;
+    const width = Math.max(520, cards.length * cell + 16);
+    const height = 64 + MAP_SIZE + 56;
+    const canvas = document.createElement("canvas");
+    canvas.width = width * 2;
+    canvas.height = height * 2;
+    const ctx = canvas.getContext("2d");
+    ctx.scale(2, 2);
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(0, 0, width, height);
+    ctx.fillStyle = "#212121";
+    ctx.font = "500 14px Roboto, sans-serif";
+    ctx.fillText(title, 8, 20);
+    const scale = this.element.querySelector(".legend-ramp")?.textContent ?? "";
+    ctx.font = "11px Roboto, sans-serif";
+    for (let i = 0; i <= 100; i++) {
+      ctx.fillStyle = rgbCss(greenRamp(i / 100));
+      ctx.fillRect(8 + i * 1.2, 30, 1.3, 10);
+    }
+    ctx.fillStyle = "#424242";
+    ctx.fillText(scale.replace(/ · drag.*$/, ""), 136, 39);
+    cards.forEach((card, k) => {
+      const x = 8 + k * cell;
+      const image = card.querySelector("img");
+      const map = card.querySelector("canvas");
+      if (image && image.complete) ctx.drawImage(image, x, 52, MAP_SIZE, MAP_SIZE);
+      if (map && map.width > 1) {
+        ctx.imageSmoothingEnabled = false;
+        ctx.drawImage(map, x + MAP_SIZE + 4, 52, MAP_SIZE, MAP_SIZE);
+      }
+      ctx.fillStyle = "#212121";
+      ctx.fillText(card.querySelector(".card-title")?.textContent ?? "", x, 52 + MAP_SIZE + 16);
+      ctx.fillStyle = "#616161";
+      ctx.fillText(card.querySelector(".values")?.textContent ?? "", x, 52 + MAP_SIZE + 32);
+    });
+    return await new Promise((resolve) => canvas.toBlob((b) => resolve(b), "image/png"));
   }
 };
 
@@ -1246,6 +1641,7 @@ var TreemapView = class {
   /** Draw the treemap; returns the number of cells drawn. */
   render(input) {
     clear(this.element);
+    this.tooltip.hidden = true;
     const { data } = input;
     const [a, b] = input.diff;
     const nameOf = (i) => input.names.get(i) ?? `#${i}`;
@@ -1313,7 +1709,7 @@ var TreemapView = class {
     }
     for (const box of data.containers) {
       outlines.appendChild(svgEl("rect", {
-        class: "treemap-container",
+        class: "treemap-container datapath-outline",
         "data-example": box.example,
         x: box.x + 1,
         y: box.y + 1,
@@ -1322,16 +1718,57 @@ var TreemapView = class {
         fill: "none",
         stroke: input.colors.get(box.example) ?? "#616161",
         "stroke-width": 2.5
-      }));
+      }, [svgTitle(`${box.label}'s datapath`)]));
     }
-    svg.appendChild(outlines);
+    const owners = new Set(data.containers.map((c) => c.example));
+    const inset = 4;
+    for (const example of data.examples) {
+      if (owners.has(example)) continue;
+      for (const set of data.sets.filter((r) => r.members.includes(example))) {
+        outlines.appendChild(svgEl("rect", {
+          class: "datapath-outline inner",
+          "data-example": example,
+          x: set.x + inset,
+          y: set.y + inset,
+          width: Math.max(0, set.dx - 2 * inset),
+          height: Math.max(0, set.dy - 2 * inset),
+          fill: "none",
+          stroke: input.colors.get(example) ?? "#616161",
+          "stroke-width": 2.5,
+          "stroke-dasharray": "6 3"
+        }, [svgTitle(`${nameOf(example)}'s datapath: no maps of its own, all shared (${set.label})`)]));
+      }
+    }
+    const labels = svgEl("g", { class: "region-labels", "pointer-events": "none" });
+    for (const set of data.sets) {
+      const text = set.shared ? set.label : `${set.label} only`;
+      const fits = Math.floor((set.dx - 8) / 6.4);
+      if (fits < 4 || set.dy < 16) continue;
+      labels.appendChild(svgEl("text", {
+        class: "region-label",
+        "data-members": membersKey(set.members),
+        x: set.x + 5,
+        y: set.y + 13,
+        "font-size": 11,
+        "font-weight": 500,
+        fill: "#212121",
+        stroke: "#ffffff",
+        "stroke-width": 3,
+        "paint-order": "stroke",
+        "font-family": "Roboto, sans-serif"
+      }, [text.length > fits ? text.slice(0, fits - 1) + "…" : text]));
+    }
+    svg.append(outlines, labels);
     this.svg = svg;
-    const containerRows = data.containers.map(
-      (box) => el("li", {}, [
-        el("span", { class: "swatch", style: `border-color:${input.colors.get(box.example) ?? "#616161"}` }),
-        `${box.label}: ${box.set_size} feature map${box.set_size === 1 ? "" : "s"} in its datapath`
-      ])
-    );
+    const containerRows = data.examples.map((example) => {
+      const box = data.containers.find((c) => c.example === example);
+      const kept = data.sets.filter((r) => r.members.includes(example)).reduce((n, r) => n + r.size, 0);
+      const what = box ? `${box.set_size} feature map${box.set_size === 1 ? "" : "s"} in its datapath` : kept > 0 ? `${kept} feature map${kept === 1 ? "" : "s"}, no maps of its own (all shared; dashed inner outline)` : "keeps no feature map of this layer";
+      return el("li", { "data-example": example }, [
+        el("span", { class: "swatch", style: `border-color:${input.colors.get(example) ?? "#616161"}${box ? "" : ";border-style:dashed"}` }),
+        `${nameOf(example)}: ${what}`
+      ]);
+    });
     const sharedRows = data.sets.filter((set) => set.shared).map(
       (set) => el("li", {}, [el("span", { class: "swatch", style: "border-color:#424242;border-style:dashed" }), `${set.label}: ${set.size} shared`])
     );
@@ -1346,6 +1783,11 @@ var TreemapView = class {
       ]),
       el("ul", { class: "set-list" }, [...containerRows, ...sharedRows])
     ]);
+    if (data.cells.length === 0) {
+      this.svg = null;
+      this.element.append(el("div", { class: "note empty-layer" }, ["None of the chosen datapaths keeps a feature map of this layer."]), legend);
+      return 0;
+    }
     this.element.append(el("div", { class: "treemap-canvas" }, [svg, this.tooltip]), legend);
     return data.cells.length;
   }
@@ -1357,9 +1799,25 @@ var TreemapView = class {
     this.tooltip.style.top = `${ev.clientY - box.top + 14}px`;
     this.tooltip.hidden = false;
   }
-  /** The treemap as drawn now (for export), or null before the first render. */
-  snapshot() {
-    return this.svg ? this.svg.cloneNode(true) : null;
+  /** The treemap as drawn now with `title` above and its legend below (for export), or null before the first render. */
+  snapshot(title) {
+    if (!this.svg) return null;
+    const w = Number(this.svg.getAttribute("width"));
+    const h = Number(this.svg.getAttribute("height"));
+    const lines = [...this.element.querySelectorAll(".treemap-legend > div, .treemap-legend li")].map((n) => n.textContent ?? "");
+    const head = 28;
+    const total = head + h + 10 + 16 * lines.length;
+    const out = svgEl("svg", { width: w, height: total, viewBox: `0 0 ${w} ${total}` }, [
+      svgEl("rect", { x: 0, y: 0, width: w, height: total, fill: "#ffffff" }),
+      svgEl("text", { class: "export-title", x: 4, y: 19, "font-size": 14, "font-weight": 500, fill: "#212121", "font-family": "Roboto, sans-serif" }, [title])
+    ]);
+    const body = this.svg.cloneNode(true);
+    body.setAttribute("y", String(head));
+    out.appendChild(body);
+    const legend = svgEl("g", { class: "export-legend", "font-size": 11, fill: "#424242", "font-family": "Roboto, sans-serif" });
+    lines.forEach((line, i) => legend.appendChild(svgEl("text", { x: 4, y: head + h + 20 + 16 * i }, [line])));
+    out.appendChild(legend);
+    return out;
   }
 };
 
@@ -1369,11 +1827,14 @@ function groupAnalyses(run) {
   for (const entry of run.analyses) {
     let choice = byName.get(entry.name);
     if (!choice) {
-      choice = { name: entry.name, methods: [], steps: {} };
+      choice = { name: entry.name, methods: [], steps: {}, stepsWithModel: {} };
       byName.set(entry.name, choice);
     }
     if (!choice.methods.includes(entry.method)) choice.methods.push(entry.method);
     choice.steps[entry.method] = [.../* @__PURE__ */ new Set([...choice.steps[entry.method] ?? [], ...entry.steps])].sort((a, b) => a - b);
+    if (entry.steps_with_model) {
+      choice.stepsWithModel[entry.method] = [.../* @__PURE__ */ new Set([...choice.stepsWithModel[entry.method] ?? [], ...entry.steps_with_model])].sort((a, b) => a - b);
+    }
   }
   return [...byName.values()];
 }
@@ -1416,17 +1877,19 @@ function defaultMethod(analysis) {
   return analysis.methods.includes("constrained") ? "constrained" : analysis.methods[0];
 }
 var BELOW = {
-  run: ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded"],
-  analysis: ["method", "step", "examples", "layer", "channel", "diff", "expanded"]
+  run: ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded", "view"],
+  analysis: ["method", "step", "examples", "layer", "channel", "diff", "expanded", "view"]
 };
 function dropBelow(state, level) {
   for (const key of BELOW[level]) delete state[key];
 }
 var MAX_RIVER_DATAPATHS = 16;
-function resolveExamples(asked, available) {
+function resolveExamples(asked, available, story = null) {
   const known = new Set(available);
   const chosen = [...new Set((asked ?? []).filter((i) => known.has(i)))].slice(0, MAX_RIVER_DATAPATHS);
-  return chosen.length >= 2 ? chosen : available.slice(0, MAX_RIVER_DATAPATHS);
+  if (chosen.length >= 2) return chosen;
+  if (story && story.length === 3 && story.every((i) => known.has(i)) && new Set(story).size === 3) return [...story].sort((a, b) => a - b);
+  return available.slice(0, MAX_RIVER_DATAPATHS);
 }
 function resolveDiff(asked, examples) {
   if (asked && asked[0] !== asked[1] && examples.includes(asked[0]) && examples.includes(asked[1])) return asked;
@@ -1479,21 +1942,36 @@ var App = class {
     this.networkView = new NetworkView();
     this.treemapView = new TreemapView();
     this.neuronView = new NeuronView();
+    this.contributionSection = el("section", { class: "panel contribution-panel", hidden: "" });
+    this.contributionPanel = new ContributionPanel();
     this.legend = el("div", { class: "legend" });
     this.summary = el("div", { class: "summary" });
+    this.networkOptions = el("span", { class: "network-options" });
+    /** Display names of gated layers and groups (distinctive end of the module path). */
+    this.names = /* @__PURE__ */ new Map();
+    /** The river is drawn with the view from the URL once; later draws keep the current view. */
+    this.viewRestored = false;
+    this.viewTimer = null;
     this.treemapHead = el("div", { class: "panel-head" });
+    /** A refusal shown once in the treemap's head, next to the menus that caused it. */
+    this.treemapNotice = null;
     // ------------------------------------------------------------- contribution (paper Sec. 5.4)
-    this.mode = "sgd";
+    /** "preview": a quadratic answer first (about a second), then refined by SGD (the accurate one). */
+    this.mode = "preview";
+    /** The examples a contribution is computed for; null: the default (the adversarial datapath alone). */
+    this.contributionExamples = null;
     this.state = readViewState(this.host.location.hash);
     root.classList.add("aevis");
-    root.append(this.controls, this.messages, this.networkPanel, this.treemapPanel, this.neuronPanel);
+    root.append(this.controls, this.messages, this.networkPanel, this.treemapPanel, this.neuronPanel, this.contributionSection);
+    this.contributionSection.append(this.contributionPanel.element);
     const exportButtons = (what, name) => [
       this.button("Export SVG", () => this.exportView(what, name, "svg")),
       this.button("Export PNG", () => this.exportView(what, name, "png"))
     ];
     this.networkPanel.append(
       el("div", { class: "panel-head" }, [
-        el("h2", {}, ["Datapath river over the model graph"]),
+        el("h2", {}, ["Datapath river, Eq. 9 diff and model graph"]),
+        this.networkOptions,
         el("span", { class: "spacer" }),
         this.button("Fit", () => this.networkView.fit()),
         this.button("+", () => this.networkView.zoomBy(1.4)),
@@ -1507,6 +1985,7 @@ var App = class {
     this.treemapPanel.append(this.treemapHead, this.treemapView.element);
     this.neuronPanel.append(this.neuronView.element);
     this.host.addEventListener("hashchange", () => this.onExternalHashChange());
+    followTheme(root, this.host);
   }
   async start() {
     const linked = this.state.run !== void 0 && this.state.analysis !== void 0 && this.state.method !== void 0 && this.state.step !== void 0 ? this.requestAnalysis() : null;
@@ -1527,7 +2006,11 @@ var App = class {
     await this.loadAnalysis(linked);
   }
   // ------------------------------------------------------------- messages
+  /** Show `text` once: the same message already shown is returned, not repeated. */
   message(kind, text) {
+    for (const shown of this.messages.children) {
+      if (shown.textContent === text && shown.classList.contains(kind)) return shown;
+    }
     const box = el("div", { class: `message ${kind}` }, [text]);
     this.messages.appendChild(box);
     return box;
@@ -1591,7 +2074,7 @@ var App = class {
     clear(this.controls);
     const run = this.currentRun();
     const analysis = this.currentAnalysis();
-    const resetBelowRun = ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded"];
+    const resetBelowRun = ["analysis", "method", "step", "examples", "layer", "channel", "diff", "expanded", "view"];
     this.controls.appendChild(select(
       "Run",
       this.runs.map((r) => ({ value: r.run, text: r.analyses.length ? r.run : `${r.run} (no AEVis data)` })),
@@ -1604,14 +2087,14 @@ var App = class {
       "Analysis",
       groupAnalyses(run).map((a) => ({ value: a.name, text: a.name })),
       analysis.name,
-      (v) => this.change({ analysis: v }, resetBelowRun.slice(1)),
+      (v) => this.change({ analysis: v }, resetBelowRun.slice(2)),
       "analysis"
     ));
     this.controls.appendChild(select(
       "Method",
       analysis.methods.map((m) => ({ value: m, text: m === "dgr" ? "DGR (baseline)" : m })),
       this.state.method ?? "",
-      (v) => this.change({ method: v }, ["step", "layer", "channel"]),
+      (v) => this.change({ method: v }, ["step", "layer", "channel", "view"]),
       "method"
     ));
     const steps = analysis.steps[this.state.method ?? ""] ?? [];
@@ -1620,7 +2103,7 @@ var App = class {
         "Step",
         steps.map((s) => ({ value: String(s), text: String(s) })),
         String(this.state.step),
-        (v) => this.change({ step: Number(v) }, ["layer", "channel"]),
+        (v) => this.change({ step: Number(v) }, ["layer", "channel", "view"]),
         "step"
       ));
     }
@@ -1642,7 +2125,7 @@ var App = class {
         }
         this.change({ examples: next }, ["diff"]);
       });
-      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors.get(e.index) ?? "#bdbdbd"}` }), `${e.name} (${e.role})`]));
+      box.appendChild(el("label", { title: ROLE_LABELS[e.role] ?? e.role }, [input, el("span", { class: "swatch", style: `background:${colors.get(e.index) ?? "#bdbdbd"}` }), datapathLabel(e.name, e.role)]));
     });
     return el("div", { class: "control" }, [el("span", {}, ["Datapaths"]), box]);
   }
@@ -1664,7 +2147,7 @@ var App = class {
       (answer) => ({ graph: answer, error: null }),
       (error) => ({ graph: null, error })
     );
-    const river = getJson("river", { ...params, examples: asked?.join(",") }).catch((err) => {
+    const river = getJson("river", { ...params, examples: asked?.join(","), normalization: this.distance() }).catch((err) => {
       if (asked === void 0) throw err;
       return null;
     });
@@ -1677,26 +2160,40 @@ var App = class {
     const run = this.currentRun();
     const wanted = JSON.stringify([this.analysisKey(), this.state.examples ?? null]);
     const requests = run && this.currentAnalysis() ? prefetched?.key === wanted ? prefetched : this.requestAnalysis() : null;
+    const sameAnalysis = this.manifest !== null && this.manifestKey === this.analysisKey();
     this.renderControls();
-    this.networkPanel.hidden = true;
-    this.treemapPanel.hidden = true;
-    this.neuronPanel.hidden = true;
+    if (!sameAnalysis) {
+      this.networkPanel.hidden = true;
+      this.treemapPanel.hidden = true;
+      this.neuronPanel.hidden = true;
+      this.contributionSection.hidden = true;
+      this.contributionPanel.hide();
+    }
     if (!run || !requests) {
       this.saveState();
       if (run) this.message("info", `Run "${run.run}" has no AEVis data: it logged no add_analysis summaries.`);
       return;
     }
     const params = this.analysisParams();
-    const loading = this.message("info", "Loading the analysis…");
+    const loading = sameAnalysis ? el("div") : this.message("info", "Loading the analysis…");
     let manifest;
     let river;
     let graph;
     try {
       manifest = await requests.manifest;
-      const examples = resolveExamples(requests.asked, manifest.examples.map((e) => e.index));
+      const dm = manifest.diverging_merging;
+      const story = dm ? [dm.adversarial, dm.source, dm.target] : null;
+      const examples = resolveExamples(requests.asked, manifest.examples.map((e) => e.index), story);
+      const dropped = (requests.asked ?? []).filter((i) => !examples.includes(i));
+      if (dropped.length) {
+        this.message("warning", `Datapath${dropped.length > 1 ? "s" : ""} ${dropped.join(", ")} of the link ${dropped.length > 1 ? "are" : "is"} not in this analysis (examples 0..${manifest.examples.length - 1}); showing ${examples.join(", ")}.`);
+      }
+      if (requests.asked === void 0 && story && manifest.examples.length > 3 && examples.length === 3) {
+        this.message("info", `Showing the paper's triplet: the adversarial example, its source and the representative target (Sec. 6.2.1) of ${manifest.examples.filter((e) => e.role === "target").length} target images. Tick more under Datapaths to compare them.`);
+      }
       const first = await requests.river;
-      const same = first !== null && JSON.stringify(first.paths.map((p) => p.example).sort()) === JSON.stringify([...examples].sort());
-      river = same ? first : await getJson("river", { ...params, examples: examples.join(",") });
+      const same = first !== null && JSON.stringify(first.paths.map((p) => p.example).sort()) === JSON.stringify([...examples].sort()) && (first.normalization ?? "l2") === this.distance();
+      river = same ? first : await getJson("river", { ...params, examples: examples.join(","), normalization: this.distance() });
       const answered = await requests.graph;
       graph = answered.graph;
       if (answered.error !== null && generation === this.generation) {
@@ -1723,7 +2220,11 @@ var App = class {
       this.message("info", "This analysis has a single datapath; the river compares two or more. Its treemap is still available per layer.");
     }
     this.river = river;
+    if ((river.normalization ?? "l2") !== this.distance()) {
+      this.message("warning", "This server answers the river with the paper's L2 distance only; the RMS choice is not available here.");
+    }
     this.graph = graph ?? chainGraph(manifest.layers.map((l) => l.name));
+    this.names = shortNames([...manifest.layers.map((l) => l.name), ...this.graph.groups.map((g) => g.id)]);
     if (this.state.expanded) {
       const known = new Set(this.graph.groups.map((g) => g.id));
       this.expanded = new Set(this.state.expanded.filter((g) => known.has(g)));
@@ -1735,6 +2236,7 @@ var App = class {
     }
     this.renderSummary();
     this.networkPanel.hidden = false;
+    this.viewRestored = false;
     if (!this.riverShown) performance.mark("aevis-data");
     this.drawNetwork();
     if (!this.riverShown) {
@@ -1744,19 +2246,37 @@ var App = class {
     }
     if (this.state.layer) void this.loadTreemap();
   }
+  /** The layer distance of the river and the chart: RMS unless the URL asks for the paper's L2. */
+  distance() {
+    return this.state.distance ?? "rms";
+  }
   renderSummary() {
     const m = this.manifest;
+    const layerName = (l) => l === null ? "none" : this.names.get(m.layers[l]?.name) ?? m.layers[l]?.name ?? String(l);
     const dm = m.diverging_merging;
     const parts = [`${m.layers.length} gated layers · method ${m.method} · threshold ${formatValue(m.threshold)} · river layout ${this.river.layout === "rule" ? "rule (Sec. 5.2)" : "least squares"}`];
     if (dm) {
-      const name = (l) => l === null ? "none" : m.layers[l]?.name ?? String(l);
-      parts.push(dm.detected ? `diverging at ${name(dm.diverging_layer)}, merging at ${name(dm.merging_layer)}` : "no diverging/merging pattern detected");
+      parts.push(dm.detected ? `diverging at ${layerName(dm.diverging_layer)}, merging at ${layerName(dm.merging_layer)}` : "no diverging/merging pattern detected (Eq. 10)");
     }
-    const preds = m.examples.map((e) => `${e.name}: ${e.class_name} (${formatValue(e.confidence)})${e.label_preserved ? "" : " — datapath does not keep the label"}`);
+    const preds = m.examples.filter((e) => (this.state.examples ?? []).includes(e.index)).map((e) => `${e.name}: ${e.class_name} (${formatValue(e.confidence)})${e.label_preserved ? "" : " — datapath does not keep the label"}`);
     clear(this.summary);
     this.summary.append(el("div", {}, [parts.join(" · ")]), el("div", {}, [`predictions: ${preds.join("; ")}`]));
+    const provenance = m.params?.provenance;
+    if (provenance && typeof provenance === "object") {
+      const rows = Object.entries(provenance).map(([k, v]) => `${k}: ${String(v)}`);
+      this.summary.appendChild(el("div", { class: "provenance" }, [`how the examples were chosen — ${rows.join(" · ")}`]));
+    }
+    if (!m.has_model) this.summary.appendChild(el("div", { class: "note no-model" }, [this.noModelText()]));
   }
-  drawNetwork() {
+  /** Why contribution analysis is unavailable here, and where it is available. */
+  noModelText() {
+    const withModel = this.currentAnalysis()?.stepsWithModel[this.state.method ?? ""];
+    const base = `Step ${this.state.step} saved no model, so contribution analysis is unavailable here`;
+    if (withModel === void 0) return `${base} (log the analysis with model=... to enable it).`;
+    if (withModel.length === 0) return `${base}; no step of this analysis saved one (log it with model=...).`;
+    return `${base}; steps with a saved model: ${withModel.join(", ")}.`;
+  }
+  drawNetwork(keepLayer = null) {
     const river = this.river;
     const manifest = this.manifest;
     clear(this.legend);
@@ -1764,26 +2284,44 @@ var App = class {
     river.paths.forEach((p) => {
       this.legend.appendChild(el("span", { class: "item", "data-example": p.example }, [
         el("span", { class: "swatch", style: `background:${colors.get(p.example) ?? "#757575"};width:22px` }),
-        `${p.name} — ${ROLE_LABELS[p.role] ?? p.role}`
+        datapathLabel(p.name, p.role)
       ]));
     });
+    const unit = river.normalization === "rms" ? "RMS gate distance (L2 / √C_l)" : "L2 gate distance (paper)";
     this.legend.append(
+      el("span", { class: "item span-key" }, [el("span", { class: "span-swatch" }), "diverging → merging span"]),
       el("span", { class: "item marker-key diverging" }, ["▲ diverging"]),
       el("span", { class: "item marker-key merging" }, ["▲ merging"]),
-      el("span", { class: "item note" }, ["curve distance = datapath distance; hover a layer for values, click it for its feature maps"])
+      el("span", { class: "item note" }, [`river: vertical gap between curves = ${unit} between datapaths at that layer (wider curves lie under thinner ones). Chart: Eq. 9 diff, last r layers shaded. Hover a layer for values, click it for its feature maps.`])
     );
+    clear(this.networkOptions);
+    this.networkOptions.appendChild(select("Layer distance", [
+      { value: "rms", text: "RMS: L2 / √channels (compares layers)" },
+      { value: "l2", text: "L2 (paper, grows with width)" }
+    ], this.distance(), (v) => {
+      this.state.distance = v;
+      void this.reloadRiver();
+    }, "distance"));
+    const restore = !this.viewRestored && this.state.view ? { k: this.state.view[0], x: this.state.view[1], y: this.state.view[2] } : null;
+    const keep = this.viewRestored && keepLayer === null ? this.networkView.view() : null;
+    this.viewRestored = true;
+    const analysisTitle = `${this.state.analysis ?? ""} — ${manifest.method}, step ${this.state.step} (${river.normalization === "rms" ? "RMS" : "L2"} distance)`;
     this.networkView.render({
       graph: this.graph,
       layerNames: manifest.layers.map((l) => l.name),
+      shortNames: this.names,
       river,
+      detection: manifest.diverging_merging ?? null,
       colors,
       expanded: this.expanded,
       selectedLayer: this.state.layer ?? null,
+      title: analysisTitle,
       onToggleGroup: (group) => {
+        const inGroup = this.graph.groups.find((g) => g.id === group)?.gated_layers ?? [];
         this.expanded = toggleGroup(this.graph, this.expanded, group);
         this.state.expanded = [...this.expanded].sort();
         this.saveState();
-        this.drawNetwork();
+        this.drawNetwork(inGroup.length ? inGroup[0] : null);
       },
       onOpenLayer: (index) => {
         this.state.layer = manifest.layers[index].name;
@@ -1791,8 +2329,32 @@ var App = class {
         this.saveState();
         this.drawNetwork();
         void this.loadTreemap();
-      }
-    });
+      },
+      onViewChange: (t) => this.rememberView(t)
+    }, restore ?? keep, keepLayer);
+  }
+  /** Keep the network view's pan and zoom in the URL (written once the user pauses). */
+  rememberView(t) {
+    this.state.view = [t.k, t.x, t.y];
+    if (this.viewTimer !== null) clearTimeout(this.viewTimer);
+    this.viewTimer = setTimeout(() => {
+      this.viewTimer = null;
+      this.saveState();
+    }, 300);
+  }
+  /** Ask for the river again (another layer distance) and redraw it in place. */
+  async reloadRiver() {
+    const generation = this.generation;
+    try {
+      const river = await getJson("river", { ...this.analysisParams(), examples: (this.state.examples ?? []).join(","), normalization: this.distance() });
+      if (generation !== this.generation) return;
+      this.river = river;
+    } catch (err) {
+      this.message("error", describeError(err));
+      return;
+    }
+    this.saveState();
+    this.drawNetwork();
   }
   // ------------------------------------------------------------- layer level
   exampleNames() {
@@ -1826,11 +2388,10 @@ var App = class {
       el("span", { class: "note" }, [`${info.channels} channels, ${info.height}×${info.width}`]),
       select("Difference A", diffOptions, String(diff[0]), (v) => this.setDiff([Number(v), diff[1]]), "diff-a"),
       select("minus B", diffOptions, String(diff[1]), (v) => this.setDiff([diff[0], Number(v)]), "diff-b"),
-      this.contributionMode(),
-      this.manifest.has_model ? this.button("Contribution to prediction", () => void this.computeContribution({ target: "prediction", earlier_layer: layer }, "contribution to the prediction")) : el("span", { class: "note" }, ["no saved model: contribution analysis unavailable"]),
+      this.manifest.has_model ? this.contributionRunner("Contribution to prediction", () => ({ body: { target: "prediction", earlier_layer: layer }, label: "contribution to the prediction" })).element : el("span", { class: "note" }, [this.noModelText()]),
       el("span", { class: "spacer" }),
-      this.button("Export SVG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "svg")),
-      this.button("Export PNG", () => this.exportView(() => this.treemapView.snapshot(), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "png")),
+      this.button("Export SVG", () => this.exportView(() => this.treemapView.snapshot(this.treemapTitle(layer, diff)), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "svg")),
+      this.button("Export PNG", () => this.exportView(() => this.treemapView.snapshot(this.treemapTitle(layer, diff)), () => fileStem([this.state.analysis ?? "", layer, "treemap"]), "png")),
       this.button("Close", () => {
         delete this.state.layer;
         delete this.state.channel;
@@ -1840,11 +2401,15 @@ var App = class {
         this.drawNetwork();
       })
     );
+    if (this.treemapNotice) {
+      this.treemapHead.appendChild(el("div", { class: "message warning treemap-notice" }, [this.treemapNotice]));
+      this.treemapNotice = null;
+    }
     if ((this.state.examples ?? []).length > TREEMAP_MAX_EXAMPLES) {
       this.treemapHead.appendChild(el("div", { class: "note" }, [`The treemap compares the first ${TREEMAP_MAX_EXAMPLES} chosen datapaths.`]));
     }
     const width = Math.max(360, Math.min(900, Math.floor(this.treemapPanel.getBoundingClientRect().width - 30) || 600));
-    this.treemapView.element.replaceChildren(el("div", { class: "note" }, ["Loading the treemap…"]));
+    if (!this.treemapView.element.firstChild) this.treemapView.element.append(el("div", { class: "note" }, ["Loading the treemap…"]));
     let data;
     try {
       data = await getJson("treemap", {
@@ -1876,13 +2441,19 @@ var App = class {
         void this.loadTreemap();
       }
     });
-    if (data.cells.length === 0) {
-      this.treemapView.element.prepend(el("div", { class: "note" }, ["None of the chosen datapaths keeps a feature map of this layer."]));
-    }
     if (this.state.channel !== void 0) void this.loadNeuron();
     else this.neuronPanel.hidden = true;
   }
+  treemapTitle(layer, diff) {
+    const names = this.exampleNames();
+    return `${this.state.analysis ?? ""} — feature maps of ${layer} (${this.state.method}, step ${this.state.step}); fill: ${names.get(diff[0]) ?? diff[0]} − ${names.get(diff[1]) ?? diff[1]}`;
+  }
   setDiff(diff) {
+    if (diff[0] === diff[1]) {
+      this.treemapNotice = "A − B needs two different datapaths: choose another B (or A). The treemap keeps the last valid pair.";
+      void this.loadTreemap();
+      return;
+    }
     this.state.diff = diff;
     this.saveState();
     void this.loadTreemap();
@@ -1893,7 +2464,7 @@ var App = class {
     const layer = this.state.layer;
     const channel = this.state.channel;
     this.neuronPanel.hidden = false;
-    this.neuronView.element.replaceChildren(el("div", { class: "note" }, [`Loading feature map ${channel}…`]));
+    if (!this.neuronView.element.firstChild) this.neuronView.element.append(el("div", { class: "note" }, [`Loading feature map ${channel}…`]));
     let data;
     try {
       data = await getJson("neuron", { ...this.analysisParams(), layer, channel });
@@ -1904,9 +2475,18 @@ var App = class {
     }
     if (generation !== this.generation || this.state.layer !== layer || this.state.channel !== channel) return;
     const colors = this.exampleColors();
+    const title = `${this.state.analysis ?? ""} — feature map ${channel} of ${layer} (${this.state.method}, step ${this.state.step})`;
+    const exportButton = this.button("Export PNG", () => void this.neuronView.exportPng(title).then((blob) => {
+      if (blob) download(blob, `${fileStem([this.state.analysis ?? "", layer, String(channel), "neuron"])}.png`);
+      else this.message("warning", "Nothing to export yet: the feature map is not drawn.");
+    }));
+    exportButton.classList.add("neuron-export");
+    const tracer = this.contributionTracer(layer, channel);
     await this.neuronView.render({
       data,
-      actions: this.contributionTracer(layer, channel),
+      actions: el("div", { class: "neuron-actions" }, [tracer.element, exportButton]),
+      onArea: () => tracer.run?.(),
+      aside: this.contributionPanel.element,
       names: this.exampleNames(),
       colors,
       imageUrl: (example) => routeUrl("image", { ...this.analysisParams(), example })
@@ -1914,59 +2494,141 @@ var App = class {
   }
   contributionMode() {
     return select("Contribution mode", [
+      { value: "preview", text: "quadratic preview, then SGD" },
       { value: "sgd", text: "SGD (accurate)" },
       { value: "quadratic", text: "quadratic (fast)" }
-    ], this.mode, (v) => this.mode = v, "contribution-mode");
+    ], this.mode, (v) => {
+      this.mode = v;
+      for (const other of document.querySelectorAll('select[name="contribution-mode"]')) other.value = v;
+    }, "contribution-mode");
   }
-  /** "Trace from layer [earlier] [button]": contributions of an earlier layer to this feature map (or its selected area). */
+  /** The examples to compute a contribution for: the user's choice, else the first adversarial datapath compared. */
+  contributionFor() {
+    const compared = this.state.examples ?? [];
+    const chosen = (this.contributionExamples ?? []).filter((i) => compared.includes(i));
+    if (chosen.length) return chosen;
+    const adversarial = compared.filter((i) => this.manifest?.examples.find((e) => e.index === i)?.role === "adversarial");
+    return (adversarial.length ? adversarial : compared).slice(0, 1);
+  }
+  /** Checkboxes choosing the examples of a contribution (one alone possible). */
+  contributionChooser() {
+    const chosen = new Set(this.contributionFor());
+    const names = this.exampleNames();
+    const box = el("span", { class: "contribution-examples", role: "group", "aria-label": "examples the contribution is computed for" });
+    for (const i of (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES)) {
+      const input = el("input", { type: "checkbox", name: "contribution-example", value: i });
+      input.checked = chosen.has(i);
+      input.addEventListener("change", () => {
+        const next = [...box.querySelectorAll("input:checked")].map((x) => Number(x.value));
+        if (next.length === 0) {
+          input.checked = true;
+          return;
+        }
+        this.contributionExamples = next;
+        for (const other of document.querySelectorAll('input[name="contribution-example"]')) other.checked = next.includes(Number(other.value));
+      });
+      box.appendChild(el("label", {}, [input, names.get(i) ?? `#${i}`]));
+    }
+    return el("span", { class: "control" }, [el("span", {}, ["Compute for"]), box]);
+  }
+  /** A run control: [examples] [mode] [button] [progress]; `request()` says what to compute. */
+  contributionRunner(text, request2) {
+    const status = el("span", { class: "contribution-status note", role: "status" });
+    const button = el("button", { type: "button", class: "contribution-run" }, [text]);
+    const run = () => {
+      if (button.disabled) return;
+      const { body, label } = request2();
+      void this.computeContribution(body, label, button, status);
+    };
+    button.addEventListener("click", run);
+    return { element: el("span", { class: "contribution-controls" }, [this.contributionChooser(), this.contributionMode(), button, status]), run };
+  }
+  /** "Trace from layer [earlier]": contributions of an earlier layer to this feature map or its brushed area (runs on mouse-up). */
   contributionTracer(layer, channel) {
     const manifest = this.manifest;
     const index = manifest.layers.findIndex((l) => l.name === layer);
-    if (!manifest.has_model) return el("div", { class: "note" }, ["no saved model: contribution analysis unavailable"]);
-    if (index <= 0) return el("div", { class: "note" }, ["the first gated layer has no earlier gated layer to trace contributions from"]);
-    const earlier = manifest.layers.slice(0, index).map((l) => ({ value: l.name, text: l.name }));
+    if (!manifest.has_model) return { element: el("div", { class: "note" }, [this.noModelText()]), run: null };
+    if (index <= 0) return { element: el("div", { class: "note" }, ["the first gated layer has no earlier gated layer to trace contributions from"]), run: null };
+    const earlier = manifest.layers.slice(0, index).map((l) => ({ value: l.name, text: this.names.get(l.name) ?? l.name }));
     let from = earlier[earlier.length - 1].value;
-    return el("div", { class: "contribution-controls" }, [
-      select("Trace contributions from", earlier, from, (v) => from = v, "earlier-layer"),
-      this.contributionMode(),
-      this.button("Trace", () => {
-        const chosen = this.neuronView.area();
-        const where = chosen ? ` (area rows ${chosen.area[0]}–${chosen.area[2] - 1}, columns ${chosen.area[1]}–${chosen.area[3] - 1})` : "";
-        void this.computeContribution(
-          { target: "feature_map", target_layer: layer, channel, earlier_layer: from, ...chosen ? { area: chosen.area, area_grid: chosen.grid } : {} },
-          `contribution to feature map ${channel} of ${layer}${where}`
-        );
-      })
-    ]);
+    const runner = this.contributionRunner("Trace", () => {
+      const chosen = this.neuronView.area();
+      const where = chosen ? ` (area rows ${chosen.area[0]}–${chosen.area[2] - 1}, columns ${chosen.area[1]}–${chosen.area[3] - 1})` : "";
+      return {
+        body: { target: "feature_map", target_layer: layer, channel, earlier_layer: from, ...chosen ? { area: chosen.area, area_grid: chosen.grid } : {} },
+        label: `contribution to feature map ${channel} of ${layer}${where}`
+      };
+    });
+    return {
+      element: el("div", { class: "contribution-tracer" }, [
+        select("Trace contributions from", earlier, from, (v) => from = v, "earlier-layer"),
+        runner.element,
+        el("span", { class: "note" }, ["brush an area on a map: tracing starts on mouse-up"])
+      ]),
+      run: runner.run
+    };
   }
-  /** POST the contribution request, then show the earlier layer's treemap with the scores as dotted fills. */
-  async computeContribution(request2, label) {
+  /**
+   * POST the contribution request (in "preview" mode: quadratic, shown, then SGD, shown);
+   * progress next to `button` (disabled meanwhile); the ranked result in its panel.
+   */
+  async computeContribution(request2, label, button, status) {
     const key = this.analysisKey();
-    const status = this.message("info", `Computing the ${label} (${this.mode})…`);
-    let answer;
+    const examples = this.contributionFor();
+    const modes = this.mode === "preview" ? ["quadratic", "sgd"] : [this.mode];
+    button.disabled = true;
+    const started = performance.now();
+    let doing = "";
+    const show = () => status.textContent = `${doing} ${((performance.now() - started) / 1e3).toFixed(0)} s`;
+    const tick = setInterval(show, 1e3);
     try {
-      answer = await postJson("contribution", {
-        ...this.analysisParams(),
-        ...request2,
-        examples: (this.state.examples ?? []).slice(0, TREEMAP_MAX_EXAMPLES),
-        mode: this.mode
-      });
-    } catch (err) {
-      status.remove();
-      this.message("error", describeError(err));
-      return;
+      for (const [k, mode] of modes.entries()) {
+        doing = modes.length > 1 && k > 0 ? "Preview shown; refining with SGD…" : `Computing (${mode})…`;
+        show();
+        let answer;
+        try {
+          answer = await postJson("contribution", { ...this.analysisParams(), ...request2, examples, mode });
+        } catch (err) {
+          status.textContent = "";
+          this.message("error", describeError(err));
+          return;
+        }
+        if (key !== this.analysisKey()) return;
+        this.showContribution(answer, examples, modes.length > 1 && k === 0 ? `${label} — quadratic preview, SGD refining…` : label);
+      }
+      status.textContent = `done in ${((performance.now() - started) / 1e3).toFixed(1)} s`;
+    } finally {
+      clearInterval(tick);
+      button.disabled = false;
     }
-    status.remove();
-    if (key !== this.analysisKey()) return;
+  }
+  /** Show a contribution answer: the ranked panel, and the dotted fills of its layer's treemap. */
+  showContribution(answer, examples, label) {
+    const key = this.analysisKey();
     for (const warning of answer.warnings ?? []) this.message("warning", warning);
+    answer.examples = answer.examples ?? examples;
     this.contribution = { key, layer: answer.earlier_layer, scores: answer.scores, label: `${label}, ${answer.mode}, ${formatValue(answer.seconds)} s` };
-    if (this.state.layer !== answer.earlier_layer) {
-      this.state.layer = answer.earlier_layer;
-      delete this.state.channel;
-      this.saveState();
-      this.drawNetwork();
-    }
-    await this.loadTreemap();
+    const params = this.analysisParams();
+    const earlier = answer.earlier_layer;
+    const beside = !this.neuronPanel.hidden && this.neuronView.element.contains(this.contributionPanel.element);
+    if (!beside) this.contributionSection.append(this.contributionPanel.element);
+    this.contributionSection.hidden = beside;
+    this.contributionPanel.render({
+      answer,
+      label,
+      names: this.exampleNames(),
+      colors: this.exampleColors(),
+      activationUrl: (channel, example) => routeUrl("activation_map", { ...params, layer: earlier, channel, example }),
+      learnedUrl: (channel) => routeUrl("learned_feature", { ...params, layer: earlier, channel, rank: 0 }),
+      onOpen: (channel) => {
+        this.state.layer = earlier;
+        this.state.channel = channel;
+        this.saveState();
+        this.drawNetwork();
+        void this.loadTreemap();
+      }
+    });
+    if (this.state.layer === earlier) void this.loadTreemap();
   }
   // ------------------------------------------------------------- export
   async exportView(what, name, format) {
@@ -2039,6 +2701,9 @@ button:hover { background: #eeeeee; }
 .activation-map { position: relative; }
 .activation-canvas { cursor: crosshair; touch-action: none; }
 .area-overlay { position: absolute; border: 2px solid #d84315; background: rgba(216,67,21,0.15); pointer-events: none; box-sizing: border-box; }
+.neuron-row { display: flex; gap: 14px; align-items: flex-start; flex-wrap: wrap; }
+.neuron-row .neuron-examples { flex: 0 1 auto; }
+.neuron-row .contribution-result { flex: 1 1 460px; min-width: 420px; max-height: 520px; overflow-y: auto; }
 .contribution-controls { display: flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
 .neuron-example img, .activation-canvas { image-rendering: pixelated; border: 1px solid #eeeeee; }
 .card-title { font-weight: 500; margin-bottom: 4px; }
@@ -2057,6 +2722,56 @@ button:hover { background: #eeeeee; }
 .note { color: #757575; font-size: 12px; }
 .error { color: #b71c1c; }
 .summary { font-size: 12px; color: #424242; margin: 2px 0 6px; }
+.scale-row { display: flex; gap: 16px; align-items: center; flex-wrap: wrap; font-size: 12px; }
+.ramp-number { font-variant-numeric: tabular-nums; margin: 0 4px; }
+.neuron-actions { display: flex; gap: 12px; align-items: flex-end; flex-wrap: wrap; }
+.neuron-row { display: flex; gap: 14px; align-items: flex-start; flex-wrap: wrap; }
+.neuron-row .neuron-examples { flex: 0 1 auto; }
+.neuron-row .contribution-result { flex: 1 1 460px; min-width: 420px; max-height: 520px; overflow-y: auto; }
+.contribution-controls { display: inline-flex; gap: 8px; align-items: flex-end; flex-wrap: wrap; }
+.contribution-tracer { display: flex; gap: 10px; align-items: flex-end; flex-wrap: wrap; margin: 4px 0 8px; }
+.contribution-examples { display: inline-flex; gap: 8px; font-size: 12px; color: #212121; }
+.contribution-status { min-width: 110px; }
+.contribution-list { list-style: none; padding: 0; margin: 6px 0 0; }
+.contribution-entry { display: grid; grid-template-columns: 30px 56px 70px 48px 1fr 42px 42px; gap: 8px; align-items: center; padding: 3px 4px; border-bottom: 1px solid #eeeeee; cursor: pointer; }
+.contribution-entry:hover, .contribution-entry:focus { background: rgba(255,152,0,0.1); }
+.contribution-entry .score-bar { height: 8px; background: #eeeeee; border-radius: 4px; overflow: hidden; }
+.contribution-entry .score-bar > span { display: block; height: 100%; background: #ef6c00; }
+.contribution-entry .score { font-variant-numeric: tabular-nums; text-align: right; }
+.chip { display: inline-block; border: 2px solid #9e9e9e; border-radius: 9px; padding: 0 6px; margin-right: 4px; font-size: 11px; }
+.chip.none { border-style: dashed; color: #757575; }
+.thumb { width: 40px; height: 40px; image-rendering: pixelated; border: 1px solid #e0e0e0; display: inline-flex; align-items: center; justify-content: center; color: #9e9e9e; }
+.score-meaning { font-size: 12px; margin: 4px 0; }
+.aevis.dark .contribution-entry { border-color: #555; }
+.aevis.dark .contribution-examples { color: #e0e0e0; }
+.provenance { color: #37474f; font-style: italic; }
+.network-options .control { flex-direction: row; align-items: center; gap: 6px; }
+.network-options select { min-width: 0; }
+.legend .span-swatch { display: inline-block; width: 22px; height: 12px; background: rgba(255,193,7,0.35); border: 1px solid #ffa000; border-radius: 3px; }
+.legend .note { flex-basis: 100%; }
+button:disabled { opacity: 0.55; cursor: progress; }
+/* Dark mode (TensorBoard's body.dark-mode, mirrored as .dark on our root). */
+body:has(.aevis.dark) { background: #303030; color: #e0e0e0; }
+.aevis.dark { color: #e0e0e0; }
+.aevis.dark .panel { background: #3a3a3a; box-shadow: 0 1px 3px rgba(0,0,0,0.6); }
+.aevis.dark .control, .aevis.dark .note, .aevis.dark .summary, .aevis.dark .provenance, .aevis.dark .values, .aevis.dark .readout, .aevis.dark .range { color: #bdbdbd; }
+.aevis.dark .datapaths label { color: #e0e0e0; }
+.aevis.dark button, .aevis.dark select { background: #4a4a4a; color: #eeeeee; border-color: #666; }
+.aevis.dark .network { border-color: #555; }
+.aevis.dark .network-svg .background { fill: #262626; }
+.aevis.dark .network-svg .chart-frame { fill: #2f2f2f; }
+.aevis.dark .network-svg .graph-node rect { fill: #333; }
+.aevis.dark .network-svg .graph-node.group rect { fill: #2c2f45; }
+.aevis.dark .network-svg text { fill: #e0e0e0; }
+.aevis.dark .network-svg .story-label { fill: #ffca28; }
+.aevis.dark .network-svg .diff-curve { stroke: #e0e0e0; }
+.aevis.dark .minimap { background: #333; }
+.aevis.dark .minimap > rect:first-of-type { fill: #333; }
+.aevis.dark .treemap-canvas svg > rect:first-child, .aevis.dark .treemap-svg .background { fill: #262626; }
+.aevis.dark .neuron-example { border-color: #555; }
+.aevis.dark .message.info { background: #1a3550; color: #bbdefb; border-color: #2f5f8f; }
+.aevis.dark .message.warning { background: #4a3b00; color: #ffe082; border-color: #7a6100; }
+.aevis.dark .message.error { background: #4a1a1a; color: #ffcdd2; border-color: #8f2f2f; }
 `;
 
 // src/index.ts

@@ -169,14 +169,15 @@ def test_large_model_starts_collapsed(deep_run, page):
     def scale(t):
         return float(t.split("scale(")[1].rstrip(")"))
 
-    frame.wait_for_selector("svg.minimap rect.minimap-view[width]")
-    assert frame.locator("svg.minimap").is_visible()
+    # Fit shows the whole river; zoomed in, the graph is wider than the view and the mini-map appears.
     before = transform()
     view = frame.locator("svg.network-svg").bounding_box()
     page.mouse.move(view["x"] + view["width"] / 2, view["y"] + view["height"] / 2)
-    page.mouse.wheel(0, -300)
+    page.mouse.wheel(0, -600)
     frame.wait_for_function("t => document.querySelector('g.viewport').getAttribute('transform') !== t", arg=before)
     assert scale(transform()) > scale(before)
+    frame.wait_for_selector("svg.minimap rect.minimap-view[width]")
+    frame.wait_for_function("() => getComputedStyle(document.querySelector('svg.minimap')).display !== 'none'")
     zoomed = transform()
     mini = frame.locator("svg.minimap").bounding_box()
     page.mouse.click(mini["x"] + mini["width"] - 3, mini["y"] + mini["height"] / 2)

@@ -47,8 +47,8 @@ def test_river_treemap_and_neuron_levels(served_run, page):
     assert len(paths) == len(river["paths"]) == 3
     assert sorted(int(p.get_attribute("data-example")) for p in paths) == sorted(p["example"] for p in river["paths"])
     assert all(p.get_attribute("d").startswith("M") for p in paths)
-    # Constant width, one colour per role.
-    assert {p.get_attribute("stroke-width") for p in paths} == {"4"}
+    # Constant width along each path (lower paths wider, so coinciding ones stay visible), one colour per role.
+    assert len({float(p.get_attribute("stroke-width")) for p in paths}) == 3
     assert len({p.get_attribute("stroke") for p in paths}) == 3
     # The last step is the default and the step selector lists both steps.
     assert frame.eval_on_selector('select[name="step"]', "s => [...s.options].map(o => o.value)") == ["0", "3"]
@@ -59,7 +59,8 @@ def test_river_treemap_and_neuron_levels(served_run, page):
     role_label = {"source": "source (normal)", "adversarial": "adversarial", "target": "target (normal)"}
     for p in river["paths"]:
         item = frame.locator(f'.legend .item[data-example="{p["example"]}"]')
-        assert item.inner_text() == f'{p["name"]} — {role_label[p["role"]]}'
+        expected = p["name"] if p["role"] in p["name"] else f'{p["name"]} — {role_label[p["role"]]}'
+        assert item.inner_text() == expected
         swatch = item.locator(".swatch").evaluate("s => s.style.background")
         assert swatch.replace(" ", "") == hex_to_rgb(stroke[p["example"]])
     # Diverging / merging markers: one per marker the backend sent, at its layer.
@@ -237,7 +238,14 @@ def test_collapsed_group_expands(served_run, page):
     # Small models open fully; collapse a top-level group, then expand it again.
     top = next(g["id"] for g in graph["groups"] if not g["parent"])
     before = frame.locator("g.graph-node").count()
-    frame.locator(f'g.expanded-group[data-group="{top}"] .toggle').click()
+    # Fit shows every gated layer; the group's header may lie beyond them: pan it into view.
+    view = frame.locator("svg.network-svg").bounding_box()
+    toggle = frame.locator(f'g.expanded-group[data-group="{top}"] > .toggle').bounding_box()
+    page.mouse.move(view["x"] + 200, view["y"] + view["height"] - 20)
+    page.mouse.down()
+    page.mouse.move(view["x"] + 200 + max(0, view["x"] + 60 - toggle["x"]), view["y"] + view["height"] - 20, steps=6)
+    page.mouse.up()
+    frame.locator(f'g.expanded-group[data-group="{top}"] > .toggle').click()
     frame.wait_for_selector(f'g.graph-node.group[data-id="{top}"]')
     inside = [n for n in graph["nodes"] if n["group"] and (n["group"] == top or n["group"].startswith(top + "."))]
     assert frame.locator("g.graph-node").count() == before - len(inside) + 1
@@ -247,51 +255,61 @@ def test_collapsed_group_expands(served_run, page):
     assert frame.locator("g.graph-node").count() == before
 
 
-def test_contribution_traced_from_a_selected_area_fills_dotted_cells(served_run, page):
+def test_brushing_an_area_ranks_contributions_and_an_entry_opens_its_neuron_level(served_run, page):
     tb, written = served_run
     p = params(written, "dgr")
     manifest = tb.aevis("analysis", **p)
     assert manifest["has_model"]
     layer = manifest["layers"][-1]["name"]
+    earlier = manifest["layers"][-2]["name"]
     treemap = tb.aevis("treemap", **p, layer=layer, examples="0,1,2")
     assert treemap["cells"], "no datapath keeps any feature map"
     channel = treemap["cells"][0]["channel"]
     state = {"aevis.method": "dgr", "aevis.layer": layer, "aevis.channel": str(channel)}
     frame = dashboard(page, tb, "&" + urllib.parse.urlencode(state, quote_via=urllib.parse.quote))
     frame.wait_for_function("() => [...document.querySelectorAll('.activation-map canvas')].some(c => c.width > 1)")
-    # Drag a rectangle of neurons on the first activation map.
+    # The adversarial datapath alone is the default; the quadratic mode is chosen before brushing.
+    adversarial = next(e["index"] for e in manifest["examples"] if e["role"] == "adversarial")
+    checked = frame.eval_on_selector_all('.neuron input[name="contribution-example"]:checked', "xs => xs.map(x => Number(x.value))")
+    assert checked == [adversarial]
+    frame.select_option('.neuron select[name="contribution-mode"]', "quadratic")
+    # Brushing runs on mouse-up: drag a rectangle of neurons on the first activation map.
     canvas = frame.locator(".activation-map canvas").first
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     page.mouse.move(box["x"] + 2, box["y"] + 2)
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=4)
-    page.mouse.up()
-    assert frame.locator(".area-overlay:not([hidden])").count() >= 1
-    frame.select_option('.neuron select[name="contribution-mode"]', "quadratic")
     with page.expect_request(lambda r: r.url.endswith("/data/plugin/aevis/contribution") and r.method == "POST") as info:
-        frame.locator(".neuron button", has_text="Trace").click()
+        page.mouse.up()
+    # The control that started the run is disabled while it runs.
+    assert frame.locator(".neuron button.contribution-run").is_disabled() or frame.locator(".contribution-entry").count() > 0
     sent = info.value.post_data_json
-    earlier = manifest["layers"][-2]["name"]
     assert sent["target"] == "feature_map" and sent["target_layer"] == layer and sent["channel"] == channel
-    assert sent["earlier_layer"] == earlier and sent["mode"] == "quadratic"
+    assert sent["earlier_layer"] == earlier and sent["mode"] == "quadratic" and sent["examples"] == [adversarial]
     height, width = sent["area_grid"]
     y0, x0, y1, x1 = sent["area"]
     assert 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width and (y1 - y0) < height
-
-    # The treemap of the earlier layer shows the scores the backend computes for that request.
-    frame.wait_for_function("l => document.querySelector('.treemap-panel h2')?.textContent === 'Feature maps of ' + l", arg=earlier)
-    frame.wait_for_selector("g.treemap-cell")
+    # The ranked list: the backend's top scores for that request, in order.
+    frame.wait_for_selector(".contribution-entry", timeout=120_000)
     req = urllib.request.Request(tb.url + "/data/plugin/aevis/contribution", data=json.dumps(sent).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(req, timeout=120) as r:
-        scores = json.loads(r.read())["scores"]
-    size = frame.eval_on_selector("svg.treemap-svg", "s => [s.getAttribute('width'), s.getAttribute('height')]")
-    cells = tb.aevis("treemap", **p, layer=earlier, examples="0,1,2", diff="0,1", width=size[0], height=size[1])["cells"]
-    scored = [c for c in cells if scores[c["channel"]] != 0]
-    assert frame.locator("rect.fill-contribution").count() == len(scored) > 0
-    top = max(scored, key=lambda c: abs(scores[c["channel"]]))
-    drawn = float(frame.get_attribute(f'g.treemap-cell[data-channel="{top["channel"]}"] rect.fill-contribution', "height"))
-    assert abs(drawn - (top["dy"] - 2)) < 0.5  # the largest contribution fills its cell
-    assert "contribution to feature map" in frame.locator(".treemap-legend").inner_text()
+        answer = json.loads(r.read())
+    entries = frame.eval_on_selector_all(".contribution-entry", "es => es.map(e => Number(e.dataset.channel))")
+    channels = next(l["channels"] for l in manifest["layers"] if l["name"] == earlier)
+    assert len(entries) >= min(10, channels)
+    assert entries == [e["channel"] for e in answer["ranking"][:len(entries)]]
+    assert frame.locator(".score-meaning").inner_text()
+    # The brushed map stays in view, its area still drawn.
+    assert frame.locator(".area-overlay:not([hidden])").count() >= 1
+    assert canvas.is_visible()
+    assert frame.locator(".neuron h3").inner_text() == f"Feature map {channel} of {layer}"
     screenshot(page, "dashboard-contribution.png")
+    # Clicking an entry opens it at the neuron level; its layer's treemap shows the scores as dotted fills.
+    first = entries[0]
+    frame.locator(f'.contribution-entry[data-channel="{first}"]').click()
+    frame.wait_for_function("t => document.querySelector('.neuron h3')?.textContent === t", arg=f"Feature map {first} of {earlier}")
+    frame.wait_for_selector("rect.fill-contribution")
+    assert "contribution to feature map" in frame.locator(".treemap-legend").inner_text()
+    assert frame.locator(".contribution-entry").count() == len(entries)
