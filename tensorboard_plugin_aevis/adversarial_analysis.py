@@ -278,7 +278,7 @@ def _class_index(value: Union[int, str], names: Optional[List[str]], num_classes
         if names is None or value not in names:
             close = [n for n in (names or []) if value.lower() in n.lower()][:5]
             hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-            raise ValueError(f"target_class {value!r} is not a class name of this model{hint}")
+            raise ValueError(f"target_class {value!r} is neither a class index nor a class name of this model{hint}")
         return names.index(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"target_class must be a class index or name, got {type(value).__name__}")

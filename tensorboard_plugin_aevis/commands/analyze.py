@@ -73,10 +73,12 @@ def run_analyze(args) -> int:
     source_name, source = _load_source(args, model.in_channels, size)
     try:
         with torch.no_grad():
-            num_classes = _num_classes(model, source.unsqueeze(0).to(args.device))
+            model(source.unsqueeze(0).to(args.device))
     except (RuntimeError, ValueError) as e:
         raise UserError(f"the model fails on a {size}x{size} image ({str(e).splitlines()[0]}); pass the size it expects with --size") from None
-    target_class = _class_index(args.target_class, names, num_classes) if args.target_class else None
+    target_class = args.target_class
+    if target_class is not None and target_class.lstrip("-").isdigit():
+        target_class = int(target_class)
     given = _load_file(args.adversarial, model.in_channels, size) if args.adversarial else None
     target_names, target_images = _load_targets(args, model.in_channels, size)
     layers = "auto" if args.layers == "auto" else [s.strip() for s in args.layers.split(",") if s.strip()]
@@ -101,7 +103,7 @@ def run_analyze(args) -> int:
     if args.adversarial:
         attack_info: Dict[str, Any] = {"given": os.path.abspath(args.adversarial)}
     else:
-        attack_info = {"attack": args.attack, "eps": args.eps / 255.0, "steps": args.attack_steps, "targeted": target_class is not None}
+        attack_info = {"attack": args.attack, "eps": args.eps / 255.0, "steps": args.attack_steps, "targeted": result.target_class is not None}
     if args.save_adversarial:
         _save_png(result.adversarial[0], args.save_adversarial)
         attack_info["saved"] = os.path.abspath(args.save_adversarial)
@@ -114,7 +116,7 @@ def run_analyze(args) -> int:
         "name": result.name,
         "source": {"name": source_name, "label": result.source_label, "class_name": _class_name(names, result.source_label)},
         "adversarial": {"label": result.adversarial_label, "class_name": _class_name(names, result.adversarial_label), **attack_info},
-        "target_class": target_class,
+        "target_class": result.target_class,
         "analyses": [],
         "warnings": [str(w.message) for w in caught],
     }
@@ -203,27 +205,6 @@ def _unique(names: List[str]) -> List[str]:
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
     return out
-
-
-def _num_classes(model, x) -> int:
-    import torch
-
-    with torch.no_grad():
-        return int(model(x).shape[1])
-
-
-def _class_index(value: str, names: Optional[List[str]], num_classes: int) -> int:
-    if value.lstrip("-").isdigit():
-        index = int(value)
-    elif names is not None and value in names:
-        index = names.index(value)
-    else:
-        close = [n for n in (names or []) if value.lower() in n.lower()][:5]
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        raise UserError(f"--target-class {value!r} is neither a class index nor a class name of this model{hint}")
-    if not 0 <= index < num_classes:
-        raise UserError(f"--target-class {index} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
-    return index
 
 
 def _class_name(names: Optional[List[str]], index: int) -> str:
