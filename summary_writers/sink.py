@@ -3,9 +3,10 @@
 ``writer`` in every op is either a ``torch.utils.tensorboard.SummaryWriter`` (events go
 through its public ``file_writer.add_summary``, the route torch's own ``add_hparams``
 takes, so they land in the user's own event file; a closed writer has none, and then
-the events go to the logdir path's event file below) or a logdir path (``str`` / ``os.PathLike``: TensorBoard's own ``EventFileWriter``,
-one per directory and process, opened on first use and kept open so all of a process's
-analyses go to one event file; closed at exit). Every op flushes when it is done.
+the events go to its logdir's own event file, as for a path) or a logdir path (``str`` /
+``os.PathLike``: TensorBoard's own ``EventFileWriter``, one per directory and process,
+opened on first use and kept open so all of a process's analyses go to one event file;
+closed at exit). Every op flushes when it is done.
 
 One event file per path matters: TensorBoard reads a run's event files in name order
 and, while reloading, ignores a new file whose name sorts before the one it is reading

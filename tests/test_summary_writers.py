@@ -268,3 +268,16 @@ def test_save_model_policy_names_the_choices(tmp_path):
     with pytest.raises(ValueError, match="first-and-latest"):
         add_analysis(str(tmp_path / "run"), "m", analysis, 0, model=model, save_model="sometimes")
     assert not os.path.exists(tmp_path / "run" / "plugins")
+
+
+def test_a_closed_summary_writer_still_logs(tmp_path):
+    """After ``writer.close()`` (no file_writer left) the analysis goes to the run's own event file."""
+    model, analysis = small_model_and_analysis()
+    writer = SummaryWriter(str(tmp_path / "run"))
+    writer.add_scalar("loss", 1.0, 0)
+    writer.close()
+    add_analysis(writer, "m", analysis, 3, model=model, save_model=False)
+    loaded = run_reader.load_analysis(provider_for(tmp_path), CTX, EID, "run", "m", "constrained", 3, logdir=str(tmp_path))
+    for got, want in zip(loaded.analysis.gates, analysis.gates):
+        np.testing.assert_array_equal(got, want)
+    assert loaded.analysis.to_json()["examples"] == analysis.to_json()["examples"]
