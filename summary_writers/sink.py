@@ -1,10 +1,12 @@
 """Where AEVis summaries go: the user's SummaryWriter, or an event file opened on a logdir.
 
 ``writer`` in every op is either a ``torch.utils.tensorboard.SummaryWriter`` (events go
-through ``writer._get_file_writer().add_summary``, so they land in the user's own event
-file) or a logdir path (``str`` / ``os.PathLike``: TensorBoard's own ``EventFileWriter``,
-one per directory and process, opened on first use and kept open so all of a process's
-analyses go to one event file; closed at exit). Every op flushes when it is done.
+through its public ``file_writer.add_summary``, the route torch's own ``add_hparams``
+takes, so they land in the user's own event file; a closed writer has none, and then
+the events go to its logdir's own event file, as for a path) or a logdir path (``str`` /
+``os.PathLike``: TensorBoard's own ``EventFileWriter``, one per directory and process,
+opened on first use and kept open so all of a process's analyses go to one event file;
+closed at exit). Every op flushes when it is done.
 
 One event file per path matters: TensorBoard reads a run's event files in name order
 and, while reloading, ignores a new file whose name sorts before the one it is reading
@@ -20,7 +22,7 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Set
+from typing import Optional, Set
 
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -34,6 +36,8 @@ class WriterState:
     manifests_logged: int = 0
     graphs_logged: Set[str] = dataclasses.field(default_factory=set)
     reference_images_logged: Set[str] = dataclasses.field(default_factory=set)
+    first_model: Optional[str] = None  # fingerprint of the first model artifact this writer saved
+    latest_model: Optional[str] = None  # and of the latest (the save_model policy keeps these two)
 
 
 _STATES: "weakref.WeakKeyDictionary[object, WriterState]" = weakref.WeakKeyDictionary()
@@ -81,11 +85,13 @@ class EventSink:
                 raise ValueError("logdir path is empty; pass the run directory, e.g. 'runs/demo'")
             self._event_writer, self.state = _path_writer(self.logdir)
             self._file_writer = None
-        elif hasattr(writer, "_get_file_writer") and hasattr(writer, "get_logdir"):
+        elif hasattr(writer, "file_writer") and hasattr(writer, "get_logdir"):
             self.logdir = writer.get_logdir()
-            self._event_writer = None
-            self._file_writer = writer._get_file_writer()
             self.state = _STATES.setdefault(writer, WriterState())
+            self._file_writer = writer.file_writer
+            self._event_writer = None
+            if self._file_writer is None:  # closed by the user: write beside it, into the logdir's own file
+                self._event_writer = _path_writer(self.logdir)[0]
         else:
             raise TypeError(
                 f"writer must be a torch.utils.tensorboard.SummaryWriter or a logdir path, got {type(writer).__name__}"

@@ -16,7 +16,7 @@ pixel units (method-notes Sec. 6).
   highest confidences with it);
 - ``"module:factory"``: ``importlib.import_module(module).factory()``; a factory that
   returns a :class:`ClassifierWrapper` keeps its own normalisation, any other
-  ``nn.Module`` is wrapped with identity normalisation.
+  ``nn.Module`` is wrapped with identity normalisation and a ``UserWarning`` says so.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import warnings
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -236,14 +237,19 @@ def _from_factory(spec: str, weights: Optional[str]) -> ClassifierWrapper:
     net = factory()
     if not isinstance(net, nn.Module):
         raise TypeError(f"{spec} returned {type(net).__name__}, not a torch.nn.Module")
-    wrapper = net if isinstance(net, ClassifierWrapper) else _identity_wrapper(net)
+    wrapper = net if isinstance(net, ClassifierWrapper) else _identity_wrapper(net, spec)
     if weights is not None:
         load_state_dict_file(wrapper.model, weights)
     return wrapper
 
 
-def _identity_wrapper(net: nn.Module) -> ClassifierWrapper:
-    """Wrap a user model that normalises itself (or wants [0, 1] input): mean 0, std 1."""
+def _identity_wrapper(net: nn.Module, spec: str) -> ClassifierWrapper:
+    """Wrap a user model that normalises itself (or wants [0, 1] input): mean 0, std 1, with a warning."""
     first_conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
     channels = first_conv.in_channels if first_conv is not None else 3
+    warnings.warn(
+        f"{spec} returned a {type(net).__name__}, not a ClassifierWrapper: it gets [0, 1] images unnormalised "
+        "(mean 0, std 1). If it expects normalised input, return ClassifierWrapper(model, mean, std) from the factory",
+        UserWarning, stacklevel=3,
+    )
     return ClassifierWrapper(net, [0.0] * channels, [1.0] * channels)

@@ -81,6 +81,21 @@ def load_photo(name: str, size: int = 224) -> torch.Tensor:
     return _to_tensor(Image.fromarray(np.ascontiguousarray(array)).convert("RGB"), size)
 
 
+def photo_views(name: str, size: int = 224, zoom: float = 1.15) -> Tuple[List[str], torch.Tensor]:
+    """Four named views of bundled photo ``name``: as is, mirrored, zoomed in by ``zoom`` (centre
+    crop of a larger resize) and both -> (names, (4, 3, size, size) in [0, 1]).
+
+    Several normal images of one class from a single photo, for the representative-target
+    choice of paper Sec. 6.2.1 when only one photo of the class is bundled.
+    """
+    photo = load_photo(name, size)
+    larger = load_photo(name, max(size + 1, round(size * zoom)))
+    top = (larger.shape[1] - size) // 2
+    zoomed = larger[:, top : top + size, top : top + size]
+    names = [name, f"{name} (mirrored)", f"{name} (zoomed {zoom:g}x)", f"{name} (mirrored, zoomed {zoom:g}x)"]
+    return names, torch.stack([photo, photo.flip(2), zoomed, zoomed.flip(2)])
+
+
 def load_image_file(path: str, size: int = 224, channels: int = 3) -> torch.Tensor:
     """Image file at ``path`` as a (channels, size, size) float32 tensor in [0, 1] (channels 1 or 3)."""
     if channels not in (1, 3):

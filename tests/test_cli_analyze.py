@@ -79,24 +79,37 @@ def test_targeted_attack_report_matches_the_model(user_model, capsys):
     assert any("no target images" in w for w in report["warnings"])
 
 
-def test_given_adversarial_with_targets_picks_the_identical_target(user_model, capsys):
+def test_given_adversarial_with_targets_picks_the_closest_target(user_model, capsys):
     spec, tmp_path = user_model
     photo = (load_photo("coffee", SIZE).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     Image.fromarray(photo).save(tmp_path / "adv.png")
     noise = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "noise.png")
     adv_path = str(tmp_path / "adv.png")
-    # target 1 is the adversarial image itself: its datapath must be the closest
+    logdir = tmp_path / "run"
+    # target 2 is the adversarial image itself
     report = run_json(capsys, ["--model", spec, "--photo", "chelsea", "--size", str(SIZE), "--adversarial", adv_path,
-                               "--targets", str(tmp_path / "noise.png"), adv_path, "--method", "both", "--r", "1"])
+                               "--targets", str(tmp_path / "noise.png"), adv_path, "--method", "both", "--r", "1",
+                               "--logdir", str(logdir), "--no-save-model"])
     assert report["adversarial"]["label"] == predict(adv_path)
+    assert report["adversarial"]["provenance"].startswith("given by the caller")
     assert [a["method"] for a in report["analyses"]] == ["constrained", "dgr"]
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
     for analysis in report["analyses"]:
         names = [e["name"] for e in analysis["examples"]]
         assert names == ["chelsea (adversarial)", "chelsea", "noise", "adv"]
         assert [e["label"] for e in analysis["examples"]] == [predict(adv_path), predict(load_photo("chelsea", SIZE)),
                                                               predict(str(tmp_path / "noise.png")), predict(adv_path)]
-        assert analysis["representative_target"] == 3
+        # the representative is the target with the smallest Eq. 5 distance, recomputed here from the logged gates
+        loaded = run_reader.load_analysis(provider, context.RequestContext(), "", ".", report["name"], analysis["method"], 0)
+        gates = loaded.analysis.flat_gates().astype(np.float64)
+        distances = [np.linalg.norm(gates[0] - gates[i]) for i in (2, 3)]
+        assert analysis["representative_target"] == 2 + int(np.argmin(distances))
+        if analysis["method"] == "dgr":  # independent fits: the identical image gets the identical datapath
+            assert distances[1] <= distances[0]
         assert len(analysis["diff_curve"]) == len(analysis["layers"])
         for kind in ("diverging_layer", "merging_layer"):
             ref = analysis[kind]

@@ -235,3 +235,49 @@ def test_unexportable_model_raises_before_anything_is_logged(tmp_path):
     assert not os.path.exists(models) or os.listdir(models) == []
     add_analysis(str(tmp_path / "run"), "m", analysis, 0, model=model, save_model=False)  # the opt-out works
     assert run_reader.list_analyses(provider_for(tmp_path), CTX, EID) == {"run": [run_reader.AnalysisKey("m", "constrained", (0,))]}
+
+
+@pytest.mark.parametrize("policy, kept_steps", [("first-and-latest", [0, 4]), (True, [0, 4]), ("all", [0, 1, 2, 3, 4]),
+                                                 ("none", [])])
+def test_save_model_policy_bounds_a_training_loops_artifacts(tmp_path, policy, kept_steps):
+    """Five training steps with new weights each: the default keeps the first and the latest artifact."""
+    model, analysis = small_model_and_analysis()
+    x = torch.from_numpy(analysis.images)
+    outputs = {}
+    with SummaryWriter(str(tmp_path / "run")) as writer:  # the user's writer: events go through its public file_writer
+        for step in range(5):
+            with torch.no_grad():  # a training step changes the weights
+                for p in model.parameters():
+                    p.add_(0.1)
+            outputs[step] = model(x).detach()
+            add_analysis(writer, "m", analysis, step, model=model, save_model=policy)
+    dp = provider_for(tmp_path)
+    loaded = {s: run_reader.load_analysis(dp, CTX, EID, "run", "m", "constrained", s, logdir=str(tmp_path)) for s in range(5)}
+    assert {s for s, l in loaded.items() if l.model_artifact is not None} == set(kept_steps)
+    models = tmp_path / "run" / "plugins" / "aevis" / "models"
+    assert len(os.listdir(models) if models.exists() else []) == len(kept_steps)
+    for s in kept_steps:  # each kept artifact is the model of its own step
+        torch.testing.assert_close(load_model_artifact(loaded[s].model_artifact)(x), outputs[s])
+    expected_policy = "first-and-latest" if policy is True else policy
+    assert all(l.manifest["model_policy"] == expected_policy for l in loaded.values())
+    assert all(l.manifest["has_model"] == (policy != "none") for l in loaded.values())  # as written at each step
+
+
+def test_save_model_policy_names_the_choices(tmp_path):
+    model, analysis = small_model_and_analysis()
+    with pytest.raises(ValueError, match="first-and-latest"):
+        add_analysis(str(tmp_path / "run"), "m", analysis, 0, model=model, save_model="sometimes")
+    assert not os.path.exists(tmp_path / "run" / "plugins")
+
+
+def test_a_closed_summary_writer_still_logs(tmp_path):
+    """After ``writer.close()`` (no file_writer left) the analysis goes to the run's own event file."""
+    model, analysis = small_model_and_analysis()
+    writer = SummaryWriter(str(tmp_path / "run"))
+    writer.add_scalar("loss", 1.0, 0)
+    writer.close()
+    add_analysis(writer, "m", analysis, 3, model=model, save_model=False)
+    loaded = run_reader.load_analysis(provider_for(tmp_path), CTX, EID, "run", "m", "constrained", 3, logdir=str(tmp_path))
+    for got, want in zip(loaded.analysis.gates, analysis.gates):
+        np.testing.assert_array_equal(got, want)
+    assert loaded.analysis.to_json()["examples"] == analysis.to_json()["examples"]

@@ -1,22 +1,21 @@
 """``aevis analyze``: attack one image, extract the datapath chain, report where it diverges and merges.
 
-Steps: load the model (:func:`..models.load_model`), load the source image, make the
-adversarial example (MI-FGSM / FGSM / PGD, untargeted or towards ``--target-class``;
-or read a given ``--adversarial`` image), extract the datapaths of adversarial,
-source and the N target images (constrained chain, DGR, or both), pick the
-representative target (the one whose datapath is closest to the adversarial one),
-and print the labels, kept fractions and the diverging and merging layers of the
-diff curve (paper Eq. 9-10). ``--json`` prints one JSON object; ``--logdir`` logs
-every analysis with ``summary_writers.add_analysis``.
+Steps: load the model (:func:`..models.load_model`) and the source image, then one
+call of :func:`..adversarial_analysis.analyze_adversarial` (the same pipeline as the
+Python API and the demo): make the adversarial example (MI-FGSM / FGSM / PGD,
+untargeted or towards ``--target-class``; or read a given ``--adversarial`` image),
+extract the datapaths of adversarial, source and the N target images (constrained
+chain, DGR, or both), pick the representative target (paper Sec. 6.2.1: the one whose
+datapath is closest to the adversarial one) and, with ``--logdir``, log every analysis.
+Prints the labels, kept fractions and the diverging and merging layers of the diff
+curve (paper Eq. 9-10), or one JSON object with ``--json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import time
 from typing import Any, Dict, List, Optional
 
 from tensorboard_plugin_aevis.cli import UserError, check_device
@@ -30,7 +29,6 @@ def add_parser(subparsers) -> None:
         "analyze",
         help="attack an image and show where its datapath diverges from the source and merges into the target",
         description=__doc__.split("\n\n")[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", required=True,
                         help="torchvision classification model name (resnet50; random weights unless --weights), "
@@ -55,94 +53,78 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--steps", type=int, help="extraction steps per example (default: the method's)")
     parser.add_argument("--r", type=int, help="diverging-merging window r of Eq. 10 (default: 8, capped at the gated layers - 1)")
     parser.add_argument("--size", type=int, help="image side in pixels (default: the model's input size, else 224)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--logdir", help="also log each analysis for TensorBoard into this run folder")
     parser.add_argument("--name", help="analysis name in the run (default: '<source> -> <adversarial class>')")
     parser.add_argument("--no-save-model", action="store_true", help="with --logdir: do not store the model artifact")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar during extraction")
     parser.set_defaults(func=run_analyze)
 
 
 def run_analyze(args) -> int:
+    import warnings
+
     import torch
+
+    from tensorboard_plugin_aevis.adversarial_analysis import analyze_adversarial
 
     _check_args(args)
     model = _load_model(args)
-    device = args.device
     size = args.size or (model.input_size[0] if model.input_size else 224)
     names = getattr(model, "class_names", None)
-
     source_name, source = _load_source(args, model.in_channels, size)
-    images = {"source": source.unsqueeze(0).to(device)}
     try:
         with torch.no_grad():
-            source_label = int(model(images["source"]).argmax(1))
+            model(source.unsqueeze(0).to(args.device))
     except (RuntimeError, ValueError) as e:
         raise UserError(f"the model fails on a {size}x{size} image ({str(e).splitlines()[0]}); pass the size it expects with --size") from None
-    target_class = _class_index(args.target_class, names, _num_classes(model, images["source"])) if args.target_class else None
-
-    attack_info: Dict[str, Any]
-    if args.adversarial:
-        images["adversarial"] = _load_file(args.adversarial, model.in_channels, size).unsqueeze(0).to(device)
-        attack_info = {"given": os.path.abspath(args.adversarial)}
-    else:
-        images["adversarial"] = _attack(args, model, images["source"], source_label, target_class)
-        attack_info = {"attack": args.attack, "eps": args.eps / 255.0, "steps": args.attack_steps,
-                       "targeted": target_class is not None}
-    if args.save_adversarial:
-        _save_png(images["adversarial"][0], args.save_adversarial)
-        attack_info["saved"] = os.path.abspath(args.save_adversarial)
-    with torch.no_grad():
-        adversarial_label = int(model(images["adversarial"]).argmax(1))
-    attack_info["succeeded"] = adversarial_label == target_class if target_class is not None else adversarial_label != source_label
-    linf = float((images["adversarial"] - images["source"]).abs().max())
-    attack_info["linf"] = round(linf * 255.0, 3)
-
+    target_class = args.target_class
+    if target_class is not None and target_class.lstrip("-").isdigit():
+        target_class = int(target_class)
+    given = _load_file(args.adversarial, model.in_channels, size) if args.adversarial else None
     target_names, target_images = _load_targets(args, model.in_channels, size)
-    batch = torch.cat([images["adversarial"], images["source"]] + [t.unsqueeze(0).to(device) for t in target_images])
-    roles = ["adversarial", "source"] + ["target"] * len(target_images)
-    example_names = [f"{source_name} (adversarial)", source_name] + target_names
     layers = "auto" if args.layers == "auto" else [s.strip() for s in args.layers.split(",") if s.strip()]
 
-    scores = _adversarial_scores(model, batch, len(target_images))
-    name = args.name or f"{source_name} -> {_class_name(names, adversarial_label)}"
-    report: Dict[str, Any] = {
-        "model": args.model,
-        "name": name,
-        "source": {"name": source_name, "label": source_label, "class_name": _class_name(names, source_label)},
-        "adversarial": {"label": adversarial_label, "class_name": _class_name(names, adversarial_label), **attack_info},
-        "target_class": target_class,
-        "analyses": [],
-        "warnings": [],
-    }
     writer = _open_writer(args.logdir) if args.logdir else None
     try:
-        for method in METHODS[args.method]:
-            started = time.perf_counter()
-            analysis = _extract(model, batch, roles, example_names, method, layers, args)
-            for example, score in zip(analysis.examples, scores):
-                example.adversarial_score = score
-            if args.r is not None:
-                analysis.params["r"] = args.r  # the writer's manifest detects with the same r
-            summary = _summarise(analysis, args.r)
-            summary["seconds"] = round(time.perf_counter() - started, 2)
-            report["analyses"].append(summary)
-            if writer is not None:
-                _log(writer, name, analysis, model, batch, save_model=not args.no_save_model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = analyze_adversarial(
+                writer, model, source, target_class, torch.stack(target_images) if target_images else None,
+                adversarial=given, name=args.name, source_name=source_name, target_names=target_names or None,
+                methods=METHODS[args.method], attack=args.attack, eps=args.eps / 255.0, attack_steps=args.attack_steps,
+                layers=layers, extraction_steps=args.steps, r=args.r,
+                save_model="none" if args.no_save_model else "first-and-latest", device=args.device, progress=args.progress,
+            )
+    except (ValueError, TypeError) as e:
+        raise UserError(f"analysis failed: {e}") from None
     finally:
         if writer is not None:
             writer.close()
-    wrong = [n for n, e in zip(target_names, report["analyses"][0]["examples"][2:]) if e["label"] != adversarial_label]
-    if wrong:
-        report["warnings"].append(
-            f"target images {wrong} are not classified as the adversarial class {_class_name(names, adversarial_label)!r}: "
-            "the diff curve compares against another class"
-        )
-    if not target_images:
-        report["warnings"].append("no target images (--targets / --target-photos): no diff curve or diverging/merging layers")
-    if not attack_info["succeeded"]:
-        report["warnings"].append("the adversarial image does not fool the model (raise --eps or --attack-steps)")
+
+    if args.adversarial:
+        attack_info: Dict[str, Any] = {"given": os.path.abspath(args.adversarial)}
+    else:
+        attack_info = {"attack": args.attack, "eps": args.eps / 255.0, "steps": args.attack_steps, "targeted": result.target_class is not None}
+    if args.save_adversarial:
+        _save_png(result.adversarial[0], args.save_adversarial)
+        attack_info["saved"] = os.path.abspath(args.save_adversarial)
+    attack_info["succeeded"] = result.fooled
+    attack_info["linf"] = round(float((result.adversarial[0] - source).abs().max()) * 255.0, 3)
+    first = next(iter(result.analyses.values()))
+    attack_info["provenance"] = first.params["provenance"]["adversarial"]
+    report: Dict[str, Any] = {
+        "model": args.model,
+        "name": result.name,
+        "source": {"name": source_name, "label": result.source_label, "class_name": _class_name(names, result.source_label)},
+        "adversarial": {"label": result.adversarial_label, "class_name": _class_name(names, result.adversarial_label), **attack_info},
+        "target_class": result.target_class,
+        "analyses": [],
+        "warnings": [str(w.message) for w in caught],
+    }
+    for method, analysis in result.analyses.items():
+        summary = _summarise(analysis, args.r, result.representative[method])
+        summary["seconds"] = analysis.params.get("seconds")
+        summary["provenance"] = analysis.params["provenance"]
+        report["analyses"].append(summary)
     if args.logdir:
         report["logdir"] = os.path.abspath(args.logdir)
     if args.json:
@@ -225,27 +207,6 @@ def _unique(names: List[str]) -> List[str]:
     return out
 
 
-def _num_classes(model, x) -> int:
-    import torch
-
-    with torch.no_grad():
-        return int(model(x).shape[1])
-
-
-def _class_index(value: str, names: Optional[List[str]], num_classes: int) -> int:
-    if value.lstrip("-").isdigit():
-        index = int(value)
-    elif names is not None and value in names:
-        index = names.index(value)
-    else:
-        close = [n for n in (names or []) if value.lower() in n.lower()][:5]
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        raise UserError(f"--target-class {value!r} is neither a class index nor a class name of this model{hint}")
-    if not 0 <= index < num_classes:
-        raise UserError(f"--target-class {index} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
-    return index
-
-
 def _class_name(names: Optional[List[str]], index: int) -> str:
     return names[index] if names is not None and 0 <= index < len(names) else f"class {index}"
 
@@ -253,43 +214,7 @@ def _class_name(names: Optional[List[str]], index: int) -> str:
 # ----------------------------------------------------------------------------- engine
 
 
-def _attack(args, model, source, source_label: int, target_class: Optional[int]):
-    from tensorboard_plugin_aevis import attacks
-
-    eps = args.eps / 255.0
-    kwargs = {"target": target_class} if target_class is not None else {"label": source_label}
-    if args.attack == "fgsm":
-        return attacks.fgsm(model, source, eps=eps, **kwargs)
-    if args.attack == "pgd":
-        import torch
-
-        generator = torch.Generator(device=source.device).manual_seed(0)
-        return attacks.pgd(model, source, eps=eps, steps=args.attack_steps, generator=generator, **kwargs)
-    return attacks.mi_fgsm(model, source, eps=eps, steps=args.attack_steps, **kwargs)
-
-
-def _adversarial_scores(model, batch, n_targets: int) -> List[Optional[float]]:
-    """Per example: the adversarial percentile against the clean images of this run (source, targets)."""
-    from tensorboard_plugin_aevis.adversarial_score import AdversarialScorer
-
-    try:
-        scorer = AdversarialScorer(model, batch[1:])
-    except ValueError:  # e.g. no Linear layer: no penultimate features to score
-        return [None] * len(batch)
-    return [round(float(s), 2) for s in scorer.score(batch)]
-
-
-def _extract(model, batch, roles, names, method, layers, args):
-    from tensorboard_plugin_aevis.extraction import extract_datapaths
-
-    try:
-        return extract_datapaths(model, batch, roles, names, method=method, layers=layers, steps=args.steps,
-                                 device=args.device, progress=args.progress)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"datapath extraction failed: {e}") from None
-
-
-def _summarise(analysis, r: Optional[int]) -> Dict[str, Any]:
+def _summarise(analysis, r: Optional[int], representative: Optional[int]) -> Dict[str, Any]:
     """Labels, kept fractions, representative target, diff curve and diverging / merging layers."""
     kept = analysis.kept_fraction()
     layer_names = [layer.name for layer in analysis.layers]
@@ -312,7 +237,6 @@ def _summarise(analysis, r: Optional[int]) -> Dict[str, Any]:
         return summary
     from tensorboard_plugin_aevis import datapath_metrics as metrics
 
-    representative = int(metrics.representative_target(analysis, adversarial, targets))
     diff = metrics.diff_curve(analysis, adversarial, source, representative)
     summary.update(representative_target=representative, diff_curve=[round(float(v), 5) for v in diff])
     try:
@@ -355,15 +279,6 @@ def _open_writer(logdir: str):
         return SummaryWriter(logdir)
     except OSError as e:
         raise UserError(f"cannot write to --logdir {logdir!r} ({e.strerror or e}); pass a folder you can write to") from None
-
-
-def _log(writer, name, analysis, model, batch, save_model: bool) -> None:
-    try:
-        import summary_writers
-    except ImportError as e:
-        raise UserError(f"--logdir needs the summary_writers package shipped with tensorboard-plugin-aevis ({e})") from None
-    summary_writers.add_analysis(writer, name, analysis, step=0, model=model, reference_images=batch[1:].cpu(),
-                                 save_model=save_model)
 
 
 def _label(entry: Dict[str, Any]) -> str:

@@ -42,9 +42,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=30, help="step limit per chain stage (default 30)")
     parser.add_argument("--candidates", type=int, default=16, help="target images for the batched-vs-one-by-one timing (default 16)")
     parser.add_argument("--batched-steps", type=int, default=5, help="steps per call in the batched timing (default 5)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--contribution", dest="bench", action="store_const", const="contribution",
                         help="time contribution analysis instead: SGD vs quadratic on resnet50 layer3 (commands/contribution.py)")
     parser.set_defaults(func=run, bench="extraction")

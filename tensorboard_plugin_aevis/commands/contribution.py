@@ -41,8 +41,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--gamma", type=float, help="weight of the constraint across the datapaths (default: the engine's)")
     parser.add_argument("--steps", type=int, help="optimiser steps (default: the engine's)")
     parser.add_argument("--top", type=int, default=10, help="length of the ranked list (default 10)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run_contribution)
 
 

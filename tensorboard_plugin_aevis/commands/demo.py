@@ -31,9 +31,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--logdir", default=os.path.join("runs", "demo"), help="run folder to write (default: runs/demo)")
     parser.add_argument("--model", choices=sorted(DEMOS), default="efficientnet-lite0",
                         help="efficientnet-lite0: ImageNet photos (default); fashion-cnn: datapaths over training")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run_demo)
 
 
@@ -70,7 +67,7 @@ def run_demo(args) -> int:
     started = time.perf_counter()
     staging = tempfile.mkdtemp(prefix="aevis-demo-")
     try:
-        summary = demo.run(staging, device=args.device, progress=not args.no_progress)
+        summary = demo.run(staging, device=args.device, progress=args.progress)
         move_tree(staging, args.logdir)
     except BaseException as e:
         if created and not os.listdir(args.logdir):

@@ -64,9 +64,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard", default=None, help="i/n: evaluate only shard i of n (then merge with --reduce-only)")
     parser.add_argument("--reduce-only", action="store_true", help="merge the shards already under --logdir and report")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -180,7 +177,7 @@ def build(args):
     """(model, EvalData, EvalConfig) from the parsed arguments."""
     from tensorboard_plugin_aevis.evaluation import EvalConfig
 
-    progress = not args.no_progress
+    progress = args.progress
     if args.dataset == "fashion-mnist":
         kind = "fashion-mnist"
         model, data = fashion_mnist_data(args.per_class, args.seed, progress)
@@ -238,7 +235,7 @@ def run_evaluate(args) -> int:
                 rank, world = shard
             model, data, config = build(args)
             evaluation.run_shard(model, data, config, args.logdir, rank, world, device=args.device,
-                                 progress=not args.no_progress)
+                                 progress=args.progress)
             if world > 1 and shard is None:  # torchrun: wait for every rank, rank 0 merges
                 import torch.distributed as dist
 
