@@ -186,10 +186,10 @@ def test_constraint_pulls_datapaths_together(small):
 
 
 def test_fidelity_temperature_caps_the_confidence_at_0_95():
-    from tensorboard_plugin_aevis.extraction import FIDELITY_MAX_CONFIDENCE, _fidelity_temperatures
+    from tensorboard_plugin_aevis.extraction import FIDELITY_MAX_CONFIDENCE, fidelity_temperatures
 
     logits = torch.tensor([[0.0, 1.0, 0.5], [12.0, 0.0, -3.0], [0.0, 0.0, 40.0], [2.0, 2.0, 2.0]])
-    t = _fidelity_temperatures(logits)
+    t = fidelity_temperatures(logits)
     confidence = torch.softmax(logits, dim=1).amax(dim=1)
     assert confidence[0] < 0.95 and confidence[1] > 0.95 and confidence[2] > 0.95
     assert t[0] == 1.0 and t[3] == 1.0  # unsure predictions: Eq. 5 as written
@@ -197,7 +197,7 @@ def test_fidelity_temperature_caps_the_confidence_at_0_95():
     np.testing.assert_allclose(tempered[1:3].amax(dim=1).numpy(), FIDELITY_MAX_CONFIDENCE, atol=1e-5)
     assert torch.equal(tempered.argmax(dim=1)[:3], logits.argmax(dim=1)[:3])
     # the sigmoid of the margin for two classes: 0.95 at margin / T = log(19)
-    two = _fidelity_temperatures(torch.tensor([[0.0, 9.0]]))
+    two = fidelity_temperatures(torch.tensor([[0.0, 9.0]]))
     assert float(two[0]) == pytest.approx(9.0 / np.log(19.0), rel=1e-5)
 
 
@@ -205,13 +205,13 @@ def test_fidelity_temperature_refits_only_examples_whose_fit_returned_the_whole_
     """Three steps at lr 1 lose the label of (some or all, depending on the thread count) of the four
     confident examples at T = 1: the whole network is returned for them. Exactly those are fitted again
     at their temperature; one batch of targets (no chain), so any other keeps its T = 1 datapath exactly."""
-    from tensorboard_plugin_aevis import extraction
+    from tensorboard_plugin_aevis.extraction import methods
 
     model, images = small
     kwargs = dict(steps=3, lr=1.0, lambda_=5.0)
     roles = ["target"] * 4
     with monkeypatch.context() as m:
-        m.setattr(extraction, "FIDELITY_MAX_CONFIDENCE", 1.0)  # no temperature anywhere
+        m.setattr(methods, "FIDELITY_MAX_CONFIDENCE", 1.0)  # no temperature anywhere
         plain = extract_datapaths(model, images, roles, **kwargs)
     a = extract_datapaths(model, images, roles, **kwargs)
     whole = (plain.flat_gates() == 1).all(axis=1)
