@@ -1,4 +1,4 @@
-"""The paper's quantitative protocol (Sec. 6.1, Table 1; method-notes Sec. 3).
+"""The paper's quantitative protocol (Sec. 6.1, Table 1; docs/method.md "Evaluation protocol").
 
 For a classifier and a labelled image set:
 
