@@ -15,6 +15,8 @@ The ``arrays`` npz holds, for gated layer ``l``:
 
 - ``gates/<l>``: (N, C_l) float32, exact;
 - ``max_activations/<l>``: (N, C_l) float32, exact (when known);
+- ``stability/<l>``: (N, C_l) float32 in [0, 1], exact (when the extraction ran K > 1 starts):
+  the fraction of the starts whose binary datapath holds each feature map;
 - ``maps/<l>/channels``: (K_l,) int32, the feature maps in any example's binary datapath;
 - ``maps/<l>/uint8``: (N, K_l, h_l, w_l) uint8 activation maps of those channels, pooled to
   at most ``max_map_size`` per side; ``maps/<l>/min``, ``maps/<l>/max``: (N, K_l) float32.
@@ -134,6 +136,8 @@ def arrays_record(
         arrays[f"gates/{l}"] = np.asarray(gates, dtype=np.float32)
         if max_activations is not None:
             arrays[f"max_activations/{l}"] = np.asarray(max_activations[l], dtype=np.float32)
+        if analysis.stability is not None:
+            arrays[f"stability/{l}"] = np.asarray(analysis.stability[l], dtype=np.float32)
         if datapath_maps is not None:
             quantised, lo, hi = codec.quantise_maps(datapath_maps[l], max_map_size)
             arrays[f"maps/{l}/channels"] = channels[l]

@@ -13,6 +13,8 @@ Shapes (N examples, L layers, layer l has C_l channels and an H_l x W_l feature 
   method; in [0, clamp] for DGR)
 - ``max_activations[l]``: (N, C_l) float32, max over space of each ungated feature map
 - ``activation_maps[l]``: (N, C_l, H_l, W_l) float32, ungated feature maps (optional)
+- ``stability[l]``: (N, C_l) float32 in [0, 1], the fraction of the extraction's K starts
+  whose binary datapath holds each feature map (optional: only from ``starts`` > 1)
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Analysis:
     threshold: float
     max_activations: Optional[List[np.ndarray]] = None
     activation_maps: Optional[List[np.ndarray]] = None
+    stability: Optional[List[np.ndarray]] = None
 
     # ----------------------------------------------------------------- queries
     @property
@@ -134,6 +137,11 @@ class Analysis:
         self._check_per_layer("gates", self.gates, n)
         if self.max_activations is not None:
             self._check_per_layer("max_activations", self.max_activations, n)
+        if self.stability is not None:
+            self._check_per_layer("stability", self.stability, n)
+            for layer, a in zip(self.layers, self.stability):
+                if a.size and (a.min() < 0 or a.max() > 1):
+                    raise ValueError(f"stability of layer {layer.name!r} lies outside [0, 1]; it is a fraction of starts")
         if self.activation_maps is not None:
             if len(self.activation_maps) != len(self.layers):
                 raise ValueError("activation_maps must have one array per layer")
@@ -179,6 +187,9 @@ class Analysis:
         if self.activation_maps is not None:
             for i, a in enumerate(self.activation_maps):
                 arrays[f"activation_maps/{i}"] = np.asarray(a, dtype=np.float32)
+        if self.stability is not None:
+            for i, a in enumerate(self.stability):
+                arrays[f"stability/{i}"] = np.asarray(a, dtype=np.float32)
         return self.to_json(), arrays
 
     @classmethod
@@ -205,6 +216,7 @@ class Analysis:
             threshold=float(meta["threshold"]),
             max_activations=per_layer("max_activations"),
             activation_maps=per_layer("activation_maps"),
+            stability=per_layer("stability"),
         )
         analysis.validate()
         return analysis

@@ -78,7 +78,7 @@ def mi_fgsm(
     mu: float = 1.0,
     alpha: Optional[float] = None,
 ) -> torch.Tensor:
-    """Momentum iterative FGSM (Dong et al. 2018, method-notes Sec. 6) -> (B, C, H, W).
+    """Momentum iterative FGSM (Dong et al. 2018, docs/method.md "Attacks") -> (B, C, H, W).
 
     Per example, ``steps`` times: ``g <- mu * g + grad / mean(|grad|)``, then
     ``x <- clip_{x0,eps}(x ± alpha * sign(g))`` and clip to [0, 1]; ``alpha``

@@ -1,4 +1,4 @@
-"""The paper's quantitative protocol (Sec. 6.1, Table 1; method-notes Sec. 3).
+"""The paper's quantitative protocol (Sec. 6.1, Table 1; docs/method.md "Evaluation protocol").
 
 For a classifier and a labelled image set:
 
@@ -196,16 +196,19 @@ def score_analysis(analysis: Analysis, r: int, ks: Sequence[int]) -> Dict[str, A
     from .datapath_metrics import datapath_distance, detect_diverging_merging, diff_curve
 
     targets = analysis.indices("target")
-    distances, detected, curves = [], [], []
+    widths = np.sqrt([layer.channels for layer in analysis.layers])
+    distances, detected, curves, curves_rms = [], [], [], []
     for t in targets:
         diff = diff_curve(analysis, 0, 1, t)
         curves.append([float(v) for v in diff])
+        curves_rms.append([float(v) for v in diff / widths])
         detected.append(bool(detect_diverging_merging(diff, r).detected))
         distances.append(float(datapath_distance(analysis, 0, t)))
     return {
         "distances": distances,
         "detected": detected,
         "diff_curves": curves,
+        "diff_curves_rms": curves_rms,  # each layer's distances divided by sqrt(C_l): a width-normalised Eq. 9
         "top_k": {str(k): v for k, v in top_k_counts(distances, detected, ks).items()},
         "label_preserved": [bool(e.label_preserved) for e in analysis.examples],
         "kept_fraction": [float(v) for v in analysis.kept_fraction()],
@@ -416,23 +419,25 @@ def load_records(logdir: str) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     return header, [by_index[i] for i in sorted(by_index)]
 
 
-def _detections(rows: List[Dict[str, Any]], r: int) -> List[List[bool]]:
-    """Per source row, per target: a diverging-merging pattern of length ``r`` in its diff curve."""
+def _detections(rows: List[Dict[str, Any]], r: int, curves: str = "diff_curves") -> List[List[bool]]:
+    """Per source row, per target: a diverging-merging pattern of length ``r`` in its diff curve
+    (``curves``: ``"diff_curves"``, Eq. 9, or ``"diff_curves_rms"``, Eq. 9 with L2 / sqrt(C_l))."""
     from .datapath_metrics import detect_diverging_merging
 
-    return [[bool(detect_diverging_merging(np.asarray(c), r).detected) for c in row["diff_curves"]] for row in rows]
+    return [[bool(detect_diverging_merging(np.asarray(c), r).detected) for c in row[curves]] for row in rows]
 
 
-def _method_scores(rows: List[Dict[str, Any]], r: int, ks: Sequence[int]) -> List[Dict[int, int]]:
-    """Top-K counts of each source's result row, with patterns detected at length ``r``."""
-    return [top_k_counts(row["distances"], det, ks) for row, det in zip(rows, _detections(rows, r))]
+def _method_scores(rows: List[Dict[str, Any]], r: int, ks: Sequence[int], curves: str = "diff_curves") -> List[Dict[int, int]]:
+    """Top-K counts of each source's result row, with patterns detected at length ``r`` in ``curves``."""
+    return [top_k_counts(row["distances"], det, ks) for row, det in zip(rows, _detections(rows, r, curves))]
 
 
 def summarize(header: Dict[str, Any], records: List[Dict[str, Any]], extra_r: Sequence[int] = ()) -> Dict[str, Any]:
     """The Table 1 numbers from per-source records (see the module docstring).
 
     Patterns are re-detected from the stored diff curves, with the run's ``r`` and, as a
-    sensitivity check, with each of ``extra_r`` (top-K only).
+    sensitivity check, with each of ``extra_r`` and with the width-normalised curves
+    (key ``"<r> (L2/sqrt(C_l))"``, when every record has them; top-K only).
     """
     config = header["config"]
     class_names = header["class_names"]
@@ -478,6 +483,9 @@ def summarize(header: Dict[str, Any], records: List[Dict[str, Any]], extra_r: Se
                 continue
             other = _method_scores(rows, extra, ks)
             sensitivity.setdefault(str(extra), {})[method] = {str(k): float(np.mean([sc[k] for sc in other])) for k in ks}
+        if all("diff_curves_rms" in row for row in rows):
+            normalised = _method_scores(rows, r, ks, "diff_curves_rms")
+            sensitivity.setdefault(f"{r} (L2/sqrt(C_l))", {})[method] = {str(k): float(np.mean([sc[k] for sc in normalised])) for k in ks}
     return {"data": header["data"], "r": r, "num_layers": header["num_layers"], "config": config,
             "counts": counts, "methods": methods, "r_sensitivity": sensitivity}
 

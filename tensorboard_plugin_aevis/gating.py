@@ -23,7 +23,7 @@ each module, never at a model's class name):
    module of the unit that runs once (conv or norm); for binary gates this is the
    same datapath, since every usual activation maps 0 to 0.
 
-This matches the DGR baseline (method-notes Sec. 2): one gate vector per residual
+This matches the DGR baseline (docs/method.md, "Gates"): one gate vector per residual
 block output for ResNets, one gate per conv channel for plain networks.
 """
 

@@ -58,3 +58,30 @@ def test_npz_with_a_pickled_object_is_refused(tmp_path):
     np.savez(path, __meta__=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError):
         Analysis.load_npz(path)
+
+
+def test_stability_round_trips_and_is_logged_as_stability_arrays(tmp_path):
+    from summary_writers import codec
+    from summary_writers.payloads import arrays_record
+
+    a = make_analysis()
+    assert a.to_arrays()[1].keys().isdisjoint({"stability/0", "stability/1"})  # optional: absent unless set
+    a.stability = [np.round(g * 4) / 4 for g in a.gates]  # fractions of K = 4 starts
+    a.validate()
+    a.save_npz(tmp_path / "a.npz")
+    b = Analysis.load_npz(tmp_path / "a.npz")
+    meta, arrays = a.to_arrays()
+    c = Analysis.from_arrays(meta, arrays)
+    for s, t, u in zip(a.stability, b.stability, c.stability):
+        np.testing.assert_array_equal(s, t)
+        np.testing.assert_array_equal(s, u)
+    record = arrays_record("run", a, 0, a.max_activations, None)
+    logged = codec.decode_npz(record.tensor.string_val[0])
+    for l, s in enumerate(a.stability):
+        np.testing.assert_array_equal(logged[f"stability/{l}"], s)
+    a.stability[1][0, 0] = 1.5
+    with pytest.raises(ValueError, match="stability of layer 'features.3' lies outside"):
+        a.validate()
+    a.stability = a.stability[:1]
+    with pytest.raises(ValueError, match="stability must have one array per layer"):
+        a.validate()

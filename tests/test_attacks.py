@@ -35,7 +35,7 @@ def reference_gradient(model, x_single, cls):
 
 
 def reference_mi_fgsm(model, x, cls, targeted, eps, steps, mu, alpha):
-    """MI-FGSM for one image, written from the update rule in method-notes Sec. 6."""
+    """MI-FGSM for one image, written from the update rule in docs/method.md "Attacks"."""
     x0 = x.clone()
     adv = x.clone()
     g = torch.zeros_like(x)

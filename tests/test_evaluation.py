@@ -108,13 +108,15 @@ def independent_scores(model, data, record, method, config, r):
     a = extract_datapaths(model, images, roles, method=method, **config.extraction_params[method])
     z = a.flat_gates()
     dis = [np.linalg.norm(z[0] - z[t]) for t in range(2, len(roles))]
-    detected = []
+    detected, detected_rms = [], []
     for t in range(2, len(roles)):
         diff = np.array([np.linalg.norm(g[0] - g[1]) - np.linalg.norm(g[0] - g[t]) for g in a.gates])
-        rising = all(diff[m] > diff[m - 1] for m in range(len(diff) - r, len(diff)))
-        detected.append(bool(rising and diff[-1] >= diff.max()))
+        for curve, out in ((diff, detected), (diff / np.sqrt([g.shape[1] for g in a.gates]), detected_rms)):
+            rising = all(curve[m] > curve[m - 1] for m in range(len(curve) - r, len(curve)))
+            out.append(bool(rising and curve[-1] >= curve.max()))
     order = np.argsort(dis, kind="stable")
-    return dis, detected, {k: int(np.sum(np.array(detected)[order[:k]])) for k in config.top_k}, a
+    top_rms = {k: int(np.sum(np.array(detected_rms)[order[:k]])) for k in config.top_k}
+    return dis, detected, {k: int(np.sum(np.array(detected)[order[:k]])) for k in config.top_k}, a, top_rms
 
 
 def test_one_process_run_matches_independent_computation(trained, small_data, tmp_path):
@@ -126,11 +128,13 @@ def test_one_process_run_matches_independent_computation(trained, small_data, tm
     assert len(done) >= 3, f"too few misclassified examples to test: {[rec['status'] for rec in records]}"
     r = header["r"]
     assert r == 4 and header["num_layers"] == 5
+    expected_rms = {"constrained": [], "dgr": []}
     for rec in done[:2]:
         assert data_label(small_data, rec) != rec["adversarial_label"]
         assert all(int(small_data.pool_labels[t]) == rec["adversarial_label"] for t in rec["target_indices"])
         for method in ("constrained", "dgr"):
-            dis, detected, top, a = independent_scores(model, small_data, rec, method, config, r)
+            dis, detected, top, a, top_rms = independent_scores(model, small_data, rec, method, config, r)
+            expected_rms[method].append(top_rms[3])
             row = rec["methods"][method]
             np.testing.assert_allclose(row["distances"], dis, rtol=1e-5, atol=1e-6)
             assert row["detected"] == detected
@@ -140,6 +144,10 @@ def test_one_process_run_matches_independent_computation(trained, small_data, tm
     for method in ("constrained", "dgr"):
         expected = np.mean([rec["methods"][method]["top_k"]["3"] for rec in done])
         assert summary["methods"][method]["top_k"]["3"] == pytest.approx(expected)
+    # the width-normalised sensitivity row (Eq. 9 with L2 / sqrt(C_l)), on the first two sources alone
+    two = evaluation.summarize(header, [rec for rec in records if rec["status"] == "done"][:2])
+    for method in ("constrained", "dgr"):
+        assert two["r_sensitivity"]["4 (L2/sqrt(C_l))"][method]["3"] == pytest.approx(np.mean(expected_rms[method]))
     assert summary["counts"]["evaluated"] == len(done)
     assert summary["methods"]["constrained"]["stability_order"] is not None
     assert summary["methods"]["dgr"]["stability_order"] is None

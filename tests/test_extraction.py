@@ -186,10 +186,10 @@ def test_constraint_pulls_datapaths_together(small):
 
 
 def test_fidelity_temperature_caps_the_confidence_at_0_95():
-    from tensorboard_plugin_aevis.extraction import FIDELITY_MAX_CONFIDENCE, _fidelity_temperatures
+    from tensorboard_plugin_aevis.extraction import FIDELITY_MAX_CONFIDENCE, fidelity_temperatures
 
     logits = torch.tensor([[0.0, 1.0, 0.5], [12.0, 0.0, -3.0], [0.0, 0.0, 40.0], [2.0, 2.0, 2.0]])
-    t = _fidelity_temperatures(logits)
+    t = fidelity_temperatures(logits)
     confidence = torch.softmax(logits, dim=1).amax(dim=1)
     assert confidence[0] < 0.95 and confidence[1] > 0.95 and confidence[2] > 0.95
     assert t[0] == 1.0 and t[3] == 1.0  # unsure predictions: Eq. 5 as written
@@ -197,7 +197,7 @@ def test_fidelity_temperature_caps_the_confidence_at_0_95():
     np.testing.assert_allclose(tempered[1:3].amax(dim=1).numpy(), FIDELITY_MAX_CONFIDENCE, atol=1e-5)
     assert torch.equal(tempered.argmax(dim=1)[:3], logits.argmax(dim=1)[:3])
     # the sigmoid of the margin for two classes: 0.95 at margin / T = log(19)
-    two = _fidelity_temperatures(torch.tensor([[0.0, 9.0]]))
+    two = fidelity_temperatures(torch.tensor([[0.0, 9.0]]))
     assert float(two[0]) == pytest.approx(9.0 / np.log(19.0), rel=1e-5)
 
 
@@ -205,13 +205,13 @@ def test_fidelity_temperature_refits_only_examples_whose_fit_returned_the_whole_
     """Three steps at lr 1 lose the label of (some or all, depending on the thread count) of the four
     confident examples at T = 1: the whole network is returned for them. Exactly those are fitted again
     at their temperature; one batch of targets (no chain), so any other keeps its T = 1 datapath exactly."""
-    from tensorboard_plugin_aevis import extraction
+    from tensorboard_plugin_aevis.extraction import methods
 
     model, images = small
     kwargs = dict(steps=3, lr=1.0, lambda_=5.0)
     roles = ["target"] * 4
     with monkeypatch.context() as m:
-        m.setattr(extraction, "FIDELITY_MAX_CONFIDENCE", 1.0)  # no temperature anywhere
+        m.setattr(methods, "FIDELITY_MAX_CONFIDENCE", 1.0)  # no temperature anywhere
         plain = extract_datapaths(model, images, roles, **kwargs)
     a = extract_datapaths(model, images, roles, **kwargs)
     whole = (plain.flat_gates() == 1).all(axis=1)
@@ -342,3 +342,107 @@ def test_wrong_image_size_for_a_wrapped_model(small):
     wrapped = ClassifierWrapper(model, [0.5] * 3, [0.5] * 3, input_size=(32, 32)).eval()
     with pytest.raises(ValueError, match="24x24 pixels but the model expects 32x32"):
         extract_datapaths(wrapped, images, ROLES, steps=2)
+
+
+# ------------------------------------------------------------------ the optimiser and K starts
+
+
+def test_constrained_step_is_adam_and_dgr_step_is_sgd_with_momentum():
+    """The methods' steps against torch.optim on the same gradients (float32: agreement to rounding)."""
+    from tensorboard_plugin_aevis.extraction import DGR, Constrained
+
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 7, generator=gen) * 10.0 ** float(k - 3) for k in range(6)]
+    for method, optimiser in ((Constrained(), lambda p: torch.optim.Adam([p], lr=0.1, betas=Constrained.betas, eps=Constrained.eps)),
+                              (DGR(), lambda p: torch.optim.SGD([p], lr=0.1, momentum=DGR.momentum))):
+        z = torch.zeros(3, 7)
+        state = method.init_state(z)
+        param = torch.nn.Parameter(torch.zeros(3, 7))
+        opt = optimiser(param)
+        for t, g in enumerate(grads, start=1):
+            before = param.detach().clone()
+            param.grad = g.clone()
+            opt.step()
+            np.testing.assert_allclose(method.step(g, state, t, 0.1).numpy(), (before - param.detach()).numpy(), rtol=1e-5, atol=1e-9)
+
+
+class _BoxL1(nn.Module):
+    """A 1x1 conv of 6 channels whose gated output never changes the label (the classifier has zero weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 1)
+        self.fc = nn.Linear(6, 2)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.bias.copy_(torch.tensor([5.0, 0.0]))
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_fit_loop_reaches_the_known_minimiser_of_a_convex_box_l1_problem(noise):
+    """With the loss ||z - a||^2 + c * sum(z) on [0, 1]^n (strictly convex, minimiser clip(a - c/2, 0, 1)),
+    the shared fit loop with Adam's step, the box clamp and the stopping rule ends near that minimiser from
+    the default and from a perturbed start. Tolerance: the loop stops when the loss moved by <= 1e-3 of
+    itself over 10 steps; on this quadratic that leaves the iterate within a few Adam steps (each at most
+    lr (1 - beta1) / sqrt(1 - beta2) ~ 3.2 lr) of the minimiser: 5 lr."""
+    from tensorboard_plugin_aevis.extraction import Constrained, ExtractionOptions
+    from tensorboard_plugin_aevis.extraction.fit import GateFit
+    from tensorboard_plugin_aevis.gating import GateHooks
+
+    a = torch.tensor([[-0.3, 0.1, 0.35, 0.6, 0.9, 1.4]])
+    c = 0.2
+    target = (a - c / 2).clamp(0, 1)
+
+    class Quadratic(Constrained):
+        def loss(self, logits, clean_probs, temperatures, z, anchors, options):
+            return ((z - a) ** 2).sum(dim=1) + c * z.sum(dim=1) + 0.0 * logits.sum(dim=1)
+
+    model = _BoxL1().eval()
+    x = torch.rand(1, 1, 4, 4)
+    lr = 0.01
+    options = ExtractionOptions(steps=5000, lr=lr).with_defaults(Constrained.defaults)
+    with GateHooks(model, ["conv"]) as hooks:
+        fit = GateFit(model, hooks, [6], Quadratic(), options, 1.0, torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            probs = torch.softmax(model(x), dim=1)
+        result = fit.run(x, probs, torch.ones(1), probs.argmax(dim=1), torch.zeros(0, 6), torch.tensor([noise]), None)
+    assert len(result["histories"][0]) < 5000  # stopped on convergence
+    np.testing.assert_allclose(result["gates"].numpy(), target.numpy(), atol=5 * lr)
+    optimum = float(((target - a) ** 2).sum() + c * target.sum())
+    assert result["loss"][0] >= optimum - 1e-6  # no iterate beats the minimiser
+
+
+def test_k_starts_give_a_stability_score_consistent_with_the_returned_datapath(small, tmp_path):
+    """stability[l][i, c] is the fraction of K starts whose binary datapath holds map c: a multiple of 1/K
+    in [0, 1]; the returned datapath is one of the K, so it holds every map all K selected and only maps some
+    start selected. Deterministic for a seed; logged as stability/<l> and restored from the npz."""
+    model, images = small
+    k = 4
+    a = extract_datapaths(model, images, ROLES, steps=30, starts=k, seed=7)
+    again = extract_datapaths(model, images, ROLES, steps=30, starts=k, seed=7)
+    assert extract_datapaths(model, images, ROLES, steps=5).stability is None
+    assert a.params["starts"] == k and a.params["start_noise"] == 0.02
+    for s, s2, b in zip(a.stability, again.stability, a.binary()):
+        assert s.shape == b.shape and s.dtype == np.float32
+        np.testing.assert_array_equal(s, s2)
+        np.testing.assert_allclose(s * k, np.round(s * k), atol=1e-5)
+        assert ((s >= 0) & (s <= 1)).all()
+        assert (b[s == 1]).all() and not (b[s == 0]).any()
+    assert all(e.label_preserved for e in a.examples)
+    path = str(tmp_path / "a.npz")
+    a.save_npz(path)
+    for s, s2 in zip(a.stability, Analysis.load_npz(path).stability):
+        np.testing.assert_array_equal(s, s2)
+
+
+def test_k_starts_options_are_checked(small):
+    model, images = small
+    with pytest.raises(ValueError, match="starts must be a positive integer"):
+        extract_datapaths(model, images, ROLES, steps=2, starts=0)
+    with pytest.raises(ValueError, match=r"start_noise must be a number in \(0, 1\)"):
+        extract_datapaths(model, images, ROLES, steps=2, starts=2, start_noise=0.0)
+    with pytest.raises(TypeError, match="unknown keyword"):
+        extract_datapaths(model, images, ROLES, stepz=2)

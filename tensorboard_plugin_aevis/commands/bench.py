@@ -8,6 +8,9 @@ Measured in one run on random images (random weights for torchvision models):
   holds one image here), so ``overhead_ratio = extract_seconds / limit_seconds`` is
   what the extraction costs beyond its gradient steps (layer tracing, the ungated
   pass, binarised checks, bookkeeping);
+- ``converged_seconds`` and ``converged_steps``: the same chain with the engine's
+  defaults (no ``--steps`` limit: each stage stops on convergence, docs/method.md),
+  its time and its gated steps in all (``steps_run`` plus ``discarded_steps``);
 - ``batched_speedup``: ``--candidates`` target images extracted one call each,
   divided by the time for all of them in one batched call (``--batched-steps``
   steps each, no early stop difference since every call runs the same steps).
@@ -74,7 +77,7 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
 
 def _stage_steps(params: Dict[str, Any], stage) -> int:
     """Gated steps one chain stage ran: its batched fit, plus the batched refit of the examples whose
-    fit was discarded for a tempered one (``discarded_steps`` > 0; extraction module docstring)."""
+    fit was discarded for a tempered one (``discarded_steps`` > 0; docs/method.md)."""
     run, discarded = params["steps_run"], params["discarded_steps"]
     refit = [i for i in stage if discarded[i] > 0]
     first = max(discarded[i] if discarded[i] > 0 else run[i] for i in stage)
@@ -124,6 +127,12 @@ def bench_extraction(args) -> Dict[str, Any]:
     stage_steps = [_stage_steps(analysis.params, stage) for stage in analysis.params["order"]]
     limit_seconds = sum(stage_steps) * step_seconds
 
+    start = time.perf_counter()
+    converged = extract_datapaths(model, triplet, ["source", "adversarial", "target"], method=args.method,
+                                  device=args.device, keep_activation_maps=False)
+    converged_seconds = time.perf_counter() - start
+    converged_steps = sum(_stage_steps(converged.params, stage) for stage in converged.params["order"])
+
     def batched() -> None:
         extract_datapaths(model, candidates, ["target"] * args.candidates, method=args.method,
                           steps=args.batched_steps, device=args.device, keep_activation_maps=False)
@@ -149,6 +158,9 @@ def bench_extraction(args) -> Dict[str, Any]:
         "extract_seconds": round(extract_seconds, 3),
         "limit_seconds": round(limit_seconds, 3),
         "overhead_ratio": round(extract_seconds / limit_seconds, 3),
+        "converged_seconds": round(converged_seconds, 3),
+        "converged_steps": converged_steps,
+        "converged_kept_fraction": [round(float(k), 4) for k in converged.kept_fraction()],
         "candidates": args.candidates,
         "batched_steps": args.batched_steps,
         "batched_seconds": round(batched_seconds, 3),
