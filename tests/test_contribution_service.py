@@ -72,7 +72,13 @@ def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, p
         TinyCNN(0).eval(), images, params["target_layer"], 1, params["earlier_layer"], area=(0, 0, 2, 2), mode="quadratic"
     )
     np.testing.assert_allclose(body["scores"], expected.scores, atol=1e-4)
-    assert [r["channel"] for r in body["ranking"]] == expected.ranking[:20]
+    assert [r["channel"] for r in body["ranking"]] == expected.ranking[:10]  # default top 10
+    binary = loaded.analysis.binary()[[l.name for l in loaded.analysis.layers].index(params["earlier_layer"])]
+    for rank, entry in enumerate(body["ranking"]):
+        assert entry["rank"] == rank and entry["score"] == body["scores"][entry["channel"]]
+        assert entry["in_datapaths"] == [i for i in range(loaded.analysis.num_examples) if binary[i, entry["channel"]]]
+        assert entry["neuron"].startswith("neuron?") and f"channel={entry['channel']}" in entry["neuron"]
+    assert body["score_meaning"] and len(service.handle(dict(params, top=3), load)[1]["ranking"]) == 3
 
     status, again = service.handle(dict(params), load)
     assert status == 200 and again["cached"] is True and again["scores"] == body["scores"]

@@ -73,7 +73,8 @@ def test_runs_lists_every_analysis_and_skips_the_corrupt_run(client, logdir):
     assert set(runs) == {"small", "four"}
     assert sorted((a["name"], a["method"], tuple(a["steps"])) for a in runs["small"]) == [
         (small.name, "constrained", (0, 5)), (small.name, "dgr", (0, 5))]
-    assert runs["four"] == [{"name": "four", "method": "constrained", "steps": [0]}]
+    assert runs["four"] == [{"name": "four", "method": "constrained", "steps": [0], "steps_with_model": [0]}]
+    assert all(a["steps_with_model"] == [0, 5] for a in runs["small"])  # logged with the model at both steps
 
 
 def test_analysis_manifest_matches_the_written_analysis(client, logdir):
@@ -251,17 +252,13 @@ def test_wrong_method_and_oversized_query(client):
 def test_contribution_extension_point(client, logdir, monkeypatch):
     _, small, _ = logdir
     body = json.dumps({**ids(small), "layer": "x"})
-    if aevis_plugin._service_handler() is None:
-        response = client.post(ROOT + "contribution", data=body, content_type="application/json")
-        assert response.status_code == 501 and "contribution_service" in response.get_data(as_text=True)
-
     seen = {}
 
     def handler(payload, load):
         loaded = load(payload["run"], payload["analysis"], payload["method"], payload["step"])
         seen["examples"] = loaded.analysis.num_examples
         if payload["layer"] != "x":
-            raise ValueError("layer must be 'x'")
+            raise aevis_plugin.HttpError(400, "layer must be 'x'")
         return {"ranked": [[3, 0.5]]}
 
     monkeypatch.setattr(aevis_plugin.AEVisPlugin, "contribution_handler", staticmethod(handler))

@@ -541,7 +541,6 @@ def test_a_damaged_layer_leaves_the_other_layers_readable(tmp_path):
 
     from run_fixtures import tensorboard_app
 
-    run_reader._cache.clear()
     app, close = tensorboard_app(str(tmp_path))
     client = Client(app)
 
