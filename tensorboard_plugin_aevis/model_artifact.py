@@ -199,9 +199,9 @@ def remove_orphans(models_dir: str, now: Optional[float] = None) -> List[str]:
     """Remove the ``.staging-*`` / ``.old-*`` directories killed writers left in ``models_dir``.
 
     One is an orphan when its writer (host and pid in its name) is a process of this host
-    that no longer runs, or when it is older than ``ORPHAN_AGE_S`` (a writer of another
-    host, or a name without a pid). A live writer's directory is kept. Returns the paths
-    removed; a directory that cannot be removed is left (the next writer tries again).
+    that no longer runs or, for a writer of another host (or a name without a pid), when
+    it is older than ``ORPHAN_AGE_S``. A live writer's directory is kept. Returns the
+    paths removed; a directory that cannot be removed is left (the next writer tries again).
     """
     now = time.time() if now is None else now
     removed = []
@@ -220,8 +220,8 @@ def remove_orphans(models_dir: str, now: Optional[float] = None) -> List[str]:
         except OSError:
             continue
         owner = entry.name[len(prefix):].rsplit("-", 2)
-        dead = len(owner) == 3 and owner[0] == _HOST and owner[1].isdigit() and not _process_alive(int(owner[1]))
-        if dead or age > ORPHAN_AGE_S:
+        local = len(owner) == 3 and owner[0] == _HOST and owner[1].isdigit()
+        if (not _process_alive(int(owner[1]))) if local else age > ORPHAN_AGE_S:
             shutil.rmtree(entry.path, ignore_errors=True)
             if not os.path.exists(entry.path):
                 removed.append(entry.path)
@@ -350,7 +350,8 @@ def read_program(directory: str) -> ArtifactProgram:
 def module_from_program(artifact: ArtifactProgram) -> nn.Module:
     """A new module (its own submodules, so hooks on it touch no other) of a read program, in
     eval mode with frozen weights and the attributes of :func:`load_model_artifact`. Modules
-    made from one program share its weight tensors."""
+    made from one program share its weight tensors (``torch.export.unflatten`` copies them;
+    the copies are replaced by the program's own)."""
     import torch
 
     with _TORCH_READ_LOCK:
@@ -358,6 +359,13 @@ def module_from_program(artifact: ArtifactProgram) -> nn.Module:
             module = torch.export.unflatten(artifact.program)
         except Exception as exc:
             raise _rebuild_error(artifact.directory, artifact.meta, exc) from exc
+    shared = artifact.program.state_dict
+    for prefix, submodule in module.named_modules():
+        for store in (submodule._parameters, submodule._buffers):
+            for name, tensor in list(store.items()):
+                original = shared.get(f"{prefix}.{name}" if prefix else name)
+                if tensor is not None and isinstance(original, torch.Tensor) and original.shape == tensor.shape and original.dtype == tensor.dtype:
+                    store[name] = torch.nn.Parameter(original, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else original
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)

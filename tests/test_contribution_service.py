@@ -216,3 +216,90 @@ def test_post_route_of_the_real_plugin(logdir):
         assert client.get("/data/plugin/aevis/runs").status_code == 200  # still serving
     finally:
         close()
+
+
+# ----------------------------------------------------------------------- simultaneous requests (issue #18)
+@pytest.mark.parametrize("count", [2, 10])
+def test_simultaneous_requests_on_a_fresh_service_answer_200_or_429_and_load_once(logdir, provider, count, monkeypatch):
+    import concurrent.futures
+
+    from tensorboard_plugin_aevis import model_artifact
+
+    reads = []
+    real_read = model_artifact.read_program
+    monkeypatch.setattr(model_artifact, "read_program", lambda d: reads.append(d) or real_read(d))
+    root, small = logdir
+    load = provider_loader(provider, root, CTX, "")
+    service = ContributionService(max_concurrent=2, timeout_s=120)
+    barrier = threading.Barrier(count)
+
+    def send(i):
+        barrier.wait()
+        return service.handle(request(small, channel=i % 4, mode="sgd", steps=5), load)
+
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(send, range(count)))
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {200, 429} and 200 in statuses, answers
+    assert all("already running" in body["error"] for status, body in answers if status == 429)
+    assert len(reads) == 1  # one read of the artifact, shared by every job
+
+
+def test_a_warmed_artifact_is_not_read_again(logdir, provider, monkeypatch):
+    from tensorboard_plugin_aevis import model_artifact
+
+    reads = []
+    real_read = model_artifact.read_program
+    monkeypatch.setattr(model_artifact, "read_program", lambda d: reads.append(d) or real_read(d))
+    root, small = logdir
+    load = provider_loader(provider, root, CTX, "")
+    service = ContributionService()
+    service.warm(load("small", small.name, "constrained", 0))
+    assert len(reads) == 1
+    assert service.handle(request(small), load)[0] == 200 and len(reads) == 1
+    service.warm(load("nomodel", small.name, "constrained", 0))  # nothing to warm: no error either
+
+
+# ----------------------------------------------------------------------- damaged artifacts through the route (issue #18)
+@pytest.mark.parametrize("kind", ["program_directory", "weights_directory", "program_loop", "weights_truncated", "weights_oversized",
+                                  "meta_directory", "meta_loop"])
+def test_damaged_artifact_through_the_real_plugin_is_a_4xx_naming_the_file(logdir, tmp_path, kind):
+    import json
+    import os
+    import shutil
+
+    from run_fixtures import tensorboard_app
+    from werkzeug.test import Client
+
+    from tensorboard_plugin_aevis import model_artifact
+
+    root, small = logdir
+    copy = tmp_path / "runs"
+    shutil.copytree(os.path.join(root, "small"), copy / "small")
+    models = copy / "small" / "plugins" / "aevis" / "models"
+    artifact = models / os.listdir(models)[0]
+    name = {"program": model_artifact.PROGRAM_FILE, "weights": model_artifact.WEIGHTS_FILE, "meta": model_artifact.META_FILE}[kind.split("_")[0]]
+    path = artifact / name
+    if kind.endswith("directory"):
+        path.unlink()
+        path.mkdir()
+    elif kind.endswith("loop"):
+        path.unlink()
+        os.symlink(path, path)
+    elif kind.endswith("truncated"):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    else:
+        with open(path, "r+b") as f:
+            f.truncate(model_artifact.MAX_FILE_BYTES[name] + 1)
+    app, close = tensorboard_app(str(copy))
+    try:
+        client = Client(app)
+        response = client.post("/data/plugin/aevis/contribution", data=json.dumps(request(small)), content_type="application/json")
+        body = json.loads(response.get_data(as_text=True))
+        assert 400 <= response.status_code < 500 and name in body["error"] and "re-log" in body["error"], body
+        analysis = client.get("/data/plugin/aevis/analysis?" + "&".join(f"{k}={v}" for k, v in
+                              {"run": "small", "analysis": "cat-%3Edog", "method": "constrained", "step": 0}.items()))
+        assert analysis.status_code == 200  # the rest of the analysis is served
+    finally:
+        close()
