@@ -229,6 +229,23 @@ class _ChildrenAsLeaves(torch.fx.Tracer):
         return _unit_length(self._root, parts) == len(parts)
 
 
+def _lca_graph(lca: nn.Module) -> Optional[torch.fx.GraphModule]:
+    """The LCA's forward as an fx graph whose calls of children stay calls: traced with torch.fx,
+    or, when tracing fails, the module's own graph when it has one (the modules of a loaded model
+    artifact, ``torch.export.unflatten``'s InterpreterModule, run an fx graph); else None."""
+    try:
+        return torch.fx.GraphModule(lca, _ChildrenAsLeaves(lca).trace(lca))
+    except Exception:  # any tracing failure (data-dependent control flow, ...)
+        pass
+    graph = getattr(lca, "graph", None)
+    if isinstance(graph, torch.fx.Graph):
+        try:
+            return torch.fx.GraphModule(lca, graph)
+        except Exception:
+            return None
+    return None
+
+
 def _clone(value: Any) -> Any:
     return value.clone() if isinstance(value, torch.Tensor) else value
 
@@ -239,9 +256,11 @@ class _GatedForward:
     Only the part of the forward pass between the two layers is re-run per call:
     :meth:`prepare` runs the model once up to the lowest common ancestor module of
     the two layers (LCA), traces the LCA with torch.fx (its direct children kept as
-    calls), runs the LCA's graph up to the child holding the earlier layer once and
-    caches the values later nodes read; :meth:`run` replays the rest. When the LCA
-    cannot be traced, the replay calls the LCA with its cached inputs. Cached values
+    calls; a module of a loaded model artifact, which cannot be traced, gives its own fx
+    graph: :func:`_lca_graph`), runs the LCA's graph up to the child holding the earlier
+    layer once and caches the values later nodes read; :meth:`run` replays the rest.
+    When the LCA has no such graph, or its graph does not reproduce the LCA's output,
+    the replay calls the LCA with its cached inputs. Cached values
     are cloned per replay (in-place ops such as ``ReLU(inplace=True)`` stay safe).
 
     ``run(gates, region)`` -> the target output (the model output when the target is
@@ -359,9 +378,16 @@ class _GatedForward:
                 "(it runs after it, or not at all); pick a layer closer to the input"
             )
         whole_lca = lambda: lca(*[_clone(a) for a in captured["args"]], **{k: _clone(v) for k, v in captured["kwargs"].items()})
-        self._replay = self._traced_replay(lca, captured["args"], captured["kwargs"]) or whole_lca
-        replayed = self.run(None, None)
-        if not (isinstance(out, torch.Tensor) and replayed.shape == out.shape and torch.allclose(replayed, out, rtol=1e-4, atol=1e-5)):
+        traced = self._traced_replay(lca, captured["args"], captured["kwargs"])
+        self._replay = traced or whole_lca
+        try:
+            replayed = self.run(None, None)
+        except ValueError:
+            if traced is None:
+                raise
+            replayed = None  # the graph's output is not the module's (e.g. a loaded model's outputs, flattened)
+        if not (isinstance(out, torch.Tensor) and isinstance(replayed, torch.Tensor) and replayed.shape == out.shape
+                and torch.allclose(replayed, out, rtol=1e-4, atol=1e-5)):
             self._replay = whole_lca  # the traced graph does not reproduce the model: replay the LCA as a whole
         return out
 
@@ -369,12 +395,14 @@ class _GatedForward:
         """A replay of the LCA's fx graph from the child holding the earlier layer, or None."""
         if kwargs or not self._earlier_rel:
             return None
-        try:
-            graph_module = torch.fx.GraphModule(lca, _ChildrenAsLeaves(lca).trace(lca))
-        except Exception:  # any tracing failure (data-dependent control flow, ...): replay the whole LCA
+        graph_module = _lca_graph(lca)
+        if graph_module is None:
             return None
         nodes = list(graph_module.graph.nodes)
-        unit = _unit_length(lca, self._earlier_rel)
+        called = {n.target for n in nodes if n.op == "call_module"}
+        unit = next((k for k in range(len(self._earlier_rel), 0, -1) if ".".join(self._earlier_rel[:k]) in called), None)
+        if unit is None:
+            return None
         first = [n for n in nodes if n.op == "call_module" and n.target == ".".join(self._earlier_rel[:unit])]
         if len(first) != 1 or sum(n.op == "placeholder" for n in nodes) != len(args):
             return None

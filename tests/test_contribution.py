@@ -535,3 +535,30 @@ def test_maps_of_equal_score_are_ranked_by_how_much_the_fit_needs_them(mode):
     result = feature_map_contributions(model, images, "1", 0, "0", mode=mode, lambda_=50.0)
     assert np.all(result.scores == 0.0)
     assert result.ranking == sorted((1, 3), key=lambda k: -carried[k]) + [0, 2]
+
+
+@pytest.mark.parametrize("earlier,target", [("layer2", "layer3.0"), ("layer3.1", "layer4")])
+def test_replay_on_a_loaded_artifact_runs_only_the_part_between_the_layers(tmp_path, earlier, target):
+    """A model read back from its artifact (torch.export.unflatten: modules that cannot be traced
+    but run an fx graph): the replay equals a full gated forward and calls no module before the
+    earlier layer again (issue #15: it used to re-run the whole network per step)."""
+    from tensorboard_plugin_aevis import model_artifact
+
+    torch.manual_seed(2)
+    original = torchvision.models.resnet18(num_classes=10).eval()
+    directory = model_artifact.save_model_artifact(original, torch.rand(3, 48, 48), str(tmp_path / "artifact"))
+    model = model_artifact.load_model_artifact(directory)
+    images = torch.rand(2, 3, 48, 48)
+    modules = dict(model.named_modules())
+    calls = []
+    handle = modules["layer1"].register_forward_hook(lambda *a: calls.append(1))  # runs before every earlier layer tested
+    forward = contribution._GatedForward(model, earlier, target)
+    with contribution._analysis_mode(model), forward.hooks(), torch.no_grad():
+        forward.prepare(images, earlier, target)
+        prepared = len(calls)
+        gates = torch.rand(2, forward.gated.shape[1])
+        replayed = forward.run(gates, None)
+        forward.run(gates, None)
+    handle.remove()
+    assert len(calls) == prepared  # the replays did not run layer1
+    torch.testing.assert_close(replayed, gated_by_hooks(model, modules[earlier], modules[target], gates, images), rtol=1e-4, atol=1e-5)
