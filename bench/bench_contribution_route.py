@@ -14,7 +14,8 @@ loopback only):
 - ``rank_correlation``: Spearman correlation of the two modes' scores over every map,
   per feature map, and whether they agree on the top map.
 
-The request: every example of the analysis, target layer and channel, a 4x4 area at the
+The analysis: the run's first with a saved model and three examples. The request: every
+example of the analysis, target layer and channel, a 4x4 area at the
 centre of the target map (in the map's own grid), the earlier layer just before the
 target (``--target-layer`` names it; default: the demo's ``model._blocks.13`` and resnet50's
 ``model.layer3.2``). Prints one JSON object.
@@ -31,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.parse
 
 import numpy as np
 
@@ -52,10 +54,12 @@ def spearman(a, b) -> float:
 def run_bench(logdir: str, target_layer: str, maps: int) -> dict:
     server = Server(logdir)
     run = server.wait_for_runs()["runs"][0]
-    entry = next(a for a in run["analyses"] if a.get("steps_with_model"))
-    ids = {"run": run["run"], "analysis": entry["name"], "method": entry["method"], "step": entry["steps_with_model"][0]}
-    status, body, _ = server.request("GET", ROOT + "analysis?" + "&".join(f"{k}={v}" for k, v in ids.items()).replace(">", "%3E"))
-    analysis = json.loads(body)
+    candidates = []
+    for entry in run["analyses"]:  # the first with a model and three examples (a triplet, the dashboard's default view)
+        if entry.get("steps_with_model"):
+            ids = {"run": run["run"], "analysis": entry["name"], "method": entry["method"], "step": entry["steps_with_model"][0]}
+            candidates.append((ids, json.loads(server.request("GET", ROOT + "analysis?" + urllib.parse.urlencode(ids))[1])))
+    ids, analysis = next(((i, a) for i, a in candidates if len(a["examples"]) == 3), candidates[0])
     names = [l["name"] for l in analysis["layers"]]
     target = target_layer if target_layer in names else names[(2 * len(names)) // 3]
     index = names.index(target)
@@ -74,8 +78,8 @@ def run_bench(logdir: str, target_layer: str, maps: int) -> dict:
         return seconds, answer, None
 
     # feature maps in the most datapaths first (the dashboard's user brushes a map of the treemap)
-    query = "&".join(f"{k}={v}" for k, v in {**ids, "layer": target, "examples": ",".join(map(str, base["examples"][:5]))}.items())
-    cells = json.loads(server.request("GET", ROOT + "treemap?" + query.replace(">", "%3E"))[1])["cells"]
+    query = urllib.parse.urlencode({**ids, "layer": target, "examples": ",".join(map(str, base["examples"][:5]))})
+    cells = json.loads(server.request("GET", ROOT + "treemap?" + query)[1])["cells"]
     channels = [c["channel"] for c in sorted(cells, key=lambda c: (-len(c["members"]), c["channel"]))]
     first_s, first, error = post(channels[0], "sgd")
     result = {"run": run["run"], "analysis": ids, "target_layer": target, "earlier_layer": base["earlier_layer"],
