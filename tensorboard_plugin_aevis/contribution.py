@@ -425,6 +425,8 @@ class _GatedForward:
             for node in nodes[len(prefix):]:
                 value = interpreter.run_node(node)
                 if node.op == "output":
+                    if isinstance(value, (tuple, list)) and len(value) == 1:  # a loaded model's graph returns its outputs flattened
+                        value = value[0]
                     if returns_target and self.target is not None:
                         self.captured = value
                         raise _StopForward

@@ -58,10 +58,11 @@ def request(small, **overrides):
     return {k: v for k, v in params.items() if v is not None}
 
 
-def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, provider, load):
+@pytest.mark.parametrize("mode", ["quadratic", "sgd"])
+def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, provider, load, mode):
     root, small = logdir
     service = ContributionService(max_concurrent=2, timeout_s=120)
-    params = request(small, examples=[1, 0])
+    params = request(small, examples=[1, 0], mode=mode)
     status, body = service.handle(params, load)
     assert status == 200, body
     assert body["cached"] is False and body["examples"] == [1, 0] and body["area"] == [0, 0, 2, 2]
@@ -69,7 +70,7 @@ def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, p
     loaded = run_reader.load_analysis(provider, CTX, "", "small", small.name, "constrained", 0, logdir=root)
     images = torch.from_numpy(loaded.analysis.images[[1, 0]].astype(np.float32))
     expected = contribution.feature_map_contributions(
-        TinyCNN(0).eval(), images, params["target_layer"], 1, params["earlier_layer"], area=(0, 0, 2, 2), mode="quadratic"
+        TinyCNN(0).eval(), images, params["target_layer"], 1, params["earlier_layer"], area=(0, 0, 2, 2), mode=mode
     )
     np.testing.assert_allclose(body["scores"], expected.scores, atol=1e-4)
     assert [r["channel"] for r in body["ranking"]] == expected.ranking[:10]  # default top 10
@@ -83,7 +84,7 @@ def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, p
     status, again = service.handle(dict(params), load)
     assert status == 200 and again["cached"] is True and again["scores"] == body["scores"]
     status, other = service.handle(dict(params, mode="sgd", steps=5), load)
-    assert status == 200 and other["cached"] is False and other["mode"] == "sgd"
+    assert status == 200 and other["cached"] is False and other["mode"] == "sgd" and other["params"]["steps"] == 5
 
 
 def test_area_in_another_grid_maps_onto_the_target_map(logdir, load):
@@ -103,13 +104,19 @@ def test_area_in_another_grid_maps_onto_the_target_map(logdir, load):
     np.testing.assert_allclose(by_mask["scores"], native["scores"], atol=1e-5)
 
 
-def test_prediction_target(logdir, load):
+def test_prediction_target(logdir, provider, load):
     root, small = logdir
     service = ContributionService()
-    status, body = service.handle(request(small, target="prediction", target_layer=None, channel=None, area=None, examples=[]), load)
+    params = request(small, target="prediction", target_layer=None, channel=None, area=None, examples=[])
+    status, body = service.handle(params, load)
     assert status == 200, body
     assert body["examples"] == [0, 1, 2]  # an empty list means all examples
     assert body["target_layer"] is None and len(body["scores"]) == small.analyses[("constrained", 0)].layers[1].channels
+    # the loaded artifact replays from the earlier layer to the logits: the original model's answer
+    loaded = run_reader.load_analysis(provider, CTX, "", "small", small.name, "constrained", 0, logdir=root)
+    images = torch.from_numpy(loaded.analysis.images.astype(np.float32))
+    expected = contribution.prediction_contributions(TinyCNN(0).eval(), images, params["earlier_layer"], mode="quadratic")
+    np.testing.assert_allclose(body["scores"], expected.scores, atol=1e-4)
 
 
 class BlockingProvider:
