@@ -9,7 +9,8 @@ the logdir is executed) and runs :mod:`contribution` with bounded work:
 
 - at most ``max_concurrent`` jobs at a time; a request beyond that is answered 429
   at once (it does not queue);
-- every job has a deadline of ``timeout_s`` seconds (model loading included),
+- every job has a deadline of ``timeout_s`` seconds from when its model is ready (the
+  one read of an artifact, which other requests may be waiting for, is not counted),
   checked between optimiser steps: past it the job stops and is answered 503;
 - results are cached (LRU, ``cache_size`` entries) keyed by the normalised request
   and the artifact's modification time; a cached answer has ``"cached": true``.
@@ -230,7 +231,7 @@ class ContributionService:
         if not self._slots.acquire(blocking=False):
             return 429, {"error": f"{self.max_concurrent} contribution analyses are already running; retry in a few seconds"}
         try:
-            return 200, self._answer(BodyParams(params), load, time.monotonic() + self.timeout_s)
+            return 200, self._answer(BodyParams(params), load)
         except HttpError as exc:
             return exc.status, {"error": exc.message}
         except contribution.ContributionTimeout:
@@ -251,7 +252,7 @@ class ContributionService:
             pass
 
     # ------------------------------------------------------------------ work
-    def _answer(self, params: BodyParams, load: Loader, deadline: float) -> Dict[str, Any]:
+    def _answer(self, params: BodyParams, load: Loader) -> Dict[str, Any]:
         from tensorboard_plugin_aevis import contribution
 
         run, name = params.string("run"), params.string("analysis")
@@ -297,6 +298,7 @@ class ContributionService:
             worker = self._workers.borrow(artifact_key, session_key)
         except model_artifact.ModelArtifactError as exc:
             raise HttpError(409, str(exc)) from exc
+        deadline = time.monotonic() + self.timeout_s
         try:
             known = {n for n, _ in worker.model.named_modules()}
             for what, path in (("earlier layer", earlier_layer), ("target layer", target_layer)):
