@@ -345,14 +345,23 @@ class _GatedForward:
         Checks that the earlier layer runs before the target, builds the replay and
         returns the ungated target output (the model output when the target is None).
         """
-        parts = self._lca_path.split(".") if self._lca_path else []
-        ancestors = [".".join(parts[:k]) for k in range(len(parts), -1, -1)]  # the LCA, its parent, ..., the root
+        # the LCA's ancestors; for the prediction, every module around the earlier layer whose output is the
+        # model's (a wrapper's inner network), so the replay can start as deep as possible
+        if self.target is None:
+            parts = earlier_path.split(".")[:-1]
+        else:
+            parts = self._lca_path.split(".") if self._lca_path else []
+        ancestors = [".".join(parts[:k]) for k in range(len(parts), -1, -1)]  # the deepest, its parent, ..., the root
         calls: Dict[str, Tuple[Any, Any]] = {}
+        outputs: Dict[str, Any] = {}
         handles = [
             self.model.get_submodule(path).register_forward_pre_hook(
                 lambda module, args, kwargs, path=path: calls.setdefault(path, (args, kwargs)), with_kwargs=True)
             for path in ancestors
         ]
+        if self.target is None:
+            handles += [self.model.get_submodule(path).register_forward_hook(
+                lambda module, args, output, path=path: outputs.setdefault(path, output)) for path in ancestors]
         self.gates, self.captured, self.gated = None, None, None
         try:
             out = self.model(images)
@@ -363,7 +372,14 @@ class _GatedForward:
         finally:
             for handle in handles:
                 handle.remove()
-        called = next((path for path in ancestors if path in calls), None)  # a ModuleList LCA is never called itself
+
+        def gives_the_target(path: str) -> bool:
+            found = outputs.get(path)
+            return self.target is not None or path == "" or found is out or (
+                isinstance(found, torch.Tensor) and isinstance(out, torch.Tensor) and found.shape == out.shape and torch.equal(found, out))
+
+        # a ModuleList LCA is never called itself
+        called = next((path for path in ancestors if path in calls and gives_the_target(path)), None)
         if called is not None and called != self._lca_path:
             depth = len(called.split(".")) if called else 0
             self._earlier_rel = earlier_path.split(".")[depth:]

@@ -562,3 +562,33 @@ def test_replay_on_a_loaded_artifact_runs_only_the_part_between_the_layers(tmp_p
     handle.remove()
     assert len(calls) == prepared  # the replays did not run layer1
     torch.testing.assert_close(replayed, gated_by_hooks(model, modules[earlier], modules[target], gates, images), rtol=1e-4, atol=1e-5)
+
+
+def test_prediction_replay_on_a_loaded_artifact_starts_inside_the_wrapper(tmp_path):
+    """Contribution to the prediction on a ClassifierWrapper read back from its artifact: the replay
+    runs from the earlier layer inside the wrapped network (no module before it runs again) and
+    equals a full forward pass gated by a hook."""
+    from tensorboard_plugin_aevis import model_artifact
+    from tensorboard_plugin_aevis.models import ClassifierWrapper
+
+    torch.manual_seed(3)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    original = ClassifierWrapper(net, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()
+    directory = model_artifact.save_model_artifact(original, torch.rand(3, 48, 48), str(tmp_path / "artifact"))
+    model = model_artifact.load_model_artifact(directory)
+    images = torch.rand(2, 3, 48, 48)
+    calls = []
+    handle = model.get_submodule("model.layer1").register_forward_hook(lambda *a: calls.append(1))
+    forward = contribution._GatedForward(model, "model.layer3", None)
+    with contribution._analysis_mode(model), forward.hooks(), torch.no_grad():
+        forward.prepare(images, "model.layer3", None)
+        prepared = len(calls)
+        gates = torch.rand(2, forward.gated.shape[1])
+        replayed = forward.run(gates, None)
+    handle.remove()
+    assert len(calls) == prepared
+    gate = model.get_submodule("model.layer3").register_forward_hook(lambda m, i, o: o * gates[:, :, None, None])
+    with torch.no_grad():
+        expected = model(images)
+    gate.remove()
+    torch.testing.assert_close(replayed, expected, rtol=1e-4, atol=1e-5)
