@@ -308,7 +308,7 @@ def test_quadratic_objective_matches_the_torch_penalties(m):
     np.testing.assert_allclose(grad, z.grad.numpy().reshape(-1), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("m,gamma", [(1, 0.0), (2, 0.0), (3, 0.3)])
+@pytest.mark.parametrize("m,gamma", [(1, 0.0), (2, 0.0), (3, 0.3), (5, 0.05)])
 def test_quadratic_solver_reaches_the_reference_optimum(m, gamma):
     """The solver's box-constrained optimum against a tightly converged L-BFGS-B run on the same objective."""
     import scipy.optimize
