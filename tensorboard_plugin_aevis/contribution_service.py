@@ -54,6 +54,7 @@ Request parameters (a dict, e.g. the JSON body of ``POST contribution``):
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -64,6 +65,8 @@ import numpy as np
 
 from tensorboard_plugin_aevis import model_artifact, run_reader
 from tensorboard_plugin_aevis.http_common import BodyParams, HttpError
+
+logger = logging.getLogger(__name__)
 
 MAX_STEPS = 500
 MAX_AREA_GRID = 4096
@@ -248,8 +251,8 @@ class ContributionService:
         first contribution request does not wait for it; failures are left for that request to report."""
         try:
             self._workers.load(_artifact_key(loaded, loaded.run, loaded.name))
-        except (HttpError, model_artifact.ModelArtifactError):
-            pass
+        except Exception:  # noqa: BLE001 - whatever failed is answered to the request that needs the model
+            logger.debug("reading the model of %r ahead failed", loaded.name, exc_info=True)
 
     # ------------------------------------------------------------------ work
     def _answer(self, params: BodyParams, load: Loader) -> Dict[str, Any]:

@@ -242,7 +242,7 @@ def test_simultaneous_requests_on_a_fresh_service_answer_200_or_429_and_load_onc
 
     def send(i):
         barrier.wait()
-        return service.handle(request(small, channel=i % 4, mode="sgd", steps=5), load)
+        return service.handle(request(small, channel=i % 2, mode="sgd", steps=5 + i), load)  # distinct, valid requests
 
     with concurrent.futures.ThreadPoolExecutor(count) as pool:
         answers = list(pool.map(send, range(count)))
