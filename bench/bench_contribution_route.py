@@ -51,6 +51,14 @@ def spearman(a, b) -> float:
 
 def run_bench(logdir: str, target_layer: str, maps: int) -> dict:
     server = Server(logdir)
+    try:
+        return _timed_requests(server, target_layer, maps)
+    except BaseException:
+        server.close()  # never leave a tensorboard behind
+        raise
+
+
+def _timed_requests(server: Server, target_layer: str, maps: int) -> dict:
     run = server.wait_for_runs()["runs"][0]
     candidates = []
     for entry in run["analyses"]:  # the first with a model and three examples (a triplet, the dashboard's default view)
