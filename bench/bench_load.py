@@ -112,7 +112,10 @@ class RssSampler:
 
 
 class Server:
-    """A ``tensorboard`` process on a free loopback port; ``with_plugins=False``: without AEVis."""
+    """A ``tensorboard`` process on a free loopback port; ``with_plugins=False``: without AEVis.
+    ``Server.running`` holds those not closed yet (closed by :func:`main` on any failure)."""
+
+    running: List["Server"] = []
 
     def __init__(self, logdir: str, with_plugins: bool = True, warm_models: bool = True):
         self.port = free_port()
@@ -124,6 +127,7 @@ class Server:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         self.rss = RssSampler(self.process.pid)
+        Server.running.append(self)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
@@ -163,6 +167,8 @@ class Server:
         return status, payload, time.perf_counter() - started
 
     def close(self) -> Dict[str, float]:
+        if self in Server.running:
+            Server.running.remove(self)
         rss = self.rss.stop()
         try:
             os.killpg(self.process.pid, 15)
@@ -369,6 +375,8 @@ def main() -> int:
             result["faults"] = fault_phase(os.path.join(logdir, os.listdir(logdir)[0]), root, payload)
             ok &= result["faults"]["ok"]
     finally:
+        for server in list(Server.running):
+            server.close()
         shutil.rmtree(root, ignore_errors=True)
     result["ok"] = bool(ok)
     print(json.dumps(result, indent=1))
