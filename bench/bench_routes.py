@@ -93,6 +93,7 @@ def main(argv=None) -> int:
 
     from run_fixtures import tensorboard_app
     from tensorboard_plugin_aevis import aevis_plugin, run_reader
+    from tensorboard_plugin_aevis.bounded_cache import ByteLRU
 
     logdir = args.logdir or tempfile.mkdtemp(prefix="aevis-bench-routes-")
     marker = os.path.join(logdir, "bench_routes.json")
@@ -122,11 +123,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"{route}: HTTP {response.status_code}: {body[:300]!r}")
         return elapsed, len(body)
 
-    def empty_caches() -> None:
-        with run_reader._cache_lock:
-            run_reader._cache.clear()
+    def empty_caches() -> None:  # the analysis read again, answers computed again (the run index kept)
         for plugin in plugin_cache["instance"] or ():
-            plugin._cache = aevis_plugin.ByteLRU(aevis_plugin.CACHE_BYTES)
+            plugin._store._loaded = ByteLRU(run_reader.MAX_LOADED_BYTES)
+            plugin._cache = ByteLRU(aevis_plugin.CACHE_BYTES)
 
     # the plugin instance lives inside the TensorBoard app: find it once
     import gc

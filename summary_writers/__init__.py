@@ -5,15 +5,6 @@
 >>> add_analysis(SummaryWriter("runs/demo"), "cat->espresso", analysis, step=0, model=model)
 """
 
-from summary_writers.ops import (
-    add_analysis,
-    add_arrays,
-    add_learned_features,
-    add_manifest,
-    add_model_graph,
-    add_reference_images,
-)
-
 __all__ = [
     "add_analysis",
     "add_arrays",
@@ -22,3 +13,13 @@ __all__ = [
     "add_model_graph",
     "add_reference_images",
 ]
+
+
+def __getattr__(name):
+    """The ``add_*`` ops, imported on first use: reading a run (``summary_writers.codec``,
+    as TensorBoard's plugin does) must not import torch."""
+    if name in __all__:
+        from summary_writers import ops
+
+        return getattr(ops, name)
+    raise AttributeError(f"module 'summary_writers' has no attribute {name!r}")

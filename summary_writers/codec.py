@@ -18,8 +18,6 @@ import zlib
 from typing import Dict, List, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 
@@ -122,6 +120,9 @@ def quantise_maps(maps: np.ndarray, max_size: int) -> Tuple[np.ndarray, np.ndarr
     n, k, height, width = maps.shape
     h, w = pooled_size(height, width, max_size)
     if (h, w) != (height, width) and k > 0:
+        import torch  # here, not at import: the TensorBoard plugin reads runs without torch
+        import torch.nn.functional as F
+
         maps = F.adaptive_avg_pool2d(torch.from_numpy(maps), (h, w)).numpy()
     lo = maps.min(axis=(2, 3)) if k else np.zeros((n, 0), np.float32)
     hi = maps.max(axis=(2, 3)) if k else np.zeros((n, 0), np.float32)

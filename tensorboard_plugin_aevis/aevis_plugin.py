@@ -1,17 +1,19 @@
 """The AEVis TensorBoard plugin: routes of ``http_api.md`` over TensorBoard's DataProvider.
 
 Every route reads runs only through ``context.data_provider`` (so it works with the
-default Rust data server), validates each parameter before use, answers JSON errors
-``{"error": ...}`` with a 4xx status for bad input (never a traceback), and caches
-computed answers in an LRU keyed on the request (experiment, route, parameters).
-Layouts are computed here (``layouts/``); the dashboard only draws.
+default Rust data server), via one :class:`run_reader.AnalysisStore` per server (the
+run index refreshed at TensorBoard's ``--reload_interval``, each analysis read once),
+validates each parameter before use, answers JSON errors ``{"error": ...}`` with a 4xx
+status for bad input (never a traceback), and caches computed answers in a byte-bounded
+LRU keyed on the request and the analysis's version. A route parses its parameters,
+calls a ``*_impl`` function that returns the answer's data, and responds. Layouts are
+computed here (``layouts/``, imported on first use with scipy); the dashboard only
+draws. Importing this module imports neither torch nor scipy.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import importlib
 import io
 import json
 import logging
@@ -30,162 +32,28 @@ from tensorboard import plugin_util
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 
-from tensorboard_plugin_aevis import datapath_metrics, metadata, run_reader
-from tensorboard_plugin_aevis.analysis import METHODS
-from tensorboard_plugin_aevis.layouts import river as river_layout
-from tensorboard_plugin_aevis.layouts import treemap as treemap_layout
+from tensorboard_plugin_aevis import contribution_service, datapath_metrics, metadata, run_reader
+from tensorboard_plugin_aevis.bounded_cache import ByteLRU, answer_size
+from tensorboard_plugin_aevis.http_common import JSON_TYPE, HttpError, Params, error_response, json_response, json_text, shown
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_QUERY_BYTES = 8 * 1024
 MAX_BODY_BYTES = 1024 * 1024
-MAX_STRING_PARAM = 1024
 MAX_TREEMAP_DATAPATHS = 5
 MAX_RIVER_DATAPATHS = 16
 TREEMAP_SIZE_RANGE = (50, 4000)
 CACHE_BYTES = 64 * 1024 * 1024
 MAX_CONCURRENT_COMPUTATIONS = 4
 BUSY_WAIT_SECONDS = 20.0
-JSON_TYPE = "application/json"
+DEFAULT_INDEX_TTL_S = 5.0  # TensorBoard's default --reload_interval
 PNG_TYPE = "image/png"
 STATIC_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".map": JSON_TYPE,
                 ".json": JSON_TYPE, ".svg": "image/svg+xml", ".png": PNG_TYPE, ".woff2": "font/woff2"}
 STATIC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
-
-class HttpError(Exception):
-    """An answer to a bad request: ``status`` and a message naming the problem and the fix."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def json_text(value: Any) -> str:
-    """JSON with ``<``, ``>``, ``&`` escaped too, so no user string can read as markup;
-    non-finite numbers (possible in a hand-edited logdir) become null."""
-    try:
-        text = json.dumps(value, ensure_ascii=True, allow_nan=False)
-    except ValueError:
-        text = json.dumps(_finite(value), ensure_ascii=True, allow_nan=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def json_response(request: wrappers.Request, value: Any, status: int = 200, headers=None):
-    return http_util.Respond(request, json_text(value), JSON_TYPE, code=status, headers=headers)
-
-
-def error_response(request: wrappers.Request, status: int, message: str):
-    return json_response(request, {"error": message}, status)
-
-
-# ----------------------------------------------------------------- parameters
-def _shown(value: str, limit: int = 60) -> str:
-    """A user string for an error message (shortened; JSON escaping happens on output)."""
-    return repr(value if len(value) <= limit else value[:limit] + "...")
-
-
-class Params:
-    """Validated access to a request's query parameters; every failure is an HttpError(400)."""
-
-    def __init__(self, args):
-        self._args = args
-
-    def string(self, name: str, default: Optional[str] = None) -> str:
-        values = self._args.getlist(name)
-        if not values:
-            if default is not None:
-                return default
-            raise HttpError(400, f"missing parameter {name!r}: add ?{name}=... to the request")
-        if len(values) > 1:
-            raise HttpError(400, f"parameter {name!r} given {len(values)} times; give it once")
-        value = values[0]
-        if len(value) > MAX_STRING_PARAM:
-            raise HttpError(400, f"parameter {name!r} is longer than {MAX_STRING_PARAM} characters")
-        if "\x00" in value:
-            raise HttpError(400, f"parameter {name!r} contains a NUL character")
-        return value
-
-    def integer(self, name: str, default: Optional[int] = None, lo: int = -(2**63), hi: int = 2**63 - 1) -> int:
-        raw = self.string(name, None if default is None else str(default))
-        text = raw.strip()
-        if not (text.lstrip("-").isdigit() and text.lstrip("-").isascii() and len(text) <= 20):
-            raise HttpError(400, f"parameter {name!r} must be an integer, got {_shown(raw)}")
-        value = int(text)
-        if not lo <= value <= hi:
-            raise HttpError(400, f"parameter {name!r} must be between {lo} and {hi}, got {value}")
-        return value
-
-    def integers(self, name: str, default: Optional[Sequence[int]], min_count: int, max_count: int) -> Optional[List[int]]:
-        """A comma-separated list of distinct non-negative integers (or ``default``)."""
-        if not self._args.getlist(name):
-            return None if default is None else list(default)
-        raw = self.string(name)
-        parts = [p.strip() for p in raw.split(",")] if raw.strip() else []
-        if not all(p.isdigit() and p.isascii() and len(p) <= 9 for p in parts):
-            raise HttpError(400, f"parameter {name!r} must be comma-separated example indices like 0,1,2, got {_shown(raw)}")
-        values = [int(p) for p in parts]
-        if len(set(values)) != len(values):
-            raise HttpError(400, f"parameter {name!r} repeats an index ({_shown(raw)}); give each example once")
-        if not min_count <= len(values) <= max_count:
-            raise HttpError(400, f"parameter {name!r} needs {min_count} to {max_count} indices, got {len(values)}")
-        return values
-
-    def method(self) -> str:
-        value = self.string("method")
-        if value not in METHODS:
-            raise HttpError(400, f"parameter 'method' must be one of {', '.join(METHODS)}, got {_shown(value)}")
-        return value
-
-
-# ----------------------------------------------------------------- caching
-class ByteLRU:
-    """Thread-safe LRU of computed answers (str or bytes), bounded by their total size."""
-
-    def __init__(self, max_bytes: int):
-        self._items: "collections.OrderedDict[tuple, Tuple[Any, int]]" = collections.OrderedDict()
-        self._bytes = 0
-        self._max_bytes = max_bytes
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> Any:
-        with self._lock:
-            if key not in self._items:
-                return None
-            self._items.move_to_end(key)
-            return self._items[key][0]
-
-    def put(self, key: tuple, value: Any, size: int) -> None:
-        with self._lock:
-            if key in self._items:
-                self._bytes -= self._items.pop(key)[1]
-            if size > self._max_bytes:
-                return
-            self._items[key] = (value, size)
-            self._bytes += size
-            while self._bytes > self._max_bytes:
-                self._bytes -= self._items.popitem(last=False)[1][1]
-
-
-def _size(value: Any) -> int:
-    if isinstance(value, tuple):
-        return sum(_size(v) for v in value)
-    return len(value) if isinstance(value, (str, bytes)) else 64
-
-
-# ----------------------------------------------------------------- the plugin
+AnalysisKey = Tuple[str, str, str, str, int]  # (experiment id, run, analysis, method, step)
 ContributionHandler = Callable[[Dict[str, Any], Callable[[str, str, str, int], "run_reader.LoadedAnalysis"]], Dict[str, Any]]
 
 
@@ -197,17 +65,24 @@ class AEVisPlugin(base_plugin.TBPlugin):
     #: Extension point for ``POST contribution``: ``handler(payload, load) -> dict`` where
     #: ``payload`` is the request's JSON object and ``load(run, analysis, method, step)``
     #: returns a ``run_reader.LoadedAnalysis`` (raising HttpError 404 when unknown). The
-    #: handler raises HttpError (4xx / 429 / 503), ValueError (-> 400) or LookupError
-    #: (-> 404) for requests it refuses. When None, the plugin uses
-    #: ``tensorboard_plugin_aevis.contribution_service.handle_contribution`` if that module
-    #: exists, else answers 501.
+    #: handler raises HttpError (4xx / 429 / 503) for requests it refuses. When None, the
+    #: plugin uses ``contribution_service.handle_contribution``.
     contribution_handler: Optional[ContributionHandler] = None
+
+    #: Read the model of an analysis in the background when its ``analysis`` answer is
+    #: first computed, so the first contribution request does not wait for it.
+    warm_models: bool = True
 
     def __init__(self, context: base_plugin.TBContext):
         self._data_provider = context.data_provider
         self._logdir = context.logdir
+        reload_interval = getattr(getattr(context, "flags", None), "reload_interval", None)
+        ttl = float(reload_interval) if isinstance(reload_interval, (int, float)) and reload_interval > 0 else DEFAULT_INDEX_TTL_S
+        self._store = run_reader.AnalysisStore(context.data_provider, context.logdir, index_ttl_s=ttl)
         self._cache = ByteLRU(CACHE_BYTES)
         self._computing = threading.BoundedSemaphore(MAX_CONCURRENT_COMPUTATIONS)
+        self._warmed: set = set()
+        self._warmed_lock = threading.Lock()
 
     # ------------------------------------------------------------ TBPlugin
     def get_plugin_apps(self):
@@ -269,218 +144,123 @@ class AEVisPlugin(base_plugin.TBPlugin):
             return compute()
         except HttpError as e:
             return error_response(request, e.status, e.message)
-        except run_reader.AnalysisReadError as e:  # a part read on first use is damaged
+        except run_reader.AnalysisReadError as e:  # a part read on first use (one layer's maps) is damaged
             return error_response(request, 404, str(e))
         except Exception:  # a bug, not bad input: log it, never show the traceback
             logger.exception("AEVis route %s failed", request.path)
             return error_response(request, 500, "internal error in the AEVis plugin; see the TensorBoard log")
 
     def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
-        """The cached answer for ``key``, or ``compute()`` under the concurrency bound."""
-        found = self._cache.get(key)
-        if found is not None:
-            return found
-        if not self._computing.acquire(timeout=BUSY_WAIT_SECONDS):
-            raise HttpError(503, "the AEVis plugin is busy computing other answers; retry in a few seconds")
-        try:
-            value = compute()
-        finally:
-            self._computing.release()
-        self._cache.put(key, value, _size(value))
-        return value
+        """The cached answer for ``key``, or ``compute()`` (once for simultaneous requests) under the concurrency bound."""
+
+        def bounded() -> Any:
+            if not self._computing.acquire(timeout=BUSY_WAIT_SECONDS):
+                raise HttpError(503, "the AEVis plugin is busy computing other answers; retry in a few seconds")
+            try:
+                return compute()
+            finally:
+                self._computing.release()
+
+        return self._cache.get_or_compute(key, bounded, answer_size)
 
     def _load(self, request: wrappers.Request, run: str, name: str, method: str, step: int) -> "run_reader.LoadedAnalysis":
         ctx, eid = plugin_util.context(request.environ), plugin_util.experiment_id(request.environ)
         try:
-            return run_reader.load_analysis(self._data_provider, ctx, eid, run, name, method, step, logdir=self._logdir)
+            return self._store.load(ctx, eid, run, name, method, step)
         except run_reader.AnalysisNotFoundError:
             raise HttpError(404, f"no analysis {name!r} with method {method!r} at step {step} in run {run!r}; "
                                  "see the 'runs' route for what exists") from None
         except run_reader.AnalysisReadError as e:
             raise HttpError(404, str(e)) from None
 
-    def _analysis_key(self, request: wrappers.Request, params: Params) -> Tuple[str, str, str, str, int]:
-        """(experiment id, run, analysis, method, step) of a request about one analysis."""
-        return (plugin_util.experiment_id(request.environ), params.string("run"), params.string("analysis"),
-                params.method(), params.integer("step", lo=0))
+    def _loaded(self, request: wrappers.Request, params: Params) -> Tuple[AnalysisKey, "run_reader.LoadedAnalysis"]:
+        """The (experiment id, run, analysis, method, step) of a request about one analysis, and that analysis."""
+        key = (plugin_util.experiment_id(request.environ), params.string("run"), params.string("analysis"),
+               params.method(), params.integer("step", lo=0))
+        return key, self._load(request, *key[1:])
 
-    def _loaded(self, request: wrappers.Request, key: Tuple[str, str, str, str, int]) -> "run_reader.LoadedAnalysis":
-        return self._load(request, *key[1:])
+    def _respond_cached(self, request, route: str, key: AnalysisKey, loaded, extra: tuple, compute: Callable[[], Any], mimetype: str):
+        """Respond with the cached answer of ``route`` for this analysis version and ``extra`` parameters."""
+        return http_util.Respond(request, self._cached((route,) + key + (loaded.version,) + extra, compute), mimetype)
+
+    def _warm_model(self, loaded: "run_reader.LoadedAnalysis") -> None:
+        """Read the analysis's model in a background thread (once per artifact) when contributions use the default service."""
+        if not self.warm_models or self.contribution_handler is not None or loaded.model_artifact is None:
+            return
+        with self._warmed_lock:
+            if loaded.model_artifact in self._warmed:
+                return
+            self._warmed.add(loaded.model_artifact)
+        threading.Thread(target=contribution_service.default_service().warm, args=(loaded,),
+                         name="aevis-warm-model", daemon=True).start()
 
     # ------------------------------------------------------------ routes
     def _runs(self, request: wrappers.Request, params: Params):
         ctx, eid = plugin_util.context(request.environ), plugin_util.experiment_id(request.environ)
-        index = run_reader.index_runs(self._data_provider, ctx, eid)
-        runs = [
-            {"run": run, "analyses": [{"name": k.name, "method": k.method, "steps": list(k.steps)} for k in keys]}
-            for run, keys in sorted(index.analyses.items())
-        ]
-        return json_response(request, {"runs": runs, "warnings": index.warnings})
+        return json_response(request, runs_impl(self._store.index(ctx, eid)))
 
     def _analysis(self, request: wrappers.Request, params: Params):
-        key = self._analysis_key(request, params)
-
-        def compute() -> str:
-            loaded = self._loaded(request, key)
-            a, m = loaded.analysis, loaded.manifest
-            kept = m.get("kept_fraction") or a.kept_fraction().tolist()
-            examples = []
-            for i, e in enumerate(a.examples):
-                record = {"index": i, **dataclasses.asdict(e), "label_preserved": e.label_preserved,
-                          "kept_fraction": kept[i]}
-                examples.append(record)
-            return json_text({
-                "run": key[1], "analysis": key[2], "method": key[3], "step": key[4],
-                "format_version": m["analysis"].get("format_version"),
-                "params": a.params, "threshold": a.threshold, "examples": examples,
-                "layers": [dataclasses.asdict(l) for l in a.layers],
-                "distances": loaded.distances, "diff_curve": loaded.diff_curve,
-                "diverging_merging": loaded.diverging_merging,
-                "has_model": loaded.model_artifact is not None,
-                "has_graph": loaded.graph is not None,
-                "has_activation_maps": loaded.activation_maps is not None,
-                "has_learned_features": loaded.has_learned_features,
-                "warnings": loaded.warnings,
-            })
-
-        return http_util.Respond(request, self._cached(("analysis",) + key, compute), JSON_TYPE)
+        key, loaded = self._loaded(request, params)
+        self._warm_model(loaded)
+        return self._respond_cached(request, "analysis", key, loaded, (), lambda: json_text(analysis_impl(loaded)), JSON_TYPE)
 
     def _image(self, request: wrappers.Request, params: Params):
-        key = self._analysis_key(request, params)
+        _, loaded = self._loaded(request, params)
         example = params.integer("example", lo=0)
-        loaded = self._loaded(request, key)
         if example >= len(loaded.image_pngs):
             raise HttpError(404, f"example {example} does not exist: this analysis has {len(loaded.image_pngs)} examples (0..{len(loaded.image_pngs) - 1})")
         return http_util.Respond(request, loaded.image_pngs[example], PNG_TYPE)
 
     def _graph(self, request: wrappers.Request, params: Params):
-        key = self._analysis_key(request, params)
-
-        def compute() -> str:
-            loaded = self._loaded(request, key)
-            if loaded.graph is None:
-                raise HttpError(404, "no model graph was logged for this analysis: pass model=... to add_analysis")
-            return json_text(loaded.graph)
-
-        return http_util.Respond(request, self._cached(("graph",) + key, compute), JSON_TYPE)
+        key, loaded = self._loaded(request, params)
+        return self._respond_cached(request, "graph", key, loaded, (), lambda: json_text(graph_impl(loaded)), JSON_TYPE)
 
     def _river(self, request: wrappers.Request, params: Params):
-        key = self._analysis_key(request, params)
+        key, loaded = self._loaded(request, params)
         chosen = params.integers("examples", None, 2, MAX_RIVER_DATAPATHS)
         normalization = params.string("normalization", "l2")
         if normalization not in datapath_metrics.NORMALIZATIONS:
-            raise HttpError(400, f"normalization {_shown(normalization)!r} is unknown; use one of {', '.join(datapath_metrics.NORMALIZATIONS)}")
-
-        def compute() -> str:
-            loaded = self._loaded(request, key)
-            a = loaded.analysis
-            examples = _check_examples(chosen if chosen is not None else list(range(min(a.num_examples, MAX_RIVER_DATAPATHS))), a.num_examples)
-            if len(examples) < 2:
-                raise HttpError(404, "the river needs two or more examples; this analysis has one")
-            return json_text(river_answer(loaded, examples, normalization))
-
-        return http_util.Respond(request, self._cached(("river",) + key + (tuple(chosen or ()), normalization), compute), JSON_TYPE)
+            raise HttpError(400, f"normalization {shown(normalization)!r} is unknown; use one of {', '.join(datapath_metrics.NORMALIZATIONS)}")
+        return self._respond_cached(request, "river", key, loaded, (tuple(chosen or ()), normalization),
+                                    lambda: json_text(river_impl(loaded, chosen, normalization)), JSON_TYPE)
 
     def _treemap(self, request: wrappers.Request, params: Params):
-        key = self._analysis_key(request, params)
+        key, loaded = self._loaded(request, params)
         layer_name = params.string("layer")
         chosen = params.integers("examples", None, 1, MAX_TREEMAP_DATAPATHS)
         diff = params.integers("diff", None, 2, 2)
         width = params.integer("width", 600, *TREEMAP_SIZE_RANGE)
         height = params.integer("height", 400, *TREEMAP_SIZE_RANGE)
-
-        def compute() -> str:
-            loaded = self._loaded(request, key)
-            a = loaded.analysis
-            layer = _layer_index(a, layer_name)
-            examples = _check_examples(chosen if chosen is not None else default_treemap_examples(a), a.num_examples)
-            pair = diff if diff is not None else (examples[:2] if len(examples) >= 2 else None)
-            if pair is not None:
-                _check_examples(pair, a.num_examples)
-            return json_text(treemap_answer(a, layer, examples, pair, width, height))
-
-        cache_key = ("treemap",) + key + (layer_name, tuple(chosen or ()), tuple(diff or ()), width, height)
-        body = self._cached(cache_key, compute)
-        return http_util.Respond(request, body, JSON_TYPE)
+        return self._respond_cached(request, "treemap", key, loaded, (layer_name, tuple(chosen or ()), tuple(diff or ()), width, height),
+                                    lambda: json_text(treemap_impl(loaded, layer_name, chosen, diff, width, height)), JSON_TYPE)
 
     def _neuron(self, request: wrappers.Request, params: Params):
-        key = self._analysis_key(request, params)
+        key, loaded = self._loaded(request, params)
         layer_name = params.string("layer")
         channel = params.integer("channel", lo=0)
-
-        def compute() -> str:
-            loaded = self._loaded(request, key)
-            a = loaded.analysis
-            layer = _layer_index(a, layer_name)
-            _check_channel(a, layer, channel)
-            analysis_query = {"run": key[1], "analysis": key[2], "method": key[3], "step": key[4]}
-            query = {**analysis_query, "layer": layer_name, "channel": channel}
-            examples = []
-            thresholds = a.thresholds()
-            for i in range(a.num_examples):
-                has_map = loaded.activation_maps is not None and loaded.activation_maps.has_map(layer, channel, i)
-                examples.append({
-                    "example": i,
-                    "max_activation": None if a.max_activations is None else float(a.max_activations[layer][i, channel]),
-                    "gate": float(a.gates[layer][i, channel]),
-                    "in_datapath": bool(a.gates[layer][i, channel] > thresholds[i]),
-                    "activation_map": f"activation_map?{urllib.parse.urlencode({**query, 'example': i})}" if has_map else None,
-                })
-            features = [
-                {"rank": rank, "activation": box["activation"], "reference_image": box["image"], "box": box["box"],
-                 "url": f"learned_feature?{urllib.parse.urlencode({**query, 'rank': rank})}",
-                 "reference_url": f"reference_image?{urllib.parse.urlencode({**analysis_query, 'index': box['image']})}"}
-                for rank, box in enumerate(_feature_boxes(loaded, layer, channel))
-            ]
-            return json_text({"layer": layer_name, "layer_index": layer, "channel": channel,
-                              "examples": examples, "learned_features": features})
-
-        return http_util.Respond(request, self._cached(("neuron",) + key + (layer_name, channel), compute), JSON_TYPE)
+        return self._respond_cached(request, "neuron", key, loaded, (layer_name, channel),
+                                    lambda: json_text(neuron_impl(loaded, layer_name, channel)), JSON_TYPE)
 
     def _activation_map(self, request: wrappers.Request, params: Params):
-        key = self._analysis_key(request, params)
+        key, loaded = self._loaded(request, params)
         layer_name = params.string("layer")
         channel = params.integer("channel", lo=0)
         example = params.integer("example", lo=0)
-
-        def compute() -> Tuple[bytes, str]:
-            loaded = self._loaded(request, key)
-            a = loaded.analysis
-            layer = _layer_index(a, layer_name)
-            _check_channel(a, layer, channel)
-            _check_examples([example], a.num_examples)
-            found = None if loaded.activation_maps is None else loaded.activation_maps.quantised_map(layer, channel, example)
-            if found is None:
-                raise HttpError(404, f"no activation map of channel {channel} at layer {layer_name!r}: maps are logged only for "
-                                     "feature maps in some datapath, and only when add_analysis had the model or activation maps")
-            pixels, lo, hi = found
-            return _png_grey(pixels), f"{lo!r},{hi!r}"
-
-        png, value_range = self._cached(("activation_map",) + key + (layer_name, channel, example), compute)
+        png, value_range = self._cached(("activation_map",) + key + (loaded.version, layer_name, channel, example),
+                                        lambda: activation_map_impl(loaded, layer_name, channel, example))
         return http_util.Respond(request, png, PNG_TYPE, headers=[("X-AEVis-Range", value_range)])
 
     def _learned_feature(self, request: wrappers.Request, params: Params):
-        key = self._analysis_key(request, params)
+        key, loaded = self._loaded(request, params)
         layer_name = params.string("layer")
         channel = params.integer("channel", lo=0)
         rank = params.integer("rank", lo=0)
-
-        def compute() -> bytes:
-            loaded = self._loaded(request, key)
-            a = loaded.analysis
-            layer = _layer_index(a, layer_name)
-            _check_channel(a, layer, channel)
-            boxes = _feature_boxes(loaded, layer, channel)
-            if rank >= len(boxes):
-                raise HttpError(404, f"channel {channel} of layer {layer_name!r} has {len(boxes)} learned features (ranks 0..{len(boxes) - 1}); got rank {rank}")
-            return _crop_png(loaded, boxes[rank])
-
-        return http_util.Respond(request, self._cached(("learned_feature",) + key + (layer_name, channel, rank), compute), PNG_TYPE)
+        return self._respond_cached(request, "learned_feature", key, loaded, (layer_name, channel, rank),
+                                    lambda: learned_feature_impl(loaded, layer_name, channel, rank), PNG_TYPE)
 
     def _reference_image(self, request: wrappers.Request, params: Params):
-        key = self._analysis_key(request, params)
+        _, loaded = self._loaded(request, params)
         index = params.integer("index", lo=0)
-        loaded = self._loaded(request, key)
         count = len(loaded.reference_image_pngs)
         if index >= count:
             raise HttpError(404, f"reference image {index} was not logged: this analysis has {count} reference images"
@@ -488,10 +268,6 @@ class AEVisPlugin(base_plugin.TBPlugin):
         return http_util.Respond(request, loaded.reference_image_pngs[index], PNG_TYPE)
 
     def _contribution(self, request: wrappers.Request):
-        handler = self.contribution_handler or _service_handler()
-        if handler is None:
-            raise HttpError(501, "contribution analysis is not available in this installation "
-                                 "(tensorboard_plugin_aevis.contribution_service is missing)")
         if request.mimetype != JSON_TYPE:
             raise HttpError(400, f"send the request body as JSON with Content-Type {JSON_TYPE}")
         try:
@@ -504,15 +280,8 @@ class AEVisPlugin(base_plugin.TBPlugin):
         def load(run: str, name: str, method: str, step: int) -> "run_reader.LoadedAnalysis":
             return self._load(request, run, name, method, step)
 
-        try:
-            answer = handler(payload, load)
-        except HttpError:
-            raise
-        except LookupError as e:
-            raise HttpError(404, str(e)) from None
-        except (ValueError, TypeError) as e:
-            raise HttpError(400, str(e)) from None
-        return json_response(request, answer)
+        handler = self.contribution_handler or contribution_service.handle_contribution
+        return json_response(request, handler(payload, load))
 
     @wrappers.Request.application
     def _static(self, request: wrappers.Request):
@@ -530,24 +299,125 @@ class AEVisPlugin(base_plugin.TBPlugin):
         return http_util.Respond(request, content, STATIC_TYPES[ext])
 
 
-# ----------------------------------------------------------------- answers
-def _service_handler() -> Optional[ContributionHandler]:
-    """``contribution_service.handle_contribution`` when that module is installed."""
-    try:
-        module = importlib.import_module("tensorboard_plugin_aevis.contribution_service")
-    except ModuleNotFoundError as e:
-        if e.name == "tensorboard_plugin_aevis.contribution_service":
-            return None
-        raise
-    return getattr(module, "handle_contribution", None)
+# ----------------------------------------------------------------- answers (*_impl: data, no HTTP)
+def runs_impl(index: "run_reader.RunIndex") -> Dict[str, Any]:
+    """The ``runs`` answer from a run index."""
+    runs = [
+        {"run": run, "analyses": [{"name": k.name, "method": k.method, "steps": list(k.steps),
+                                   "steps_with_model": list(k.steps_with_model)} for k in keys]}
+        for run, keys in sorted(index.analyses.items())
+    ]
+    return {"runs": runs, "warnings": index.warnings}
+
+
+def analysis_impl(loaded: "run_reader.LoadedAnalysis") -> Dict[str, Any]:
+    """The ``analysis`` answer."""
+    a, m = loaded.analysis, loaded.manifest
+    kept = m.get("kept_fraction") or a.kept_fraction().tolist()
+    examples = [{"index": i, **dataclasses.asdict(e), "label_preserved": e.label_preserved, "kept_fraction": kept[i]}
+                for i, e in enumerate(a.examples)]
+    return {
+        "run": loaded.run, "analysis": loaded.name, "method": loaded.method, "step": loaded.step,
+        "format_version": m["analysis"].get("format_version"),
+        "params": a.params, "threshold": a.threshold, "examples": examples,
+        "layers": [dataclasses.asdict(l) for l in a.layers],
+        "distances": loaded.distances, "diff_curve": loaded.diff_curve,
+        "diverging_merging": loaded.diverging_merging,
+        "has_model": loaded.model_artifact is not None,
+        "has_graph": loaded.graph is not None,
+        "has_activation_maps": loaded.activation_maps is not None,
+        "has_learned_features": loaded.has_learned_features,
+        "warnings": loaded.warnings,
+    }
+
+
+def graph_impl(loaded: "run_reader.LoadedAnalysis") -> Dict[str, Any]:
+    """The ``graph`` answer: the logged model DAG."""
+    if loaded.graph is None:
+        raise HttpError(404, "no model graph was logged for this analysis: pass model=... to add_analysis")
+    return loaded.graph
+
+
+def river_impl(loaded: "run_reader.LoadedAnalysis", chosen: Optional[List[int]], normalization: str = "l2") -> Dict[str, Any]:
+    """The ``river`` answer for the ``chosen`` examples (default: the first MAX_RIVER_DATAPATHS),
+    with layer distances ``normalization`` (``"l2"`` or ``"rms"``)."""
+    a = loaded.analysis
+    examples = _check_examples(chosen if chosen is not None else list(range(min(a.num_examples, MAX_RIVER_DATAPATHS))), a.num_examples)
+    if len(examples) < 2:
+        raise HttpError(404, "the river needs two or more examples; this analysis has one")
+    return river_answer(loaded, examples, normalization)
+
+
+def treemap_impl(loaded: "run_reader.LoadedAnalysis", layer_name: str, chosen: Optional[List[int]],
+                 diff: Optional[List[int]], width: int, height: int) -> Dict[str, Any]:
+    """The ``treemap`` answer of one layer."""
+    a = loaded.analysis
+    layer = _layer_index(a, layer_name)
+    examples = _check_examples(chosen if chosen is not None else default_treemap_examples(a), a.num_examples)
+    pair = diff if diff is not None else (examples[:2] if len(examples) >= 2 else None)
+    if pair is not None:
+        _check_examples(pair, a.num_examples)
+    return treemap_answer(a, layer, examples, pair, width, height)
+
+
+def neuron_impl(loaded: "run_reader.LoadedAnalysis", layer_name: str, channel: int) -> Dict[str, Any]:
+    """The ``neuron`` answer: one feature map in every example, and its learned features."""
+    a = loaded.analysis
+    layer = _layer_index(a, layer_name)
+    _check_channel(a, layer, channel)
+    analysis_query = {"run": loaded.run, "analysis": loaded.name, "method": loaded.method, "step": loaded.step}
+    query = {**analysis_query, "layer": layer_name, "channel": channel}
+    examples = []
+    thresholds = a.thresholds()
+    for i in range(a.num_examples):
+        has_map = loaded.activation_maps is not None and loaded.activation_maps.has_map(layer, channel, i)
+        examples.append({
+            "example": i,
+            "max_activation": None if a.max_activations is None else float(a.max_activations[layer][i, channel]),
+            "gate": float(a.gates[layer][i, channel]),
+            "in_datapath": bool(a.gates[layer][i, channel] > thresholds[i]),
+            "activation_map": f"activation_map?{urllib.parse.urlencode({**query, 'example': i})}" if has_map else None,
+        })
+    features = [
+        {"rank": rank, "activation": box["activation"], "reference_image": box["image"], "box": box["box"],
+         "url": f"learned_feature?{urllib.parse.urlencode({**query, 'rank': rank})}",
+         "reference_url": f"reference_image?{urllib.parse.urlencode({**analysis_query, 'index': box['image']})}"}
+        for rank, box in enumerate(_feature_boxes(loaded, layer, channel))
+    ]
+    return {"layer": layer_name, "layer_index": layer, "channel": channel, "examples": examples, "learned_features": features}
+
+
+def activation_map_impl(loaded: "run_reader.LoadedAnalysis", layer_name: str, channel: int, example: int) -> Tuple[bytes, str]:
+    """(grey PNG of one logged activation map, its value range ``"min,max"``)."""
+    a = loaded.analysis
+    layer = _layer_index(a, layer_name)
+    _check_channel(a, layer, channel)
+    _check_examples([example], a.num_examples)
+    found = None if loaded.activation_maps is None else loaded.activation_maps.quantised_map(layer, channel, example)
+    if found is None:
+        raise HttpError(404, f"no activation map of channel {channel} at layer {layer_name!r}: maps are logged only for "
+                             "feature maps in some datapath, and only when add_analysis had the model or activation maps")
+    pixels, lo, hi = found
+    return _png_grey(pixels), f"{lo!r},{hi!r}"
+
+
+def learned_feature_impl(loaded: "run_reader.LoadedAnalysis", layer_name: str, channel: int, rank: int) -> bytes:
+    """PNG of the ``rank``-th learned feature (receptive-field crop) of one feature map."""
+    a = loaded.analysis
+    layer = _layer_index(a, layer_name)
+    _check_channel(a, layer, channel)
+    boxes = _feature_boxes(loaded, layer, channel)
+    if rank >= len(boxes):
+        raise HttpError(404, f"channel {channel} of layer {layer_name!r} has {len(boxes)} learned features (ranks 0..{len(boxes) - 1}); got rank {rank}")
+    return _crop_png(loaded, boxes[rank])
 
 
 def _layer_index(analysis, name: str) -> int:
     for i, layer in enumerate(analysis.layers):
         if layer.name == name:
             return i
-    shown = ", ".join(l.name for l in analysis.layers[:6])
-    raise HttpError(404, f"unknown layer {_shown(name)}; this analysis gates {len(analysis.layers)} layers: {shown}"
+    listed = ", ".join(l.name for l in analysis.layers[:6])
+    raise HttpError(404, f"unknown layer {shown(name)}; this analysis gates {len(analysis.layers)} layers: {listed}"
                          f"{', ...' if len(analysis.layers) > 6 else ''} (see the 'analysis' route)")
 
 
@@ -586,6 +456,8 @@ def river_answer(loaded: "run_reader.LoadedAnalysis", examples: List[int], norma
             if curve is None or len(curve) != L:
                 raise HttpError(404, f"the logged analysis has no per-layer distance between examples {i} and {j}; re-log it")
             D[:, p, q] = D[:, q, p] = np.asarray(curve) * per_layer
+    from tensorboard_plugin_aevis.layouts import river as river_layout  # scipy: imported on first use
+
     roles = [a.examples[e].role for e in examples]
     if sorted(roles) == ["adversarial", "source", "target"]:
         s, v, t = (roles.index(r) for r in ("source", "adversarial", "target"))
@@ -618,6 +490,8 @@ def river_answer(loaded: "run_reader.LoadedAnalysis", examples: List[int], norma
 
 def treemap_answer(analysis, layer: int, examples: List[int], diff: Optional[Sequence[int]], width: int, height: int) -> Dict[str, Any]:
     """The ``treemap`` answer: the layout of ``examples``' datapaths at ``layer``."""
+    from tensorboard_plugin_aevis.layouts import treemap as treemap_layout
+
     binary = analysis.binary()[layer]
     tm = treemap_layout.build_treemap(binary[examples], width, height)
     names = [analysis.examples[e].name for e in examples]

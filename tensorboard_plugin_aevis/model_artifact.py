@@ -27,17 +27,23 @@ user's model (``model.layer1.0`` ...) and forward hooks on it fire: the gating h
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import inspect
+import io
 import json
 import os
 import re
 import shutil
+import socket
+import threading
+import time
 import uuid
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: reading a run's index must not import it
+    import torch
+    from torch import nn
 
 ARTIFACT_VERSION = 1
 PROGRAM_FILE = "program.json"
@@ -45,6 +51,15 @@ WEIGHTS_FILE = "weights.pt"
 CONSTANTS_FILE = "constants.pt"
 META_FILE = "meta.json"
 MAX_BATCH = 4096
+# Largest file of each kind the server reads (an artifact over these is refused with a 4xx, not read):
+# resnet50's program.json is ~3 MB and its weights.pt ~100 MB.
+MAX_FILE_BYTES = {META_FILE: 1 << 20, PROGRAM_FILE: 256 << 20, WEIGHTS_FILE: 2 << 30, CONSTANTS_FILE: 2 << 30}
+ORPHAN_AGE_S = 3600.0  # a staging directory older than this has no live writer (writing one takes seconds)
+_STAGING, _OLD = ".staging-", ".old-"
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:60] or "host"
+# torch.export's deserializer keeps its state in a module global (_CURRENT_DESERIALIZER): two threads
+# deserialising at once fail with an AssertionError. Every torch read of an artifact holds this lock.
+_TORCH_READ_LOCK = threading.Lock()
 
 _ALLOWED_TARGET_PREFIXES = ("torch.ops.aten.", "torch.ops.prims.")
 _ALLOWED_TARGETS = {"_operator.getitem"}
@@ -80,6 +95,8 @@ FINGERPRINT = re.compile(r"^[0-9a-f]{16}$")
 def model_fingerprint(model: nn.Module, example_input: torch.Tensor) -> str:
     """16 hex digits of SHA-256 over the model's class, parameter and buffer names, shapes
     and bytes, and the input's (C, H, W): equal fingerprints mean the same artifact."""
+    import torch
+
     digest = hashlib.sha256(type(model).__qualname__.encode())
     digest.update(repr(tuple(example_input.shape[-3:])).encode())
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
@@ -107,8 +124,10 @@ def save_model_artifact(
 
     The batch dimension is dynamic (1..MAX_BATCH); C, H, W are those of
     ``example_input`` (C, H, W) or (B, C, H, W). An existing artifact is replaced
-    atomically (a killed writer leaves the old one or the new one, never half of one).
+    atomically (a killed writer leaves the old one or the new one, never half of one);
+    what killed writers left next to it is removed first (:func:`remove_orphans`).
     """
+    import torch
     from torch._export.serde import serialize as serde
 
     example = torch.as_tensor(example_input, dtype=torch.float32).detach().cpu()
@@ -147,7 +166,8 @@ def save_model_artifact(
     }
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".staging-{uuid.uuid4().hex}")
+    remove_orphans(parent)
+    staging = os.path.join(parent, _scratch_name(_STAGING))
     os.makedirs(staging)
     try:
         for file_name, data in (
@@ -160,7 +180,7 @@ def save_model_artifact(
                 f.write(data)
         old = None
         if os.path.exists(directory):
-            old = os.path.join(parent, f".old-{uuid.uuid4().hex}")
+            old = os.path.join(parent, _scratch_name(_OLD))
             os.rename(directory, old)
         os.rename(staging, directory)
         if old is not None:
@@ -170,22 +190,105 @@ def save_model_artifact(
     return directory
 
 
+def _scratch_name(prefix: str) -> str:
+    """``<prefix><host>-<pid>-<random>``: whose it is, so :func:`remove_orphans` can tell a live writer's."""
+    return f"{prefix}{_HOST}-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def remove_orphans(models_dir: str, now: Optional[float] = None) -> List[str]:
+    """Remove the ``.staging-*`` / ``.old-*`` directories killed writers left in ``models_dir``.
+
+    One is an orphan when its writer (host and pid in its name) is a process of this host
+    that no longer runs or, for a writer of another host (or a name without a pid), when
+    it is older than ``ORPHAN_AGE_S``. A live writer's directory is kept. Returns the
+    paths removed; a directory that cannot be removed is left (the next writer tries again).
+    """
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(models_dir))
+    except OSError:
+        return removed
+    for entry in entries:
+        prefix = _STAGING if entry.name.startswith(_STAGING) else _OLD if entry.name.startswith(_OLD) else None
+        if prefix is None:
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        owner = entry.name[len(prefix):].rsplit("-", 2)
+        local = len(owner) == 3 and owner[0] == _HOST and owner[1].isdigit()
+        if (not _process_alive(int(owner[1]))) if local else age > ORPHAN_AGE_S:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            if not os.path.exists(entry.path):
+                removed.append(entry.path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or a pid no process can have: then the age rule decides)
+    return True
+
+
 def _empty_tensor_dict() -> bytes:
-    import io
+    import torch
 
     buffer = io.BytesIO()
     torch.save({}, buffer)
     return buffer.getvalue()
 
 
+def read_artifact_file(directory: str, name: str) -> bytes:
+    """The bytes of one artifact file, or ModelArtifactError naming the file, the problem
+    (missing, a directory, a symbolic-link loop, no permission, an I/O error, larger than
+    ``MAX_FILE_BYTES[name]``) and the fix."""
+    path = os.path.join(directory, name)
+    relog = "re-log the analysis with add_analysis(..., save_model=True)"
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES[name]:
+                raise ModelArtifactError(
+                    f"model artifact file {path} is {size} bytes, more than the {MAX_FILE_BYTES[name]} bytes a "
+                    f"{name} may have; it is damaged or not an AEVis artifact: {relog}")
+            data = f.read(MAX_FILE_BYTES[name] + 1)
+    except FileNotFoundError:
+        if name == META_FILE and not os.path.isdir(directory):
+            raise ModelArtifactError(f"no model artifact at {directory}: {relog}") from None
+        raise ModelArtifactError(f"model artifact file {path} is missing: {relog}") from None
+    except IsADirectoryError:
+        raise ModelArtifactError(f"model artifact file {path} is a directory, not a file: remove it and {relog}") from None
+    except NotADirectoryError:
+        raise ModelArtifactError(f"model artifact {directory} is not a directory: remove it and {relog}") from None
+    except PermissionError:
+        raise ModelArtifactError(f"cannot read model artifact file {path}: permission denied; let the user running "
+                                 f"TensorBoard read it (chmod), or {relog}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ModelArtifactError(f"model artifact file {path} is a symbolic-link loop: remove it and {relog}") from None
+        raise ModelArtifactError(f"cannot read model artifact file {path} ({exc.strerror or exc}); check the disk, "
+                                 f"or {relog}") from None
+    if len(data) != size:
+        raise ModelArtifactError(f"model artifact file {path} changed while it was read; retry, or {relog}")
+    return data
+
+
 def read_artifact_meta(directory: str) -> Dict[str, Any]:
     """The ``meta.json`` of an artifact (JSON only, nothing executed)."""
     path = os.path.join(directory, META_FILE)
+    data = read_artifact_file(directory, META_FILE)
     try:
-        with open(path, "rb") as f:
-            meta = json.loads(f.read().decode("utf-8"))
-    except FileNotFoundError:
-        raise ModelArtifactError(f"no model artifact at {directory}: log the analysis with save_model=True") from None
+        meta = json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelArtifactError(f"model artifact metadata {path} is not valid JSON ({exc}); re-log the analysis") from exc
     if not isinstance(meta, dict) or meta.get("artifact_version") != ARTIFACT_VERSION:
@@ -203,34 +306,70 @@ def load_model_artifact(directory: str) -> nn.Module:
     The module is the unflattened export (submodules at their original paths), in eval
     mode with frozen weights; it carries ``class_names`` (list or None), ``input_shape``
     ((C, H, W)), ``gated_layers`` and ``step`` (the training step it was saved at).
-    Raises ModelArtifactError when the artifact is missing, damaged or unsafe.
+    Raises ModelArtifactError when the artifact is missing, unreadable (any OSError),
+    damaged, oversized or unsafe. Thread-safe.
     """
-    from torch._export.serde import serialize as serde
+    return module_from_program(read_program(directory))
 
+
+class ArtifactProgram:
+    """A read artifact: the ``torch.export`` program and its ``meta.json``; see :func:`module_from_program`."""
+
+    def __init__(self, directory: str, program: Any, meta: Dict[str, Any]):
+        self.directory, self.program, self.meta = directory, program, meta
+
+
+def read_program(directory: str) -> ArtifactProgram:
+    """Read and check an artifact's files and deserialise its program (raises as :func:`load_model_artifact`).
+
+    Thread-safe: torch's part runs under a process-wide lock (its deserializer keeps global state).
+    """
     meta = read_artifact_meta(directory)
+    program_bytes = read_artifact_file(directory, PROGRAM_FILE)
+    weights_bytes = read_artifact_file(directory, WEIGHTS_FILE)
+    constants_bytes = read_artifact_file(directory, CONSTANTS_FILE)
     try:
-        with open(os.path.join(directory, PROGRAM_FILE), "rb") as f:
-            program_json = json.loads(f.read().decode("utf-8"))
-    except FileNotFoundError:
-        raise ModelArtifactError(f"model artifact {directory} has no {PROGRAM_FILE}; re-log the analysis") from None
+        program_json = json.loads(program_bytes.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelArtifactError(f"{PROGRAM_FILE} in {directory} is not valid JSON ({exc}); re-log the analysis") from exc
     program_json = sanitise_program_json(program_json)
-    state_dict = _load_tensor_dict(os.path.join(directory, WEIGHTS_FILE))
-    constants = _load_tensor_dict(os.path.join(directory, CONSTANTS_FILE))
-    try:
-        program = serde.deserialize(
-            serde.SerializedArtifact(json.dumps(program_json).encode("utf-8"), state_dict, constants, ((), {}))
-        )
-        module = torch.export.unflatten(program)
-    except Exception as exc:
-        raise ModelArtifactError(
-            f"model artifact {directory} could not be rebuilt ({type(exc).__name__}: {exc}); "
-            f"it was saved with torch {meta.get('torch_version')}, this is torch {torch.__version__}: re-log the analysis"
-        ) from exc
+    from torch._export.serde import serialize as serde
+
+    with _TORCH_READ_LOCK:
+        state_dict = _load_tensor_dict(os.path.join(directory, WEIGHTS_FILE), weights_bytes)
+        constants = _load_tensor_dict(os.path.join(directory, CONSTANTS_FILE), constants_bytes)
+        try:
+            program = serde.deserialize(
+                serde.SerializedArtifact(json.dumps(program_json).encode("utf-8"), state_dict, constants, ((), {}))
+            )
+        except Exception as exc:
+            raise _rebuild_error(directory, meta, exc) from exc
+    return ArtifactProgram(directory, program, meta)
+
+
+def module_from_program(artifact: ArtifactProgram) -> nn.Module:
+    """A new module (its own submodules, so hooks on it touch no other) of a read program, in
+    eval mode with frozen weights and the attributes of :func:`load_model_artifact`. Modules
+    made from one program share its weight tensors (``torch.export.unflatten`` copies them;
+    the copies are replaced by the program's own)."""
+    import torch
+
+    with _TORCH_READ_LOCK:
+        try:
+            module = torch.export.unflatten(artifact.program)
+        except Exception as exc:
+            raise _rebuild_error(artifact.directory, artifact.meta, exc) from exc
+    shared = artifact.program.state_dict
+    for prefix, submodule in module.named_modules():
+        for store in (submodule._parameters, submodule._buffers):
+            for name, tensor in list(store.items()):
+                original = shared.get(f"{prefix}.{name}" if prefix else name)
+                if tensor is not None and isinstance(original, torch.Tensor) and original.shape == tensor.shape and original.dtype == tensor.dtype:
+                    store[name] = torch.nn.Parameter(original, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else original
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
+    meta = artifact.meta
     module.class_names = meta.get("class_names")
     module.input_shape = tuple(meta.get("input_shape") or ())
     module.gated_layers = list(meta.get("gated_layers") or [])
@@ -238,16 +377,25 @@ def load_model_artifact(directory: str) -> nn.Module:
     return module
 
 
-def _load_tensor_dict(path: str) -> Dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` of a ``dict[str, Tensor]``; anything else is refused."""
+def _rebuild_error(directory: str, meta: Dict[str, Any], exc: Exception) -> ModelArtifactError:
+    import torch
+
+    return ModelArtifactError(
+        f"model artifact {directory} could not be rebuilt ({type(exc).__name__}: {exc}); "
+        f"it was saved with torch {meta.get('torch_version')}, this is torch {torch.__version__}: re-log the analysis"
+    )
+
+
+def _load_tensor_dict(path: str, data: bytes) -> Dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)`` of a ``dict[str, Tensor]`` (the file's bytes); anything else is refused."""
+    import torch
+
     try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelArtifactError(f"model artifact file {path} is missing; re-log the analysis") from None
+        value = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelArtifactError(
             f"{path} is not a plain tensor file and was not loaded ({type(exc).__name__}); "
-            "the artifact is damaged or was replaced: re-log the analysis"
+            "the artifact is damaged (truncated?) or was replaced: re-log the analysis"
         ) from exc
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()):
         raise ModelArtifactError(f"{path} does not hold a dict of tensors; re-log the analysis")

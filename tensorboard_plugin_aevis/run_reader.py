@@ -17,11 +17,15 @@ event file are skipped by TensorBoard's loader; the rest of the run stays readab
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
+import io
 import json
 import os
 import threading
+import time
+import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -29,10 +33,14 @@ from tensorboard.data import provider
 
 from tensorboard_plugin_aevis import metadata, model_artifact
 from tensorboard_plugin_aevis.analysis import Analysis
+from tensorboard_plugin_aevis.bounded_cache import ByteLRU
 from summary_writers.codec import NpzArchive, decode_png, dequantise_map
 
 SAMPLING_FIX = "restart TensorBoard with --samples_per_plugin=aevis=0"
-CACHE_SIZE = 16
+MAX_LOADED_BYTES = 1024 * 1024 * 1024  # what one server keeps of read analyses (docs/architecture.md)
+MIN_RELIST_S = 1.0
+BLOB_READERS = 8
+MAX_STORES = 4
 
 
 class AnalysisNotFoundError(LookupError):
@@ -45,11 +53,13 @@ class AnalysisReadError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisKey:
-    """One analysis name + method in a run and the steps it was logged at."""
+    """One analysis name + method in a run, the steps it was logged at and those of them
+    whose manifest says a model was saved (contribution analysis possible)."""
 
     name: str
     method: str
     steps: Tuple[int, ...]
+    steps_with_model: Tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -229,6 +239,8 @@ class LoadedAnalysis:
     ``diverging_merging``, ``kept_fraction``, ``has_model``, ``model_artifact`` ...).
     ``learned_feature_store``: the learned features (crops of ``reference_image(index)``),
     read one layer at a time; see ``feature_hits`` and ``learned_features``.
+    ``version``: the manifest series' wall time (a re-logged analysis has another);
+    ``nbytes``: what keeping it costs, decompressed activation maps included (an estimate).
     """
 
     run: str
@@ -244,6 +256,8 @@ class LoadedAnalysis:
     reference_image_pngs: List[bytes]
     model_artifact: Optional[str]
     warnings: List[str]
+    version: float = 0.0
+    nbytes: int = 0
 
     @property
     def distances(self) -> Dict[str, List[float]]:
@@ -298,8 +312,22 @@ class LoadedAnalysis:
 # ----------------------------------------------------------------- listing
 @dataclasses.dataclass
 class _Part:
+    """One AEVis time series: its tag, parsed plugin metadata and latest wall time (which
+    changes when anything is logged to it again)."""
+
     tag: str
     meta: Dict[str, Any]
+    wall_time: float
+
+
+@dataclasses.dataclass
+class _Manifest:
+    """The first manifest logged in one manifest series (parsed), or why it cannot be read."""
+
+    wall_time: float
+    value: Optional[Dict[str, Any]]
+    error: Optional[str]
+    count: int
 
 
 def _parts(data_provider, ctx, experiment_id, runs: Optional[List[str]], warnings: List[str]) -> Dict[str, List[_Part]]:
@@ -319,29 +347,75 @@ def _parts(data_provider, ctx, experiment_id, runs: Optional[List[str]], warning
                 except metadata.PluginDataError as exc:
                     unreadable.setdefault(run, str(exc))
                     continue
-                parts[run].append(_Part(tag, meta))
+                parts[run].append(_Part(tag, meta, float(series.max_wall_time)))
     for run, message in sorted(unreadable.items()):
         warnings.append(f"run {run!r}: some AEVis data was skipped: {message}")
     return parts
 
 
-def index_runs(data_provider, ctx, experiment_id: str, runs: Optional[List[str]] = None) -> RunIndex:
-    """List the analyses of every run (or of ``runs``) and the warnings about them."""
-    warnings: List[str] = []
-    analyses: Dict[str, List[AnalysisKey]] = {}
-    for run, parts in sorted(_parts(data_provider, ctx, experiment_id, runs, warnings).items()):
-        manifests = {(p.meta["analysis_name"], p.meta["method"], p.meta["step"]): p for p in parts if p.meta["kind"] == metadata.KIND_MANIFEST}
-        arrays = {(p.meta["analysis_name"], p.meta["method"], p.meta["step"]) for p in parts if p.meta["kind"] == metadata.KIND_ARRAYS}
-        steps: Dict[Tuple[str, str], List[int]] = collections.defaultdict(list)
-        broken = 0
-        for key in manifests:
-            if key in arrays:
-                steps[key[:2]].append(key[2])
+def _read_manifests(data_provider, ctx, experiment_id, parts: Dict[str, List[_Part]],
+                    known: Dict[Tuple[str, str], _Manifest]) -> Dict[Tuple[str, str], _Manifest]:
+    """``{(run, tag): _Manifest}`` of every manifest series in ``parts``: taken from ``known``
+    when its wall time is unchanged, the others read in one ``read_tensors`` call."""
+    result: Dict[Tuple[str, str], _Manifest] = {}
+    stale: Dict[str, List[str]] = collections.defaultdict(list)
+    for run, run_parts in parts.items():
+        for part in run_parts:
+            if part.meta["kind"] != metadata.KIND_MANIFEST:
+                continue
+            found = known.get((run, part.tag))
+            if found is not None and found.wall_time == part.wall_time:
+                result[(run, part.tag)] = found
             else:
+                stale[run].append(part.tag)
+    if stale:
+        read = data_provider.read_tensors(
+            ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME, downsample=1_000_000,
+            run_tag_filter=provider.RunTagFilter(runs=sorted(stale), tags=sorted({t for tags in stale.values() for t in tags})),
+        )
+        wall_times = {(run, p.tag): p.wall_time for run, run_parts in parts.items() for p in run_parts}
+        for run, tags in stale.items():
+            for tag in tags:
+                result[(run, tag)] = _parse_manifest(read.get(run, {}).get(tag, []), wall_times[(run, tag)])
+    return result
+
+
+def _parse_manifest(data: List[provider.TensorDatum], wall_time: float) -> _Manifest:
+    if not data:
+        return _Manifest(wall_time, None, "its manifest has no data", 0)
+    try:
+        value = json.loads(_as_bytes(data[0].numpy).decode("utf-8"))
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        return _Manifest(wall_time, None, f"its manifest is damaged ({exc})", len(data))
+    return _Manifest(wall_time, value, None, len(data))
+
+
+def _index(parts: Dict[str, List[_Part]], manifests: Dict[Tuple[str, str], _Manifest], warnings: List[str],
+           logdir: Optional[str] = None) -> RunIndex:
+    """The analyses per run; a step counts in ``steps_with_model`` when its manifest names a model
+    artifact and, where ``logdir`` is known, that artifact's folder still exists (the writer's
+    ``save_model="first-and-latest"`` policy removes superseded ones)."""
+    analyses: Dict[str, List[AnalysisKey]] = {}
+    for run, run_parts in sorted(parts.items()):
+        manifest_parts = {(p.meta["analysis_name"], p.meta["method"], p.meta["step"]): p
+                          for p in run_parts if p.meta["kind"] == metadata.KIND_MANIFEST}
+        arrays = {(p.meta["analysis_name"], p.meta["method"], p.meta["step"]) for p in run_parts if p.meta["kind"] == metadata.KIND_ARRAYS}
+        steps: Dict[Tuple[str, str], List[int]] = collections.defaultdict(list)
+        with_model: Dict[Tuple[str, str], List[int]] = collections.defaultdict(list)
+        broken = 0
+        for key, part in manifest_parts.items():
+            if key not in arrays:
                 broken += 1
+                continue
+            steps[key[:2]].append(key[2])
+            manifest = manifests.get((run, part.tag))
+            if manifest is not None and manifest.value is not None and _model_kept(manifest.value, logdir, run):
+                with_model[key[:2]].append(key[2])
         if broken:
             warnings.append(f"run {run!r}: {broken} analyses have a manifest but no arrays (damaged event file); re-log them")
-        missing = _missing_by_writer(manifests.values())
+        missing = _missing_by_writer(manifest_parts.values())
         if missing:
             warnings.append(
                 f"run {run!r}: {missing} logged analyses are not loaded (dropped by TensorBoard's sampling or purged "
@@ -349,8 +423,32 @@ def index_runs(data_provider, ctx, experiment_id: str, runs: Optional[List[str]]
                 "and --purge_orphaned_data=false"
             )
         if steps:
-            analyses[run] = [AnalysisKey(name, method, tuple(sorted(s))) for (name, method), s in sorted(steps.items())]
+            analyses[run] = [AnalysisKey(name, method, tuple(sorted(s)), tuple(sorted(with_model.get((name, method), ()))))
+                             for (name, method), s in sorted(steps.items())]
     return RunIndex(analyses, warnings)
+
+
+def _model_kept(manifest: Dict[str, Any], logdir: Optional[str], run: str) -> bool:
+    """Whether the manifest's model artifact exists (only ``has_model`` when ``logdir`` is unknown)."""
+    if not manifest.get("has_model"):
+        return False
+    if logdir is None:
+        return True
+    try:
+        return os.path.isdir(model_artifact.artifact_dir(_run_dir(logdir, run), manifest.get("model_artifact")))
+    except model_artifact.ModelArtifactError:
+        return False
+
+
+def _run_dir(logdir: str, run: str) -> str:
+    return logdir if run in (".", "") else os.path.join(logdir, run)
+
+
+def index_runs(data_provider, ctx, experiment_id: str, runs: Optional[List[str]] = None) -> RunIndex:
+    """List the analyses of every run (or of ``runs``) and the warnings about them (read now)."""
+    warnings: List[str] = []
+    parts = _parts(data_provider, ctx, experiment_id, runs, warnings)
+    return _index(parts, _read_manifests(data_provider, ctx, experiment_id, parts, {}), warnings)
 
 
 def _missing_by_writer(manifests) -> int:
@@ -367,9 +465,91 @@ def list_analyses(data_provider, ctx, experiment_id: str) -> Dict[str, List[Anal
     return index_runs(data_provider, ctx, experiment_id).analyses
 
 
-# ----------------------------------------------------------------- loading
-_cache: "collections.OrderedDict[tuple, LoadedAnalysis]" = collections.OrderedDict()
-_cache_lock = threading.Lock()
+# ----------------------------------------------------------------- the store
+@dataclasses.dataclass
+class _Snapshot:
+    """One listing of an experiment: its index, its parts per run, its manifests, when made."""
+
+    index: RunIndex
+    parts: Dict[str, List[_Part]]
+    manifests: Dict[Tuple[str, str], _Manifest]
+    made: float
+
+
+class AnalysisStore:
+    """What one server has read of its runs: the run index and the loaded analyses.
+
+    - The index (every AEVis time series of the experiment, each manifest parsed once
+      per wall time) is listed again when older than ``index_ttl_s`` (the plugin passes
+      TensorBoard's ``--reload_interval``, how often new data can appear); while one
+      request lists, the others use the previous listing. An analysis not in the
+      listing makes one listing at most every ``MIN_RELIST_S`` seconds (just logged?).
+    - An analysis is read once (its manifest from the listing, its blobs with one
+      ``read_blob_sequences`` call and the ``read_blob`` calls in parallel) and kept in
+      an LRU bounded by ``max_bytes`` (its blobs, decoded arrays and the decompressed
+      size of its activation maps); simultaneous requests for it share one read. The
+      key holds the manifest's wall time, so a re-logged analysis is read again.
+
+    Thread-safe. Raises as :func:`load_analysis`.
+    """
+
+    def __init__(self, data_provider, logdir: Optional[str] = None, index_ttl_s: float = 0.0,
+                 max_bytes: int = MAX_LOADED_BYTES):
+        self._data_provider = data_provider
+        self._logdir = logdir
+        self._ttl = float(index_ttl_s)
+        self._snapshots: Dict[str, _Snapshot] = {}
+        self._listing = threading.Lock()
+        self._loaded = ByteLRU(max_bytes)
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes held by the loaded analyses (an estimate; at most ``max_bytes``)."""
+        return self._loaded.bytes
+
+    def index(self, ctx, experiment_id: str) -> RunIndex:
+        """The run index (at most ``index_ttl_s`` old)."""
+        return self._snapshot(ctx, experiment_id, self._ttl).index
+
+    def load(self, ctx, experiment_id: str, run: str, name: str, method: str, step: int) -> LoadedAnalysis:
+        """One analysis (see :func:`load_analysis`)."""
+        step = int(step)
+        snapshot = self._snapshot(ctx, experiment_id, self._ttl)
+        by_kind = _analysis_parts(snapshot.parts.get(run, []), name, method)
+        if _exact(by_kind, metadata.KIND_MANIFEST, method, step) is None:
+            snapshot = self._snapshot(ctx, experiment_id, min(self._ttl, MIN_RELIST_S))
+            by_kind = _analysis_parts(snapshot.parts.get(run, []), name, method)
+        manifest_part = _exact(by_kind, metadata.KIND_MANIFEST, method, step)
+        if manifest_part is None or _exact(by_kind, metadata.KIND_ARRAYS, method, step) is None:
+            raise AnalysisNotFoundError(f"no analysis {name!r} with method {method!r} at step {step} in run {run!r}")
+        manifest = snapshot.manifests[(run, manifest_part.tag)]
+        key = (experiment_id, run, name, method, step, manifest.wall_time)
+        return self._loaded.get_or_compute(
+            key, lambda: _read_analysis(self._data_provider, ctx, experiment_id, run, name, method, step, manifest, by_kind, self._logdir),
+            lambda loaded: loaded.nbytes)
+
+    def _snapshot(self, ctx, experiment_id: str, max_age: float) -> _Snapshot:
+        current = self._snapshots.get(experiment_id)
+        if current is not None and time.monotonic() - current.made < max_age:
+            return current
+        if not self._listing.acquire(blocking=current is None or max_age < self._ttl):
+            return current  # another request is listing: use the previous listing meanwhile
+        try:
+            latest = self._snapshots.get(experiment_id)
+            if latest is not None and latest is not current and time.monotonic() - latest.made < max_age:
+                return latest
+            warnings: List[str] = []
+            parts = _parts(self._data_provider, ctx, experiment_id, None, warnings)
+            manifests = _read_manifests(self._data_provider, ctx, experiment_id, parts, latest.manifests if latest else {})
+            snapshot = _Snapshot(_index(parts, manifests, warnings, self._logdir), parts, manifests, time.monotonic())
+            self._snapshots[experiment_id] = snapshot
+            return snapshot
+        finally:
+            self._listing.release()
+
+
+_stores: "collections.OrderedDict[Tuple[int, Optional[str]], Tuple[Any, AnalysisStore]]" = collections.OrderedDict()
+_stores_lock = threading.Lock()
 
 
 def load_analysis(
@@ -378,61 +558,74 @@ def load_analysis(
     """Read one analysis back. ``logdir`` (TensorBoard's ``--logdir``) locates the model artifact.
 
     Raises AnalysisNotFoundError when there is no such analysis, AnalysisReadError when
-    its data cannot be decoded. Results are cached (keyed by run / name / method / step
-    and the manifest's wall time, so a re-logged analysis is read again).
+    its data cannot be decoded. Lists the run's series on every call (a server keeps an
+    :class:`AnalysisStore` instead); the analyses read are kept (keyed by run / name /
+    method / step and the manifest's wall time, so a re-logged analysis is read again).
     """
-    step = int(step)
-    warnings: List[str] = []
-    parts = _parts(data_provider, ctx, experiment_id, [run], warnings).get(run, [])
+    with _stores_lock:
+        key = (id(data_provider), logdir)
+        found = _stores.get(key)
+        if found is None or found[0] is not data_provider:
+            found = _stores[key] = (data_provider, AnalysisStore(data_provider, logdir))
+        _stores.move_to_end(key)
+        while len(_stores) > MAX_STORES:
+            _stores.popitem(last=False)
+    return found[1].load(ctx, experiment_id, run, name, method, step)
+
+
+def _analysis_parts(parts: List[_Part], name: str, method: str) -> Dict[str, List[_Part]]:
+    """The parts of analysis ``name`` by kind: its own (of ``method``) and the per-name ones."""
     by_kind: Dict[str, List[_Part]] = collections.defaultdict(list)
     for part in parts:
-        meta = part.meta
-        if meta["analysis_name"] == name and (meta["method"] in (method, "")):
-            by_kind[meta["kind"]].append(part)
+        if part.meta["analysis_name"] == name and part.meta["method"] in (method, ""):
+            by_kind[part.meta["kind"]].append(part)
+    return by_kind
 
-    def exact(kind: str) -> Optional[_Part]:
-        found = [p for p in by_kind[kind] if p.meta["step"] == step and p.meta["method"] == method]
-        return found[0] if found else None
 
-    manifest_part, arrays_part = exact(metadata.KIND_MANIFEST), exact(metadata.KIND_ARRAYS)
-    if manifest_part is None or arrays_part is None:
-        raise AnalysisNotFoundError(f"no analysis {name!r} with method {method!r} at step {step} in run {run!r}")
-    manifest_data = _read_tensor_data(data_provider, ctx, experiment_id, run, manifest_part.tag)
-    if len(manifest_data) > 1:
-        warnings.append(f"analysis {name!r} ({method}) was logged {len(manifest_data)} times at step {step}; showing the first: log again under a new step or name")
-    key = (id(data_provider), experiment_id, run, name, method, step, manifest_data[0].wall_time, logdir)
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
+def _exact(by_kind: Dict[str, List[_Part]], kind: str, method: str, step: int) -> Optional[_Part]:
+    found = [p for p in by_kind.get(kind, ()) if p.meta["step"] == step and p.meta["method"] == method]
+    return found[0] if found else None
 
+
+def _read_analysis(data_provider, ctx, experiment_id, run, name, method, step, manifest: _Manifest,
+                   by_kind: Dict[str, List[_Part]], logdir) -> LoadedAnalysis:
+    """Read and decode one analysis: one ``read_blob_sequences`` call, its blobs read in parallel."""
+    warnings: List[str] = []
+    if manifest.value is None:
+        raise AnalysisReadError(f"analysis {name!r} ({method}) at step {step} in run {run!r} is damaged ({manifest.error}); re-log it")
+    if manifest.count > 1:
+        warnings.append(f"analysis {name!r} ({method}) was logged {manifest.count} times at step {step}; showing the first: log again under a new step or name")
+    arrays_part = _exact(by_kind, metadata.KIND_ARRAYS, method, step)
+    graph_found = _nearest(by_kind[metadata.KIND_GRAPH], step)
+    lf_part = _exact(by_kind, metadata.KIND_LEARNED_FEATURES, method, step)
+    ref_found = _nearest(by_kind[metadata.KIND_REFERENCE_IMAGES], step)
+    wanted = [(arrays_part.tag, step)]
+    wanted += [(graph_found[0].tag, graph_found[1])] if graph_found else []
+    wanted += [(lf_part.tag, step)] if lf_part else []
+    wanted += [(ref_found[0].tag, ref_found[1])] if ref_found else []
     try:
-        manifest = json.loads(_as_bytes(manifest_data[0].numpy).decode("utf-8"))
-        blobs = _read_blobs(data_provider, ctx, experiment_id, run, arrays_part.tag, step)
-        if len(blobs) < 1:
+        blobs = _read_blob_parts(data_provider, ctx, experiment_id, run, wanted)
+        arrays = blobs[(arrays_part.tag, step)]
+        if len(arrays) < 1:
             raise AnalysisReadError("the arrays blob sequence is empty")
-        analysis, maps = _decode_arrays(manifest, blobs)
+        analysis, maps = _decode_arrays(manifest.value, arrays)
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise AnalysisReadError(f"analysis {name!r} ({method}) at step {step} in run {run!r} is damaged ({exc}); re-log it") from exc
 
-    graph = _read_json_part(data_provider, ctx, experiment_id, run, _nearest(by_kind[metadata.KIND_GRAPH], step), warnings, "model graph")
-    lf_part = exact(metadata.KIND_LEARNED_FEATURES)
-    learned_blobs = _read_blobs(data_provider, ctx, experiment_id, run, lf_part.tag, step) if lf_part else []
-    ref_part = _nearest(by_kind[metadata.KIND_REFERENCE_IMAGES], step)
-    references = _read_blobs(data_provider, ctx, experiment_id, run, ref_part[0].tag, ref_part[1]) if ref_part else []
-    artifact = _artifact_path(manifest, logdir, run, name, step, warnings)
-
-    loaded = LoadedAnalysis(
-        run=run, name=name, method=method, step=step, analysis=analysis, manifest=manifest, image_pngs=blobs[1:],
+    graph = None
+    if graph_found:
+        graph = _json_part(blobs[(graph_found[0].tag, graph_found[1])], warnings, name, "model graph")
+    learned_blobs = blobs[(lf_part.tag, step)] if lf_part else []
+    references = blobs[(ref_found[0].tag, ref_found[1])] if ref_found else []
+    artifact = _artifact_path(manifest.value, logdir, run, name, step, warnings)
+    nbytes = (sum(len(b) for part_blobs in blobs.values() for b in part_blobs) + _unpacked_size(arrays[0])
+              + analysis.images.nbytes + sum(g.nbytes for g in analysis.gates)
+              + sum(m.nbytes for m in (analysis.max_activations or ())))
+    return LoadedAnalysis(
+        run=run, name=name, method=method, step=step, analysis=analysis, manifest=manifest.value, image_pngs=arrays[1:],
         activation_maps=maps, graph=graph, learned_feature_store=LearnedFeatures(learned_blobs[0]) if learned_blobs else None,
-        reference_image_pngs=references,
-        model_artifact=artifact, warnings=warnings,
+        reference_image_pngs=references, model_artifact=artifact, warnings=warnings, version=manifest.wall_time, nbytes=nbytes,
     )
-    with _cache_lock:
-        _cache[key] = loaded
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return loaded
 
 
 def _nearest(parts: List[_Part], step: int) -> Optional[Tuple[_Part, int]]:
@@ -444,38 +637,50 @@ def _nearest(parts: List[_Part], step: int) -> Optional[Tuple[_Part, int]]:
     return chosen, chosen.meta["step"]
 
 
-def _read_tensor_data(data_provider, ctx, experiment_id, run, tag) -> List[provider.TensorDatum]:
-    result = data_provider.read_tensors(
-        ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME, downsample=1_000_000,
-        run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
-    )
-    data = result.get(run, {}).get(tag, [])
-    if not data:
-        raise AnalysisNotFoundError(f"no data for tag {tag!r} in run {run!r}")
-    return data
-
-
-def _read_blobs(data_provider, ctx, experiment_id, run, tag, step) -> List[bytes]:
+def _read_blob_parts(data_provider, ctx, experiment_id, run, wanted: List[Tuple[str, int]]) -> Dict[Tuple[str, int], List[bytes]]:
+    """``{(tag, step): [blob bytes, ...]}`` for each wanted (tag, step) of ``run``: one
+    ``read_blob_sequences`` call, then the ``read_blob`` calls in parallel."""
     result = data_provider.read_blob_sequences(
         ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME, downsample=1_000_000,
-        run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
+        run_tag_filter=provider.RunTagFilter(runs=[run], tags=sorted({tag for tag, _ in wanted})),
     )
-    for datum in result.get(run, {}).get(tag, []):
-        if datum.step == step:
-            return [_as_bytes(data_provider.read_blob(ctx, blob_key=ref.blob_key)) for ref in datum.values]
-    return []
+    refs: Dict[Tuple[str, int], List[Any]] = {}
+    for tag, step in wanted:
+        datum = next((d for d in result.get(run, {}).get(tag, []) if d.step == step), None)
+        refs[(tag, step)] = list(datum.values) if datum is not None else []
+    keys = [ref.blob_key for values in refs.values() for ref in values]
+    read = dict(zip(keys, _blob_readers().map(lambda key: _as_bytes(data_provider.read_blob(ctx, blob_key=key)), keys)))
+    return {part: [read[ref.blob_key] for ref in values] for part, values in refs.items()}
 
 
-def _read_json_part(data_provider, ctx, experiment_id, run, found, warnings, what) -> Optional[Any]:
-    if found is None:
-        return None
-    part, step = found
+_readers: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_readers_lock = threading.Lock()
+
+
+def _blob_readers() -> concurrent.futures.ThreadPoolExecutor:
+    """The process's pool of ``BLOB_READERS`` threads for ``read_blob`` calls (made on first use)."""
+    global _readers
+    with _readers_lock:
+        if _readers is None:
+            _readers = concurrent.futures.ThreadPoolExecutor(BLOB_READERS, thread_name_prefix="aevis-read-blob")
+        return _readers
+
+
+def _json_part(blobs: List[bytes], warnings: List[str], name: str, what: str) -> Optional[Any]:
     try:
-        blobs = _read_blobs(data_provider, ctx, experiment_id, run, part.tag, step)
         return json.loads(blobs[0].decode("utf-8")) if blobs else None
     except (ValueError, UnicodeDecodeError) as exc:
-        warnings.append(f"the {what} of analysis {part.meta['analysis_name']!r} is damaged ({exc}); re-log the analysis")
+        warnings.append(f"the {what} of analysis {name!r} is damaged ({exc}); re-log the analysis")
         return None
+
+
+def _unpacked_size(npz: bytes) -> int:
+    """The decompressed size of an npz's arrays (read from its zip directory)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(npz)) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return len(npz)
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -514,9 +719,10 @@ def _decode_arrays(manifest: Dict[str, Any], blobs: List[bytes]) -> Tuple[Analys
 def _artifact_path(manifest, logdir, run, name, step, warnings) -> Optional[str]:
     if not manifest.get("has_model") or logdir is None:
         return None
-    run_dir = logdir if run in (".", "") else os.path.join(logdir, run)
     try:
-        path = model_artifact.artifact_dir(run_dir, manifest.get("model_artifact"))
+        path = model_artifact.artifact_dir(_run_dir(logdir, run), manifest.get("model_artifact"))
+        if manifest.get("model_policy") == "first-and-latest" and not os.path.isdir(path):
+            return None  # superseded by the writer's policy: the dashboard names the steps that kept a model
         model_artifact.read_artifact_meta(path)
     except model_artifact.ModelArtifactError as exc:
         warnings.append(f"the model of analysis {name!r} at step {step} cannot be used ({exc}): contribution analysis is unavailable; re-log with save_model=True")

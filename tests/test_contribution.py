@@ -308,7 +308,7 @@ def test_quadratic_objective_matches_the_torch_penalties(m):
     np.testing.assert_allclose(grad, z.grad.numpy().reshape(-1), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("m,gamma", [(1, 0.0), (2, 0.0), (3, 0.3)])
+@pytest.mark.parametrize("m,gamma", [(1, 0.0), (2, 0.0), (3, 0.3), (5, 0.05)])
 def test_quadratic_solver_reaches_the_reference_optimum(m, gamma):
     """The solver's box-constrained optimum against a tightly converged L-BFGS-B run on the same objective."""
     import scipy.optimize
@@ -535,3 +535,60 @@ def test_maps_of_equal_score_are_ranked_by_how_much_the_fit_needs_them(mode):
     result = feature_map_contributions(model, images, "1", 0, "0", mode=mode, lambda_=50.0)
     assert np.all(result.scores == 0.0)
     assert result.ranking == sorted((1, 3), key=lambda k: -carried[k]) + [0, 2]
+
+
+@pytest.mark.parametrize("earlier,target", [("layer2", "layer3.0"), ("layer3.1", "layer4")])
+def test_replay_on_a_loaded_artifact_runs_only_the_part_between_the_layers(tmp_path, earlier, target):
+    """A model read back from its artifact (torch.export.unflatten: modules that cannot be traced
+    but run an fx graph): the replay equals a full gated forward and calls no module before the
+    earlier layer again (issue #15: it used to re-run the whole network per step)."""
+    from tensorboard_plugin_aevis import model_artifact
+
+    torch.manual_seed(2)
+    original = torchvision.models.resnet18(num_classes=10).eval()
+    directory = model_artifact.save_model_artifact(original, torch.rand(3, 48, 48), str(tmp_path / "artifact"))
+    model = model_artifact.load_model_artifact(directory)
+    images = torch.rand(2, 3, 48, 48)
+    modules = dict(model.named_modules())
+    calls = []
+    handle = modules["layer1"].register_forward_hook(lambda *a: calls.append(1))  # runs before every earlier layer tested
+    forward = contribution._GatedForward(model, earlier, target)
+    with contribution._analysis_mode(model), forward.hooks(), torch.no_grad():
+        forward.prepare(images, earlier, target)
+        prepared = len(calls)
+        gates = torch.rand(2, forward.gated.shape[1])
+        replayed = forward.run(gates, None)
+        forward.run(gates, None)
+    handle.remove()
+    assert len(calls) == prepared  # the replays did not run layer1
+    torch.testing.assert_close(replayed, gated_by_hooks(model, modules[earlier], modules[target], gates, images), rtol=1e-4, atol=1e-5)
+
+
+def test_prediction_replay_on_a_loaded_artifact_starts_inside_the_wrapper(tmp_path):
+    """Contribution to the prediction on a ClassifierWrapper read back from its artifact: the replay
+    runs from the earlier layer inside the wrapped network (no module before it runs again) and
+    equals a full forward pass gated by a hook."""
+    from tensorboard_plugin_aevis import model_artifact
+    from tensorboard_plugin_aevis.models import ClassifierWrapper
+
+    torch.manual_seed(3)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    original = ClassifierWrapper(net, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()
+    directory = model_artifact.save_model_artifact(original, torch.rand(3, 48, 48), str(tmp_path / "artifact"))
+    model = model_artifact.load_model_artifact(directory)
+    images = torch.rand(2, 3, 48, 48)
+    calls = []
+    handle = model.get_submodule("model.layer1").register_forward_hook(lambda *a: calls.append(1))
+    forward = contribution._GatedForward(model, "model.layer3", None)
+    with contribution._analysis_mode(model), forward.hooks(), torch.no_grad():
+        forward.prepare(images, "model.layer3", None)
+        prepared = len(calls)
+        gates = torch.rand(2, forward.gated.shape[1])
+        replayed = forward.run(gates, None)
+    handle.remove()
+    assert len(calls) == prepared
+    gate = model.get_submodule("model.layer3").register_forward_hook(lambda m, i, o: o * gates[:, :, None, None])
+    with torch.no_grad():
+        expected = model(images)
+    gate.remove()
+    torch.testing.assert_close(replayed, expected, rtol=1e-4, atol=1e-5)

@@ -58,10 +58,11 @@ def request(small, **overrides):
     return {k: v for k, v in params.items() if v is not None}
 
 
-def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, provider, load):
+@pytest.mark.parametrize("mode", ["quadratic", "sgd"])
+def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, provider, load, mode):
     root, small = logdir
     service = ContributionService(max_concurrent=2, timeout_s=120)
-    params = request(small, examples=[1, 0])
+    params = request(small, examples=[1, 0], mode=mode)
     status, body = service.handle(params, load)
     assert status == 200, body
     assert body["cached"] is False and body["examples"] == [1, 0] and body["area"] == [0, 0, 2, 2]
@@ -69,15 +70,21 @@ def test_answer_matches_the_engine_on_the_original_model_and_is_cached(logdir, p
     loaded = run_reader.load_analysis(provider, CTX, "", "small", small.name, "constrained", 0, logdir=root)
     images = torch.from_numpy(loaded.analysis.images[[1, 0]].astype(np.float32))
     expected = contribution.feature_map_contributions(
-        TinyCNN(0).eval(), images, params["target_layer"], 1, params["earlier_layer"], area=(0, 0, 2, 2), mode="quadratic"
+        TinyCNN(0).eval(), images, params["target_layer"], 1, params["earlier_layer"], area=(0, 0, 2, 2), mode=mode
     )
     np.testing.assert_allclose(body["scores"], expected.scores, atol=1e-4)
-    assert [r["channel"] for r in body["ranking"]] == expected.ranking[:20]
+    assert [r["channel"] for r in body["ranking"]] == expected.ranking[:10]  # default top 10
+    binary = loaded.analysis.binary()[[l.name for l in loaded.analysis.layers].index(params["earlier_layer"])]
+    for rank, entry in enumerate(body["ranking"]):
+        assert entry["rank"] == rank and entry["score"] == body["scores"][entry["channel"]]
+        assert entry["in_datapaths"] == [i for i in range(loaded.analysis.num_examples) if binary[i, entry["channel"]]]
+        assert entry["neuron"].startswith("neuron?") and f"channel={entry['channel']}" in entry["neuron"]
+    assert body["score_meaning"] and len(service.handle(dict(params, top=3), load)[1]["ranking"]) == 3
 
     status, again = service.handle(dict(params), load)
     assert status == 200 and again["cached"] is True and again["scores"] == body["scores"]
     status, other = service.handle(dict(params, mode="sgd", steps=5), load)
-    assert status == 200 and other["cached"] is False and other["mode"] == "sgd"
+    assert status == 200 and other["cached"] is False and other["mode"] == "sgd" and other["params"]["steps"] == 5
 
 
 def test_area_in_another_grid_maps_onto_the_target_map(logdir, load):
@@ -97,13 +104,19 @@ def test_area_in_another_grid_maps_onto_the_target_map(logdir, load):
     np.testing.assert_allclose(by_mask["scores"], native["scores"], atol=1e-5)
 
 
-def test_prediction_target(logdir, load):
+def test_prediction_target(logdir, provider, load):
     root, small = logdir
     service = ContributionService()
-    status, body = service.handle(request(small, target="prediction", target_layer=None, channel=None, area=None, examples=[]), load)
+    params = request(small, target="prediction", target_layer=None, channel=None, area=None, examples=[])
+    status, body = service.handle(params, load)
     assert status == 200, body
     assert body["examples"] == [0, 1, 2]  # an empty list means all examples
     assert body["target_layer"] is None and len(body["scores"]) == small.analyses[("constrained", 0)].layers[1].channels
+    # the loaded artifact replays from the earlier layer to the logits: the original model's answer
+    loaded = run_reader.load_analysis(provider, CTX, "", "small", small.name, "constrained", 0, logdir=root)
+    images = torch.from_numpy(loaded.analysis.images.astype(np.float32))
+    expected = contribution.prediction_contributions(TinyCNN(0).eval(), images, params["earlier_layer"], mode="quadratic")
+    np.testing.assert_allclose(body["scores"], expected.scores, atol=1e-4)
 
 
 class BlockingProvider:
@@ -208,5 +221,92 @@ def test_post_route_of_the_real_plugin(logdir):
         status, body = post(run="missing")
         assert status == 404
         assert client.get("/data/plugin/aevis/runs").status_code == 200  # still serving
+    finally:
+        close()
+
+
+# ----------------------------------------------------------------------- simultaneous requests (issue #18)
+@pytest.mark.parametrize("count", [2, 10])
+def test_simultaneous_requests_on_a_fresh_service_answer_200_or_429_and_load_once(logdir, provider, count, monkeypatch):
+    import concurrent.futures
+
+    from tensorboard_plugin_aevis import model_artifact
+
+    reads = []
+    real_read = model_artifact.read_program
+    monkeypatch.setattr(model_artifact, "read_program", lambda d: reads.append(d) or real_read(d))
+    root, small = logdir
+    load = provider_loader(provider, root, CTX, "")
+    service = ContributionService(max_concurrent=2, timeout_s=120)
+    barrier = threading.Barrier(count)
+
+    def send(i):
+        barrier.wait()
+        return service.handle(request(small, channel=i % 2, mode="sgd", steps=5 + i), load)  # distinct, valid requests
+
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(send, range(count)))
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {200, 429} and 200 in statuses, answers
+    assert all("already running" in body["error"] for status, body in answers if status == 429)
+    assert len(reads) == 1  # one read of the artifact, shared by every job
+
+
+def test_a_warmed_artifact_is_not_read_again(logdir, provider, monkeypatch):
+    from tensorboard_plugin_aevis import model_artifact
+
+    reads = []
+    real_read = model_artifact.read_program
+    monkeypatch.setattr(model_artifact, "read_program", lambda d: reads.append(d) or real_read(d))
+    root, small = logdir
+    load = provider_loader(provider, root, CTX, "")
+    service = ContributionService()
+    service.warm(load("small", small.name, "constrained", 0))
+    assert len(reads) == 1
+    assert service.handle(request(small), load)[0] == 200 and len(reads) == 1
+    service.warm(load("nomodel", small.name, "constrained", 0))  # nothing to warm: no error either
+
+
+# ----------------------------------------------------------------------- damaged artifacts through the route (issue #18)
+@pytest.mark.parametrize("kind", ["program_directory", "weights_directory", "program_loop", "weights_truncated", "weights_oversized",
+                                  "meta_directory", "meta_loop"])
+def test_damaged_artifact_through_the_real_plugin_is_a_4xx_naming_the_file(logdir, tmp_path, kind):
+    import json
+    import os
+    import shutil
+
+    from run_fixtures import tensorboard_app
+    from werkzeug.test import Client
+
+    from tensorboard_plugin_aevis import model_artifact
+
+    root, small = logdir
+    copy = tmp_path / "runs"
+    shutil.copytree(os.path.join(root, "small"), copy / "small")
+    models = copy / "small" / "plugins" / "aevis" / "models"
+    artifact = models / os.listdir(models)[0]
+    name = {"program": model_artifact.PROGRAM_FILE, "weights": model_artifact.WEIGHTS_FILE, "meta": model_artifact.META_FILE}[kind.split("_")[0]]
+    path = artifact / name
+    if kind.endswith("directory"):
+        path.unlink()
+        path.mkdir()
+    elif kind.endswith("loop"):
+        path.unlink()
+        os.symlink(path, path)
+    elif kind.endswith("truncated"):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    else:
+        with open(path, "r+b") as f:
+            f.truncate(model_artifact.MAX_FILE_BYTES[name] + 1)
+    app, close = tensorboard_app(str(copy))
+    try:
+        client = Client(app)
+        response = client.post("/data/plugin/aevis/contribution", data=json.dumps(request(small)), content_type="application/json")
+        body = json.loads(response.get_data(as_text=True))
+        assert 400 <= response.status_code < 500 and name in body["error"] and "re-log" in body["error"], body
+        analysis = client.get("/data/plugin/aevis/analysis?" + "&".join(f"{k}={v}" for k, v in
+                              {"run": "small", "analysis": "cat-%3Edog", "method": "constrained", "step": 0}.items()))
+        assert analysis.status_code == 200  # the rest of the analysis is served
     finally:
         close()

@@ -271,3 +271,142 @@ def test_model_zoo_round_trips_with_gates(name, tmp_path):
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4 * scale)
     assert not torch.allclose(outputs[0], ungated, rtol=1e-2, atol=1e-2 * scale)
     torch.testing.assert_close(restored(x), ungated, rtol=1e-5, atol=1e-5 * scale)
+
+
+# ----------------------------------------------------------------------- damaged files (issue #18)
+def _damage(directory: str, kind: str) -> str:
+    """Damage one file of a copied artifact; returns the file's name (the error must name it)."""
+    name = model_artifact.PROGRAM_FILE if kind.startswith("program") else model_artifact.WEIGHTS_FILE
+    path = os.path.join(directory, name)
+    if kind.endswith("directory"):
+        os.remove(path)
+        os.mkdir(path)
+    elif kind.endswith("loop"):
+        os.remove(path)
+        os.symlink(path, path)
+    elif kind.endswith("truncated"):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    elif kind.endswith("oversized"):  # sparse: no disk used
+        with open(path, "r+b") as f:
+            f.truncate(model_artifact.MAX_FILE_BYTES[name] + 1)
+    return name
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("program_directory", "is a directory, not a file: remove it and re-log"),
+    ("weights_directory", "is a directory, not a file: remove it and re-log"),
+    ("program_loop", "symbolic-link loop: remove it and re-log"),
+    ("weights_loop", "symbolic-link loop: remove it and re-log"),
+    ("program_truncated", "is not valid JSON"),
+    ("weights_truncated", "damaged \\(truncated\\?\\)"),
+    ("program_oversized", "more than the .* bytes"),
+    ("weights_oversized", "more than the .* bytes"),
+])
+def test_every_damaged_file_is_a_clear_error_naming_it(saved, tmp_path, kind, message):
+    import shutil
+
+    directory = str(tmp_path / "artifact")
+    shutil.copytree(saved[1], directory)
+    name = _damage(directory, kind)
+    with pytest.raises(ModelArtifactError, match=message) as caught:
+        load_model_artifact(directory)
+    assert name in str(caught.value)
+
+
+@pytest.mark.parametrize("error,message", [
+    (PermissionError(13, "Permission denied"), "permission denied; let the user running TensorBoard read it"),
+    (OSError(5, "Input/output error"), "Input/output error\\); check the disk"),
+])
+def test_unreadable_file_is_a_clear_error(saved, monkeypatch, error, message):
+    # the OS refuses the read (as root no file mode can make it, so the refusal is injected at open)
+    real_open = open
+    weights = os.path.join(saved[1], model_artifact.WEIGHTS_FILE)
+
+    def refusing_open(path, *args, **kwargs):
+        if os.fspath(path) == weights:
+            raise error
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refusing_open)
+    with pytest.raises(ModelArtifactError, match=message) as caught:
+        load_model_artifact(saved[1])
+    assert model_artifact.WEIGHTS_FILE in str(caught.value)
+
+
+def test_artifact_path_that_is_a_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "0123456789abcdef"
+    path.write_bytes(b"not a directory")
+    with pytest.raises(ModelArtifactError, match="is not a directory"):
+        model_artifact.read_artifact_meta(str(path))
+
+
+def test_simultaneous_loads_of_one_artifact_all_succeed(saved):
+    # torch's deserializer keeps a global: without the lock two threads fail with an AssertionError
+    import concurrent.futures
+
+    model, directory = saved
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        modules = list(pool.map(lambda _: load_model_artifact(directory), range(6)))
+    x = torch.rand(2, 3, 16, 16)
+    for module in modules:
+        torch.testing.assert_close(module(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_modules_from_one_program_share_weights_but_not_hooks(saved):
+    model, directory = saved
+    program = model_artifact.read_program(directory)
+    first, second = model_artifact.module_from_program(program), model_artifact.module_from_program(program)
+    assert first.get_submodule("model.2.conv") is not second.get_submodule("model.2.conv")
+    assert first.get_submodule("model.2.conv").weight.data_ptr() == second.get_submodule("model.2.conv").weight.data_ptr()
+    seen = []
+    handle = first.get_submodule("model.2").register_forward_hook(lambda *a: seen.append(1))
+    x = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(second(x), model(x), rtol=1e-5, atol=1e-5)
+    assert seen == []
+    first(x)
+    assert seen == [1]
+    handle.remove()
+
+
+# ----------------------------------------------------------------------- killed writers (issue #18)
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_orphans_of_killed_writers_are_removed_live_ones_kept(tmp_path):
+    import time
+
+    host = model_artifact._HOST
+    dead = tmp_path / f".staging-{host}-{_dead_pid()}-aaaa"
+    dead_old = tmp_path / f".old-{host}-{_dead_pid()}-bbbb"
+    live = tmp_path / f".staging-{host}-{os.getpid()}-cccc"
+    other_host_fresh = tmp_path / ".staging-elsewhere-1-dddd"
+    legacy_stale = tmp_path / ".staging-0123456789abcdef0123456789abcdef"
+    artifact = tmp_path / "0123456789abcdef"
+    for d in (dead, dead_old, live, other_host_fresh, legacy_stale, artifact):
+        d.mkdir()
+        (d / "weights.pt").write_bytes(b"x" * 100)
+    hours_ago = time.time() - 2 * model_artifact.ORPHAN_AGE_S
+    os.utime(legacy_stale, (hours_ago, hours_ago))
+    removed = model_artifact.remove_orphans(str(tmp_path))
+    assert sorted(removed) == sorted(str(d) for d in (dead, dead_old, legacy_stale))
+    assert live.exists() and other_host_fresh.exists() and artifact.exists()
+    assert model_artifact.remove_orphans(str(tmp_path), now=time.time() + 2 * model_artifact.ORPHAN_AGE_S) == [str(other_host_fresh)]
+    assert live.exists() and artifact.exists()  # its writer (this process) is alive, whatever the age
+
+
+def test_the_next_writer_cleans_what_a_killed_writer_left(tmp_path):
+    directory = artifact_dir(str(tmp_path), "0123456789abcdef")
+    models = os.path.dirname(directory)
+    os.makedirs(models)
+    orphan = os.path.join(models, f".staging-{model_artifact._HOST}-{_dead_pid()}-eeee")
+    os.mkdir(orphan)
+    save_model_artifact(tiny_model(), torch.rand(3, 16, 16), directory)
+    assert not os.path.exists(orphan)
+    assert sorted(os.listdir(models)) == ["0123456789abcdef"]

@@ -73,7 +73,8 @@ def test_runs_lists_every_analysis_and_skips_the_corrupt_run(client, logdir):
     assert set(runs) == {"small", "four"}
     assert sorted((a["name"], a["method"], tuple(a["steps"])) for a in runs["small"]) == [
         (small.name, "constrained", (0, 5)), (small.name, "dgr", (0, 5))]
-    assert runs["four"] == [{"name": "four", "method": "constrained", "steps": [0]}]
+    assert runs["four"] == [{"name": "four", "method": "constrained", "steps": [0], "steps_with_model": [0]}]
+    assert all(a["steps_with_model"] == [0, 5] for a in runs["small"])  # logged with the model at both steps
 
 
 def test_analysis_manifest_matches_the_written_analysis(client, logdir):
@@ -251,17 +252,13 @@ def test_wrong_method_and_oversized_query(client):
 def test_contribution_extension_point(client, logdir, monkeypatch):
     _, small, _ = logdir
     body = json.dumps({**ids(small), "layer": "x"})
-    if aevis_plugin._service_handler() is None:
-        response = client.post(ROOT + "contribution", data=body, content_type="application/json")
-        assert response.status_code == 501 and "contribution_service" in response.get_data(as_text=True)
-
     seen = {}
 
     def handler(payload, load):
         loaded = load(payload["run"], payload["analysis"], payload["method"], payload["step"])
         seen["examples"] = loaded.analysis.num_examples
         if payload["layer"] != "x":
-            raise ValueError("layer must be 'x'")
+            raise aevis_plugin.HttpError(400, "layer must be 'x'")
         return {"ranked": [[3, 0.5]]}
 
     monkeypatch.setattr(aevis_plugin.AEVisPlugin, "contribution_handler", staticmethod(handler))
@@ -338,3 +335,32 @@ def test_plain_tensorboard_command_lists_the_tab(logdir):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_steps_with_model_follow_the_first_and_latest_policy(tmp_path):
+    """Three steps with new weights each, default ``save_model``: the writer keeps the first and
+    the latest artifacts, and ``runs`` lists exactly those steps as allowing contribution."""
+    import torch
+
+    from run_fixtures import TinyCNN
+    from summary_writers import add_analysis
+    from tensorboard_plugin_aevis.extraction import extract_datapaths
+
+    images = torch.rand(3, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    path = str(tmp_path / "train")
+    for step in (0, 10, 20):
+        model = TinyCNN(step).eval()  # new weights at every step
+        analysis = extract_datapaths(model, images, ["source", "adversarial", "target"], steps=4)
+        add_analysis(path, "trace", analysis, step, model=model)
+    models = os.listdir(os.path.join(path, "plugins", "aevis", "models"))
+    assert len(models) == 2
+    app, close = tensorboard_app(str(tmp_path), data_server="python")
+    try:
+        client = Client(app)
+        entry = get_json(client, "runs")["runs"][0]["analyses"][0]
+        assert entry["steps"] == [0, 10, 20] and entry["steps_with_model"] == [0, 20]
+        middle = get_json(client, "analysis", run="train", analysis="trace", method="constrained", step=10)
+        assert middle["has_model"] is False and not any("re-log" in w for w in middle["warnings"])
+        assert get_json(client, "analysis", run="train", analysis="trace", method="constrained", step=20)["has_model"] is True
+    finally:
+        close()

@@ -541,7 +541,6 @@ def test_a_damaged_layer_leaves_the_other_layers_readable(tmp_path):
 
     from run_fixtures import tensorboard_app
 
-    run_reader._cache.clear()
     app, close = tensorboard_app(str(tmp_path))
     client = Client(app)
 
@@ -561,3 +560,75 @@ def test_a_damaged_layer_leaves_the_other_layers_readable(tmp_path):
         assert neuron["learned_features"] == [] and all(e["activation_map"] for e in neuron["examples"])
     finally:
         close()
+
+
+# ----------------------------------------------------------------------- the server's store (issue #18)
+class CountingProvider:
+    """A real DataProvider, counting the calls made to it (one per data-server round trip)."""
+
+    def __init__(self, inner):
+        self._inner, self.calls = inner, {}
+
+    def __getattr__(self, name):
+        method = getattr(self._inner, name)
+
+        def counted(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return method(*args, **kwargs)
+
+        return counted
+
+
+def test_store_lists_once_per_ttl_and_reads_each_analysis_once(tmp_path, monkeypatch):
+    import concurrent.futures
+
+    add_analysis(str(tmp_path / "run"), "x", make_analysis(seed=0), 0)
+    add_analysis(str(tmp_path / "run"), "x", make_analysis(seed=1), 1)
+    dp = CountingProvider(provider_for(tmp_path))
+    now = [1000.0]
+    monkeypatch.setattr(run_reader.time, "monotonic", lambda: now[0])
+    store = run_reader.AnalysisStore(dp, index_ttl_s=5.0)
+    assert store.index(CTX, EID).analyses == {"run": [AnalysisKey("x", "constrained", (0, 1))]}
+    listed = dp.calls.copy()
+    assert listed == {"list_tensors": 1, "list_blob_sequences": 1, "read_tensors": 1}  # every manifest in one read
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # simultaneous requests share one read
+        loaded = list(pool.map(lambda _: store.load(CTX, EID, "run", "x", "constrained", 1), range(8)))
+    assert all(l is loaded[0] for l in loaded)
+    assert_same_analysis(make_analysis(seed=1), loaded[0])
+    assert dp.calls["read_blob_sequences"] == 1 and dp.calls["list_tensors"] == 1  # no listing within the TTL
+    blob_reads = dp.calls["read_blob"]
+    store.index(CTX, EID)
+    store.load(CTX, EID, "run", "x", "constrained", 1)
+    assert dp.calls["read_blob"] == blob_reads and dp.calls["list_tensors"] == 1
+    now[0] += 6.0  # past the TTL: listed again; unchanged manifests are not read again
+    store.index(CTX, EID)
+    assert dp.calls["list_tensors"] == 2 and dp.calls["read_tensors"] == 1
+    now[0] += 2.0
+    with pytest.raises(run_reader.AnalysisNotFoundError):
+        store.load(CTX, EID, "run", "x", "constrained", 7)  # unknown: one more listing (logged just now?), then 404
+    assert dp.calls["list_tensors"] == 3
+    with pytest.raises(run_reader.AnalysisNotFoundError):
+        store.load(CTX, EID, "run", "x", "constrained", 7)  # within MIN_RELIST_S: no listing again
+    assert dp.calls["list_tensors"] == 3
+
+
+def test_store_keeps_at_most_max_bytes(tmp_path):
+    for step in range(3):
+        add_analysis(str(tmp_path / "run"), "x", make_analysis(seed=step), step)
+    dp = CountingProvider(provider_for(tmp_path))
+    one = run_reader.AnalysisStore(dp).load(CTX, EID, "run", "x", "constrained", 0).nbytes
+    assert one > 0
+    store = run_reader.AnalysisStore(dp, max_bytes=int(2.5 * one))
+    for step in range(3):
+        store.load(CTX, EID, "run", "x", "constrained", step)
+    assert store.cached_bytes <= int(2.5 * one)
+    reads = dp.calls["read_blob_sequences"]
+    store.load(CTX, EID, "run", "x", "constrained", 0)  # evicted (least recently used): read again
+    assert dp.calls["read_blob_sequences"] == reads + 1
+    store.load(CTX, EID, "run", "x", "constrained", 0)
+    assert dp.calls["read_blob_sequences"] == reads + 1
+
+
+def test_index_lists_the_steps_with_a_model(tmp_path):
+    add_analysis(str(tmp_path / "run"), "x", make_analysis(), 0)  # no model
+    assert run_reader.index_runs(provider_for(tmp_path), CTX, EID).analyses["run"][0].steps_with_model == ()

@@ -1,0 +1,141 @@
+"""``POST contribution`` as the dashboard sends it, through a real ``tensorboard --logdir`` (issue #15).
+
+For each run (the demo's EfficientNet-Lite0 run, made with ``aevis demo --logdir DIR``,
+and a resnet50 run of 224 px images, written here once with random weights: the
+latency does not depend on them), on a freshly started ``tensorboard`` (default flags,
+loopback only):
+
+- ``first_s``: the first request after the server answers (SGD; torch import, artifact
+  read, forward pass and fit included; the analysis itself already opened, as in the
+  dashboard, where the request follows the ``analysis`` answer);
+- ``later_sgd_s`` / ``quadratic_s``: requests on other feature maps of the same target
+  layer (each computed, none cached), SGD and quadratic;
+- ``ranked``: entries in each answer's ranking (default top 10);
+- ``rank_correlation``: Spearman correlation of the two modes' scores over every map,
+  per feature map, and whether they agree on the top map.
+
+The analysis: the run's first with a saved model and three examples. The request: every
+example of the analysis, target layer and channel, a 4x4 area at the
+centre of the target map (in the map's own grid), the earlier layer just before the
+target (``--target-layer`` names it; default: the demo's ``model._blocks.13`` and resnet50's
+``model.layer3.2``). Prints one JSON object.
+
+    .venv/bin/python bench/bench_contribution_route.py [--demo-run /tmp/b18/runs/demo] [--resnet50-logdir DIR] [--maps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+from bench_load import ROOT, Server  # noqa: E402
+
+DEFAULT_TARGETS = ("model._blocks.13", "model.layer3.2")
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def run_bench(logdir: str, target_layer: str, maps: int) -> dict:
+    server = Server(logdir)
+    try:
+        return _timed_requests(server, target_layer, maps)
+    except BaseException:
+        server.close()  # never leave a tensorboard behind
+        raise
+
+
+def _timed_requests(server: Server, target_layer: str, maps: int) -> dict:
+    run = server.wait_for_runs()["runs"][0]
+    candidates = []
+    for entry in run["analyses"]:  # the first with a model and three examples (a triplet, the dashboard's default view)
+        if entry.get("steps_with_model"):
+            ids = {"run": run["run"], "analysis": entry["name"], "method": entry["method"], "step": entry["steps_with_model"][0]}
+            candidates.append((ids, json.loads(server.request("GET", ROOT + "analysis?" + urllib.parse.urlencode(ids))[1])))
+    ids, analysis = next(((i, a) for i, a in candidates if len(a["examples"]) == 3), candidates[0])
+    names = [l["name"] for l in analysis["layers"]]
+    target = target_layer if target_layer in names else names[(2 * len(names)) // 3]
+    index = names.index(target)
+    layer = analysis["layers"][index]
+    h, w = layer["height"], layer["width"]
+    y0, x0 = max(0, h // 2 - 2), max(0, w // 2 - 2)
+    base = {**ids, "target": "feature_map", "target_layer": target, "earlier_layer": names[index - 1],
+            "area": [y0, x0, min(h, y0 + 4), min(w, x0 + 4)], "area_grid": [h, w],
+            "examples": list(range(len(analysis["examples"])))}
+
+    def post(channel: int, mode: str) -> tuple:
+        status, body, seconds = server.request("POST", ROOT + "contribution", dict(base, channel=channel, mode=mode))
+        answer = json.loads(body)
+        if status != 200:
+            return seconds, None, answer.get("error")
+        return seconds, answer, None
+
+    # feature maps in the most datapaths first (the dashboard's user brushes a map of the treemap)
+    query = urllib.parse.urlencode({**ids, "layer": target, "examples": ",".join(map(str, base["examples"][:5]))})
+    cells = json.loads(server.request("GET", ROOT + "treemap?" + query)[1])["cells"]
+    channels = [c["channel"] for c in sorted(cells, key=lambda c: (-len(c["members"]), c["channel"]))]
+    first_s, first, error = post(channels[0], "sgd")
+    result = {"run": run["run"], "analysis": ids, "target_layer": target, "earlier_layer": base["earlier_layer"],
+              "area": base["area"], "examples": base["examples"], "first_s": round(first_s, 3)}
+    if first is None:
+        result["first_error"] = error
+    later, quad, ranked, correlations, same_top, errors = [], [], [], [], [], []
+    for channel in channels[1:]:
+        if len(later) >= maps:
+            break
+        s_sgd, sgd, e1 = post(channel, "sgd")
+        s_quad, q, e2 = post(channel, "quadratic")
+        if sgd is None or q is None:
+            errors.append(e1 or e2)
+            continue
+        later.append(round(s_sgd, 3))
+        quad.append(round(s_quad, 3))
+        ranked += [len(sgd["ranking"]), len(q["ranking"])]
+        correlations.append(round(spearman(sgd["scores"], q["scores"]), 3))
+        same_top.append(sgd["ranking"][0]["channel"] == q["ranking"][0]["channel"])
+    result.update(later_sgd_s=later, quadratic_s=quad, ranked=ranked, rank_correlation=correlations,
+                  same_top_map=same_top, errors=sorted(set(errors))[:3], **server.close())
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--demo-run", default="/tmp/b18/runs/demo")
+    parser.add_argument("--resnet50-logdir", help="a logdir written by an earlier run (default: written now into a temporary one)")
+    parser.add_argument("--maps", type=int, default=3, help="later feature maps timed per mode")
+    parser.add_argument("--skip-resnet50", action="store_true")
+    args = parser.parse_args()
+    results = {"cpu_count": os.cpu_count()}
+    if not os.path.isdir(args.demo_run):
+        raise SystemExit(f"no run at {args.demo_run}: make one with 'aevis demo --logdir {args.demo_run}'")
+    demo_logdir = tempfile.mkdtemp(prefix="aevis-bench-contribution-")
+    shutil.copytree(args.demo_run, os.path.join(demo_logdir, "demo"))
+    results["demo"] = run_bench(demo_logdir, DEFAULT_TARGETS[0], args.maps)
+    if not args.skip_resnet50:
+        logdir = args.resnet50_logdir or tempfile.mkdtemp(prefix="aevis-bench-contribution-r50-")
+        if not os.path.isdir(os.path.join(logdir, "resnet50")):
+            from bench_routes import write_resnet50_run
+
+            started = time.perf_counter()
+            write_resnet50_run(logdir, steps=5)
+            results["resnet50_written_s"] = round(time.perf_counter() - started, 1)
+        results["resnet50"] = run_bench(logdir, DEFAULT_TARGETS[1], args.maps)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

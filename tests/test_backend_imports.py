@@ -1,0 +1,73 @@
+"""The backend's import structure: a light plugin import and no import cycle (issues #15, #17)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tensorboard_plugin_aevis")
+BACKEND = ["aevis_plugin", "contribution_service", "http_common", "bounded_cache", "run_reader", "model_artifact", "metadata"]
+
+
+def test_importing_the_plugin_imports_neither_torch_nor_scipy():
+    code = ("import sys, tensorboard_plugin_aevis.aevis_plugin; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def _imports(module: str) -> set:
+    """The package modules ``module`` imports anywhere in its source (top level or inside functions)."""
+    path = os.path.join(PACKAGE, *module.split(".")) + ".py"
+    if not os.path.exists(path):
+        path = os.path.join(PACKAGE, *module.split("."), "__init__.py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    package = module.rsplit(".", 1)[0] if "." in module else ""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from .x import y / from . import y
+                base = ".".join(p for p in (package if node.level == 1 else "", base) if p)
+            elif base.startswith("tensorboard_plugin_aevis"):
+                base = base[len("tensorboard_plugin_aevis"):].lstrip(".")
+            else:
+                continue
+            names = [f"{base}.{a.name}" if base else a.name for a in node.names]
+            for name in [base] + names:
+                if name and (os.path.exists(os.path.join(PACKAGE, *name.split(".")) + ".py")
+                             or os.path.isdir(os.path.join(PACKAGE, *name.split(".")))):
+                    found.add(name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("tensorboard_plugin_aevis."):
+                    found.add(a.name[len("tensorboard_plugin_aevis."):])
+    found.discard(module)
+    return found
+
+
+def test_no_import_cycle_between_backend_modules():
+    graph = {}
+    todo = list(BACKEND)
+    while todo:  # every package module the backend reaches
+        module = todo.pop()
+        if module not in graph:
+            graph[module] = _imports(module)
+            todo.extend(graph[module])
+    assert "aevis_plugin" not in graph["contribution_service"] and "contribution_service" not in graph["http_common"]
+    state = {}
+
+    def visit(module, path):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", "import cycle: " + " -> ".join(path + [module])
+        state[module] = "open"
+        for imported in sorted(graph[module]):
+            visit(imported, path + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])
