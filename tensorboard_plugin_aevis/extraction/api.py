@@ -110,7 +110,7 @@ def extract_datapaths(
                         for k, r in enumerate(retry):
                             for key, value in refit.items():
                                 result[key][r] = value[k]
-                    out.store(stage, result, temperatures, discarded, fit)
+                    out.store(stage, result, temperatures, discarded)
             finally:
                 if bar is not None:
                     bar.close()
@@ -191,7 +191,7 @@ class _Outputs:
         self.discarded = [0] * n
         self.done: List[int] = []
 
-    def store(self, stage: List[int], result: Dict[str, Any], temperatures: torch.Tensor, discarded: List[int], fit: GateFit) -> None:
+    def store(self, stage: List[int], result: Dict[str, Any], temperatures: torch.Tensor, discarded: List[int]) -> None:
         """Keep, per example of ``stage``, its best start: the lowest fidelity temperature (Eq. 5 as
         written before a tempered refit), then the lowest loss; the first start on ties."""
         k = self.k
