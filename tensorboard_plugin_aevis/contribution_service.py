@@ -67,6 +67,9 @@ from tensorboard_plugin_aevis import model_artifact, run_reader
 from tensorboard_plugin_aevis.http_common import BodyParams, HttpError
 
 logger = logging.getLogger(__name__)
+# One contribution job computes at a time: torch.fx tracing (contribution._lca_graph) patches
+# nn.Module.__call__ process-wide, so another thread's forward pass would run through the tracer.
+_COMPUTE_LOCK = threading.Lock()
 
 MAX_STEPS = 500
 MAX_AREA_GRID = 4096
@@ -301,22 +304,10 @@ class ContributionService:
             worker = self._workers.borrow(artifact_key, session_key)
         except model_artifact.ModelArtifactError as exc:
             raise HttpError(409, str(exc)) from exc
-        deadline = time.monotonic() + self.timeout_s
         try:
-            known = {n for n, _ in worker.model.named_modules()}
-            for what, path in (("earlier layer", earlier_layer), ("target layer", target_layer)):
-                if path is not None and path not in known:
-                    gated = ", ".join(list(layers)[:8])
-                    raise HttpError(404, f"unknown {what} {path!r}: the saved model has no module with that path (the analysis gates: {gated})")
-            options = dict(mode=mode, lambda_=lambda_, gamma=gamma, steps=steps, deadline=deadline)
-            try:
-                session = worker.session(session_key, images, earlier_layer, target_layer, deadline)
-                if target == "prediction":
-                    result = session.prediction(**options)
-                else:
-                    result = session.feature_map(channel, area, **options)
-            except (ValueError, TypeError) as exc:
-                raise HttpError(400, str(exc)) from exc
+            with _COMPUTE_LOCK:  # torch.fx tracing patches nn.Module.__call__ for every thread
+                result = self._compute(worker, layers, images, session_key, target, channel, area,
+                                       earlier_layer, target_layer, dict(mode=mode, lambda_=lambda_, gamma=gamma, steps=steps))
         finally:
             self._workers.give_back(artifact_key, worker)
         body = result.to_json()
@@ -328,6 +319,22 @@ class ContributionService:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return _ranked(body, loaded, top, cached=False)
+
+    def _compute(self, worker, layers, images, session_key, target, channel, area, earlier_layer, target_layer, options):
+        """Run one job on ``worker``'s model; the time limit starts when the job gets the model."""
+        options["deadline"] = deadline = time.monotonic() + self.timeout_s
+        known = {n for n, _ in worker.model.named_modules()}
+        for what, path in (("earlier layer", earlier_layer), ("target layer", target_layer)):
+            if path is not None and path not in known:
+                gated = ", ".join(list(layers)[:8])
+                raise HttpError(404, f"unknown {what} {path!r}: the saved model has no module with that path (the analysis gates: {gated})")
+        try:
+            session = worker.session(session_key, images, earlier_layer, target_layer, deadline)
+            if target == "prediction":
+                return session.prediction(**options)
+            return session.feature_map(channel, area, **options)
+        except (ValueError, TypeError) as exc:
+            raise HttpError(400, str(exc)) from exc
 
 
 def _torch_images(images: np.ndarray):
