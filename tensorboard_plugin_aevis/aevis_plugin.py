@@ -376,6 +376,7 @@ def neuron_impl(loaded: "run_reader.LoadedAnalysis", layer_name: str, channel: i
             "max_activation": None if a.max_activations is None else float(a.max_activations[layer][i, channel]),
             "gate": float(a.gates[layer][i, channel]),
             "in_datapath": bool(a.gates[layer][i, channel] > thresholds[i]),
+            "stability": None if a.stability is None else float(a.stability[layer][i, channel]),
             "activation_map": f"activation_map?{urllib.parse.urlencode({**query, 'example': i})}" if has_map else None,
         })
     features = [

@@ -703,8 +703,9 @@ def _decode_arrays(manifest: Dict[str, Any], blobs: List[bytes]) -> Tuple[Analys
     analysis_arrays = {"images": np.stack(images)}
     for l in range(n_layers):
         analysis_arrays[f"gates/{l}"] = archive[f"gates/{l}"]
-        if f"max_activations/{l}" in archive:
-            analysis_arrays[f"max_activations/{l}"] = archive[f"max_activations/{l}"]
+        for optional in ("max_activations", "stability"):
+            if f"{optional}/{l}" in archive:
+                analysis_arrays[f"{optional}/{l}"] = archive[f"{optional}/{l}"]
     analysis = Analysis.from_arrays(meta, analysis_arrays)
     maps = None
     if "maps/0/channels" in archive:

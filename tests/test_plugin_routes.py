@@ -364,3 +364,29 @@ def test_steps_with_model_follow_the_first_and_latest_policy(tmp_path):
         assert get_json(client, "analysis", run="train", analysis="trace", method="constrained", step=20)["has_model"] is True
     finally:
         close()
+
+
+def test_neuron_route_serves_the_stability_of_k_starts(tmp_path):
+    """An analysis extracted from K starts: the neuron route gives each example's fraction of starts
+    that selected the map, read back from the logged arrays (null for a one-start analysis)."""
+    import torch
+
+    from run_fixtures import TinyCNN
+    from summary_writers import add_analysis
+    from tensorboard_plugin_aevis.extraction import extract_datapaths
+
+    model = TinyCNN(0).eval()
+    images = torch.rand(3, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    analysis = extract_datapaths(model, images, ["source", "adversarial", "target"], steps=6, starts=3, seed=2)
+    add_analysis(str(tmp_path / "k"), "starts", analysis, 0, model=None)
+    app, close = tensorboard_app(str(tmp_path), data_server="python")
+    try:
+        client = Client(app)
+        layer = analysis.layers[1]
+        for channel in range(layer.channels):
+            answer = get_json(client, "neuron", run="k", analysis="starts", method="constrained", step=0,
+                              layer=layer.name, channel=channel)
+            served = [e["stability"] for e in answer["examples"]]
+            np.testing.assert_allclose(served, analysis.stability[1][:, channel], atol=0)
+    finally:
+        close()

@@ -182,6 +182,8 @@ export interface NeuronExample {
   max_activation: number;
   gate: number;
   in_datapath: boolean;
+  /** Fraction of the extraction's K starts that selected this map; null for one start. */
+  stability?: number | null;
   activation_map: string | null;
 }
 

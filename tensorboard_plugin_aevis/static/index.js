@@ -1491,7 +1491,14 @@ var NeuronView = class {
         ]),
         el("div", { class: "values" }, [
           `max activation ${formatValue(ex.max_activation)} · gate ${formatValue(ex.gate)} · `,
-          el("span", { class: ex.in_datapath ? "in-path" : "out-path" }, [ex.in_datapath ? "in datapath" : "not in datapath"])
+          el("span", { class: ex.in_datapath ? "in-path" : "out-path" }, [ex.in_datapath ? "in datapath" : "not in datapath"]),
+          ...ex.stability === void 0 || ex.stability === null ? [] : [
+            el(
+              "span",
+              { class: "stability", title: "fraction of the extraction's starts whose datapath selected this feature map" },
+              [` · selected by ${Math.round(ex.stability * 100)} % of starts`]
+            )
+          ]
         ]),
         readout
       ]);
