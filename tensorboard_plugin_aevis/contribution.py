@@ -1,4 +1,4 @@
-"""Contribution analysis (paper Sec. 5.4, Eq. 7 and 8; method-notes Sec. 4).
+"""Contribution analysis (paper Sec. 5.4, Eq. 7 and 8).
 
 Which feature maps of an *earlier* layer make a *target* feature map (or the final
 prediction) what it is? One gate ``z_k`` in [0, 1] per earlier feature map and per
@@ -25,7 +25,7 @@ quantity ``f`` while being as small as possible and similar across the m example
   softmax of a confident prediction saturates, its Jacobian at ``z = 1`` nearly
   vanishes, and the quadratic mode would then see no contribution at all.
 
-Scaling (method-notes Sec. 1): the fidelity is relative (divided by ``||f(x_i)||^2``)
+Scaling (as in the extraction, ``docs/method.md``): the fidelity is relative (divided by ``||f(x_i)||^2``)
 and the L1 term is a mean over the ``C`` gates, so ``lambda`` means the same for a
 layer of 64 or 2048 maps: a map carrying an average share ``1/C`` of the preserved
 signal settles near ``z = 1 - lambda / 2``, a map with a much smaller share goes to 0.
@@ -814,7 +814,7 @@ def _fit_linearised(forward: _GatedForward, images, select, reference, norms, wi
                     relinearise, deadline):
     """Quadratic mode -> (gates (m, C), region mask, rectangle, the last quadratic's gradient at the gates (m, C)).
 
-    Linearise at z = 1 and solve (method-notes Sec. 4); then ``relinearise`` times
+    Linearise at z = 1 and solve; then ``relinearise`` times
     (Gauss-Newton): linearise again at the solution z_t, ``f(z) ~ f(z_t) + J_t (z - z_t)``,
     and solve ``||D (f_0 - f(z_t)) + J_t z_t - J_t z||^2 / n + penalties`` from z_t.
     """

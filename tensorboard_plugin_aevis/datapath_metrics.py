@@ -1,7 +1,7 @@
 """Distances between datapaths, the diff curve (Eq. 9), diverging/merging detection
 (Eq. 10) and representative-target selection (Sec. 6.2.1).
 
-All distances use the continuous gates (method-notes Sec. 1): the datapath of
+All distances use the continuous gates (``docs/method.md``): the datapath of
 example i at layer l is ``analysis.gates[l][i]``, a vector of C_l gates.
 Layer indices are 0-based positions in ``analysis.layers``.
 

@@ -39,7 +39,7 @@ KIND_LEARNED_FEATURES = "learned_features"  # blob sequence: top-k boxes per fea
 KIND_REFERENCE_IMAGES = "reference_images"  # blob sequence: the reference images (PNG)
 KINDS = (KIND_MANIFEST, KIND_ARRAYS, KIND_GRAPH, KIND_LEARNED_FEATURES, KIND_REFERENCE_IMAGES)
 
-# Small JSON values are tensors; bulky ones are blob sequences (method-notes Sec. 7).
+# Small JSON values are tensors; bulky ones are blob sequences (``docs/architecture.md``, Run format).
 DATA_CLASS_OF_KIND = {
     KIND_MANIFEST: summary_pb2.DATA_CLASS_TENSOR,
     KIND_ARRAYS: summary_pb2.DATA_CLASS_BLOB_SEQUENCE,

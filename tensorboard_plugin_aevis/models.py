@@ -3,7 +3,7 @@
 Every engine module (attacks, extraction, scoring) works on images in [0, 1] pixel
 space ``(B, C, H, W)``; the model's own input normalisation lives in
 :class:`ClassifierWrapper`, so an attack's epsilon ball and clipping are always in
-pixel units (method-notes Sec. 6).
+pixel units.
 
 :func:`load_model` builds a wrapped model from a spec, offline only:
 

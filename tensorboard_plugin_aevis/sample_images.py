@@ -2,7 +2,7 @@
 
 Nothing here downloads: the photos come from scikit-image's bundled images (only
 loaders that need no ``pooch`` download), scikit-learn's ``load_sample_images`` and
-matplotlib's sample data (method-notes Sec. 8).
+matplotlib's sample data.
 
 ``PHOTOS`` maps a photo name to ``(loader, expected ImageNet class index or None)``;
 a loader returns an ``(H, W, 3)`` uint8 array. ``load_photo`` and

@@ -1,4 +1,4 @@
-"""Cross-river positions of datapath curves per layer (paper Sec. 5.2; method-notes Sec. 5).
+"""Cross-river positions of datapath curves per layer (paper Sec. 5.2; the rules are stated in ``http_api.md``, route ``river``).
 
 A river has one curve per datapath; at each of the L layers the screen distance
 between two curves stands for the distance between their datapaths. Positions ``y``
