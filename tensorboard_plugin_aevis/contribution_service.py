@@ -64,6 +64,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from tensorboard_plugin_aevis import model_artifact, run_reader
+from tensorboard_plugin_aevis.bounded_cache import ByteLRU
 from tensorboard_plugin_aevis.http_common import BodyParams, HttpError
 
 logger = logging.getLogger(__name__)
@@ -223,9 +224,7 @@ class ContributionService:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.max_concurrent, self.timeout_s = max_concurrent, float(timeout_s)
         self._slots = threading.BoundedSemaphore(max_concurrent)
-        self._cache: "collections.OrderedDict[Tuple, Dict[str, Any]]" = collections.OrderedDict()
-        self._cache_size = cache_size
-        self._cache_lock = threading.Lock()
+        self._cache = ByteLRU(cache_size)  # each answer counts 1: at most cache_size answers
         self._workers = _WorkerPool(per_artifact=max_concurrent)
 
     def handle(self, params: Dict[str, Any], load: Loader) -> Tuple[int, Dict[str, Any]]:
@@ -293,10 +292,9 @@ class ContributionService:
                 raise HttpError(400, f"an area needs a gated target layer (one of the analysis' layers) so its grid is known; {target_layer!r} is not one")
 
         key = (run, name, method, step, artifact_key, target_layer, channel, area_key, earlier_layer, tuple(examples), mode, lambda_, gamma, steps)
-        with self._cache_lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return _ranked(self._cache[key], loaded, top, cached=True)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return _ranked(cached, loaded, top, cached=True)
 
         images = _torch_images(analysis.images[examples])
         session_key = (tuple(examples), earlier_layer, target_layer)
@@ -314,10 +312,7 @@ class ContributionService:
         body.update(run=run, analysis=name, method=method, step=step, target=target, examples=examples,
                     example_names=[analysis.examples[i].name for i in examples], warnings=list(loaded.warnings),
                     score_meaning=SCORE_MEANING)
-        with self._cache_lock:
-            self._cache[key] = body
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        self._cache.put(key, body, 1)
         return _ranked(body, loaded, top, cached=False)
 
     def _compute(self, worker, layers, images, session_key, target, channel, area, earlier_layer, target_layer, options):
