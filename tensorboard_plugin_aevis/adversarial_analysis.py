@@ -185,7 +185,7 @@ def analyze_adversarial(
     else:
         notes.append("no target images: no diff curve or diverging / merging layers; pass targets=...")
     scores = _adversarial_scores(wrapper, images)
-    name = (name or DEFAULT_NAME).replace("{source}", source_name).replace("{adversarial}", _class_name(names, adversarial_label))
+    name = (name or DEFAULT_NAME).replace("{source}", source_name).replace("{adversarial}", class_name(names, adversarial_label))
     references = images[1:] if reference_images is None else reference_images
 
     analyses: Dict[str, Analysis] = {}
@@ -287,12 +287,13 @@ def _class_index(value: Union[int, str], names: Optional[List[str]], num_classes
     return value
 
 
-def _class_name(names: Optional[Sequence[str]], index: int) -> str:
+def class_name(names: Optional[Sequence[str]], index: int) -> str:
+    """``names[index]``, or ``'class <index>'`` when the model has no class names for it."""
     return names[index] if names is not None and 0 <= index < len(names) else f"class {index}"
 
 
 def _quoted(names: Optional[Sequence[str]], index: int) -> str:
-    return f"'{_class_name(names, index)}'"
+    return f"'{class_name(names, index)}'"
 
 
 def _adversarial_scores(model: nn.Module, images: torch.Tensor) -> List[Optional[float]]:

@@ -64,7 +64,7 @@ def run_analyze(args) -> int:
 
     import torch
 
-    from tensorboard_plugin_aevis.adversarial_analysis import analyze_adversarial
+    from tensorboard_plugin_aevis.adversarial_analysis import analyze_adversarial, class_name
 
     _check_args(args)
     model = _load_model(args)
@@ -114,8 +114,8 @@ def run_analyze(args) -> int:
     report: Dict[str, Any] = {
         "model": args.model,
         "name": result.name,
-        "source": {"name": source_name, "label": result.source_label, "class_name": _class_name(names, result.source_label)},
-        "adversarial": {"label": result.adversarial_label, "class_name": _class_name(names, result.adversarial_label), **attack_info},
+        "source": {"name": source_name, "label": result.source_label, "class_name": class_name(names, result.source_label)},
+        "adversarial": {"label": result.adversarial_label, "class_name": class_name(names, result.adversarial_label), **attack_info},
         "target_class": result.target_class,
         "analyses": [],
         "warnings": [str(w.message) for w in caught],
@@ -205,10 +205,6 @@ def _unique(names: List[str]) -> List[str]:
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
     return out
-
-
-def _class_name(names: Optional[List[str]], index: int) -> str:
-    return names[index] if names is not None and 0 <= index < len(names) else f"class {index}"
 
 
 # ----------------------------------------------------------------------------- engine
