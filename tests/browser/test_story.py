@@ -347,6 +347,7 @@ def test_changing_the_datapaths_keeps_the_open_levels_and_the_scroll(served_runs
     after = where()
     # Not reset: the page stays where it was, up to the height of what changed above (a shorter legend).
     assert all(abs(a - b) < 60 for a, b in zip(before, after)), (before, after)
+    frame.locator(".neuron h3").wait_for(state="visible", timeout=30_000)  # the neuron level is redrawn in place
     heading = frame.locator(".neuron h3").bounding_box()
     assert 0 <= heading["y"] <= page.viewport_size["height"]
     assert frame.locator(".neuron h3").inner_text() == f"Feature map {channel} of {layer}"
