@@ -12,7 +12,10 @@ the Rust data server), loopback traffic only, every loop bounded:
   analysis, image, graph, river, treemap, neuron, activation_map, learned_feature,
   reference_image) with random valid parameters; the first pass on the fresh server is
   ``cold``, the same clients sending the same requests again ``warm``; latency p50 / p95 /
-  p99 / max, 5xx count;
+  p99 / max, 5xx count, also per route; before them ``floor``: the same clients each
+  sending as many ``GET /data/logdir`` (TensorBoard's own core route, which only answers
+  its logdir): the latency any route pays on this machine under this load;
+  ``warm_over_floor``: warm p50 and p99 over the floor's;
 - ``contribution``: 2 and then 10 simultaneous ``POST contribution`` (SGD, every example,
   a 4x4 area, as the dashboard sends it) each on a fresh server: status counts (only 200
   and 429 allowed) and seconds;
@@ -231,25 +234,34 @@ def discover(server: Server) -> Tuple[Dict[str, List[str]], dict]:
     return {r: sorted(set(p)) for r, p in routes.items() if p}, contribution
 
 
-def load_phase(server: Server, routes: Dict[str, List[str]], clients: int, requests: int, seed: int) -> List[Tuple[int, float]]:
-    def client(k: int) -> List[Tuple[int, float]]:
+FLOOR_PATH = "/data/logdir"
+
+
+def load_phase(server: Server, routes: Dict[str, List[str]], clients: int, requests: int, seed: int) -> List[Tuple[str, int, float]]:
+    """(route, status, seconds) of ``clients`` threads each sending ``requests`` GETs, one after the other."""
+    def client(k: int) -> List[Tuple[str, int, float]]:
         rng = random.Random(seed * 1000 + k)
         out = []
         for _ in range(requests):
-            paths = routes[rng.choice(sorted(routes))]
-            status, _, seconds = server.request("GET", rng.choice(paths))
-            out.append((status, seconds))
+            route = rng.choice(sorted(routes))
+            status, _, seconds = server.request("GET", rng.choice(routes[route]))
+            out.append((route, status, seconds))
         return out
 
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         return [r for rows in pool.map(client, range(clients)) for r in rows]
 
 
-def summary(rows: List[Tuple[int, float]]) -> dict:
+def summary(rows: List[Tuple[str, int, float]]) -> dict:
     statuses: Dict[str, int] = {}
-    for status, _ in rows:
+    for _, status, _ in rows:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
-    return {**percentiles([s for _, s in rows]), "statuses": statuses, "5xx": sum(1 for s, _ in rows if s >= 500)}
+    by_route: Dict[str, List[float]] = {}
+    for route, _, seconds in rows:
+        by_route.setdefault(route, []).append(seconds)
+    per_route = {r: {q: v for q, v in percentiles(s).items() if q in ("p50_ms", "p99_ms", "requests")} for r, s in sorted(by_route.items())}
+    return {**percentiles([s for _, _, s in rows]), "statuses": statuses, "5xx": sum(1 for _, s, _ in rows if s >= 500),
+            "per_route": per_route}
 
 
 def simultaneous_posts(logdir: str, payload: dict, count: int) -> dict:
@@ -361,9 +373,12 @@ def main() -> int:
 
         if "load" not in args.skip:
             server = Server(logdir, warm_models=not args.no_warm_models)
+            floor = load_phase(server, {"floor": [FLOOR_PATH]}, args.clients, args.requests, args.seed)  # no AEVis request yet
             cold = load_phase(server, routes, args.clients, args.requests, args.seed)
             warm = load_phase(server, routes, args.clients, args.requests, args.seed)  # the same requests again
-            result["load"] = {"cold": summary(cold), "warm": summary(warm), **server.close()}
+            load = {"cold": summary(cold), "warm": summary(warm), "floor": summary(floor)}
+            load["warm_over_floor"] = {q: round(load["warm"][q] / max(load["floor"][q], 1e-3), 2) for q in ("p50_ms", "p99_ms")}
+            result["load"] = {**load, **server.close()}
             ok &= result["load"]["cold"]["5xx"] == 0 and result["load"]["warm"]["5xx"] == 0
 
         if payload is None:

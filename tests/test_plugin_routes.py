@@ -205,15 +205,16 @@ def test_neuron_activation_map_and_learned_feature(client, logdir):
         if hi > lo:
             np.testing.assert_allclose(lo + pixels / 255.0 * (hi - lo), full, atol=(hi - lo) / 255 + 1e-5)
     assert answer["learned_features"], "learned features were logged with reference images"
-    feature = answer["learned_features"][0]
-    crop = png(client.get(ROOT + feature["url"]))
-    y0, x0, y1, x1 = feature["box"]
-    reference = small.reference_images[feature["reference_image"]]
-    np.testing.assert_allclose(crop.transpose(2, 0, 1) / 255.0, reference[:, y0:y1, x0:x1], atol=1 / 255 + 1e-6)
-    # The whole reference image the box is drawn on, and the crop is its box.
-    whole = png(client.get(ROOT + feature["reference_url"]))
-    np.testing.assert_allclose(whole.transpose(2, 0, 1) / 255.0, reference, atol=1 / 255 + 1e-6)
-    np.testing.assert_array_equal(whole[y0:y1, x0:x1], crop)
+    for feature in answer["learned_features"]:  # boxes inside the image and boxes clipped to all of it
+        crop = png(client.get(ROOT + feature["url"]))
+        y0, x0, y1, x1 = feature["box"]
+        reference = small.reference_images[feature["reference_image"]]
+        y0, x0 = max(0, y0), max(0, x0)
+        np.testing.assert_allclose(crop.transpose(2, 0, 1) / 255.0, reference[:, y0:y1, x0:x1], atol=1 / 255 + 1e-6)
+        # The whole reference image the box is drawn on, and the crop is its box.
+        whole = png(client.get(ROOT + feature["reference_url"]))
+        np.testing.assert_allclose(whole.transpose(2, 0, 1) / 255.0, reference, atol=1 / 255 + 1e-6)
+        np.testing.assert_array_equal(whole[y0:y1, x0:x1], crop)
 
 
 # ----------------------------------------------------------------------- errors
@@ -389,4 +390,56 @@ def test_neuron_route_serves_the_stability_of_k_starts(tmp_path):
             served = [e["stability"] for e in answer["examples"]]
             np.testing.assert_allclose(served, analysis.stability[1][:, channel], atol=0)
     finally:
+        close()
+
+
+def test_the_model_is_read_in_the_background_only_once_no_request_runs(tmp_path, monkeypatch):
+    """Opening an analysis schedules its model read; it waits while any request is running and
+    starts only after WARM_AFTER_IDLE_S of quiet (reading a model costs the server seconds of CPU)."""
+    import threading
+
+    from tensorboard_plugin_aevis import contribution_service
+
+    name = "warmed in idle time"  # only this test's plugin reads it (other plugins' warm threads may run meanwhile)
+    write_small_run(str(tmp_path), run="idle", name=name)
+    monkeypatch.setattr(aevis_plugin, "WARM_AFTER_IDLE_S", 0.2)
+    warmed = []
+
+    class Service:
+        def warm(self, loaded):
+            if loaded.name == name:
+                warmed.append(time.monotonic())
+
+    monkeypatch.setattr(contribution_service, "default_service", lambda: Service())
+    running, release = threading.Event(), threading.Event()
+    real_runs_impl = aevis_plugin.runs_impl
+
+    def slow_runs_impl(index):
+        running.set()
+        release.wait(30)
+        return real_runs_impl(index)
+
+    monkeypatch.setattr(aevis_plugin, "runs_impl", slow_runs_impl)
+    app, close = tensorboard_app(str(tmp_path), data_server="python")
+    analysis = {"run": "idle", "analysis": name, "method": "constrained", "step": 0}
+    try:
+        client = Client(app)
+        get_json(client, "analysis", **analysis)
+        slow = threading.Thread(target=lambda: get_json(Client(app), "runs"))
+        slow.start()
+        assert running.wait(30)
+        time.sleep(5 * aevis_plugin.WARM_AFTER_IDLE_S)
+        assert warmed == []  # a request is still running
+        released = time.monotonic()
+        release.set()
+        slow.join(30)
+        deadline = time.monotonic() + 30
+        while not warmed and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(warmed) == 1 and warmed[0] - released >= aevis_plugin.WARM_AFTER_IDLE_S
+        get_json(client, "analysis", **analysis)  # opened again: its model is not read again
+        time.sleep(5 * aevis_plugin.WARM_AFTER_IDLE_S)
+        assert len(warmed) == 1
+    finally:
+        release.set()
         close()

@@ -15,7 +15,7 @@ are in [0, 1] (0 = top of the river band).
       min_g  sum_l sum_{a<b} (sum_{k=a}^{b-1} g[l, k] - D_l[o_a, o_b])^2
            + smoothness * sum_l sum_k (g[l+1, k] - g[l, k])^2
 
-  (``scipy.optimize.nnls``), so the order is kept by construction and the curves stay
+  (:func:`nnls.nnls`), so the order is kept by construction and the curves stay
   calm across layers. Each layer is then centred on 0.5 and all layers share one scale
   so the widest layer spans [0, 1].
 """
@@ -26,6 +26,8 @@ import dataclasses
 from typing import Optional, Sequence
 
 import numpy as np
+
+from tensorboard_plugin_aevis.layouts.nnls import nnls
 
 ROLE_ORDER = {"source": 0, "adversarial": 1, "target": 2}
 
@@ -91,8 +93,6 @@ def least_squares_layout(distances: np.ndarray, order: Optional[Sequence[int]] =
             row[l * gaps + k], row[(l + 1) * gaps + k] = -weight, weight
             rows.append(row)
             rhs.append(0.0)
-    from scipy.optimize import nnls  # imported here: the server starts without scipy (CONTRACTS item 6)
-
     g, _ = nnls(np.array(rows), np.array(rhs))
     g = g.reshape(L, gaps)
     cumulative = np.concatenate([np.zeros((L, 1)), np.cumsum(g, axis=1)], axis=1)  # (L, n) in order
