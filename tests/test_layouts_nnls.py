@@ -5,6 +5,7 @@ import pytest
 import scipy.optimize
 
 from tensorboard_plugin_aevis.layouts.nnls import nnls
+from tensorboard_plugin_aevis.layouts.river import gap_problem
 
 SHAPES = [(5, 3), (20, 8), (8, 20), (60, 30), (200, 40)]
 
@@ -34,26 +35,12 @@ def test_random_problems_reach_the_kkt_point_and_scipys_residual(shape, seed):
     assert residual == pytest.approx(reference, rel=1e-9, abs=1e-12)
 
 
-def test_river_shaped_problem_matches_scipy():
-    """0/1 gap-sum rows plus smoothness rows, as least_squares_layout builds them."""
+def test_the_rivers_own_problem_matches_scipy():
+    """The system least_squares_layout solves: 0/1 gap-sum rows plus smoothness rows."""
     rng = np.random.default_rng(7)
-    L, n = 31, 6
-    gaps = n - 1
-    rows, rhs = [], []
-    for l in range(L):
-        for a in range(n):
-            for c in range(a + 1, n):
-                row = np.zeros(L * gaps)
-                row[l * gaps + a:l * gaps + c] = 1.0
-                rows.append(row)
-                rhs.append(rng.uniform(0, 2))
-    for l in range(L - 1):
-        for k in range(gaps):
-            row = np.zeros(L * gaps)
-            row[l * gaps + k], row[(l + 1) * gaps + k] = -0.7, 0.7
-            rows.append(row)
-            rhs.append(0.0)
-    A, b = np.array(rows), np.array(rhs)
+    D = rng.uniform(0, 2, (31, 6, 6))
+    D = 0.5 * (D + D.transpose(0, 2, 1))
+    A, b = gap_problem(D, list(range(6)), 0.5)
     x, residual = nnls(A, b)
     assert kkt_violation(A, b, x) < 1e-9
     assert residual == pytest.approx(scipy.optimize.nnls(A, b)[1], rel=1e-9)

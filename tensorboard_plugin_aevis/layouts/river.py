@@ -76,24 +76,8 @@ def least_squares_layout(distances: np.ndarray, order: Optional[Sequence[int]] =
     order = list(spectral_order(D) if order is None else order)
     if sorted(order) != list(range(n)):
         raise ValueError(f"order {order} must be a permutation of 0..{n - 1}")
-    D = 0.5 * (D + D.transpose(0, 2, 1))
     gaps = n - 1
-    rows, rhs = [], []
-    for l in range(L):
-        for a in range(n):
-            for b in range(a + 1, n):
-                row = np.zeros(L * gaps)
-                row[l * gaps + a:l * gaps + b] = 1.0
-                rows.append(row)
-                rhs.append(D[l, order[a], order[b]])
-    weight = np.sqrt(smoothness)
-    for l in range(L - 1):
-        for k in range(gaps):
-            row = np.zeros(L * gaps)
-            row[l * gaps + k], row[(l + 1) * gaps + k] = -weight, weight
-            rows.append(row)
-            rhs.append(0.0)
-    g, _ = nnls(np.array(rows), np.array(rhs))
+    g, _ = nnls(*gap_problem(0.5 * (D + D.transpose(0, 2, 1)), order, smoothness))
     g = g.reshape(L, gaps)
     cumulative = np.concatenate([np.zeros((L, 1)), np.cumsum(g, axis=1)], axis=1)  # (L, n) in order
     widest = float(cumulative[:, -1].max())
@@ -103,6 +87,31 @@ def least_squares_layout(distances: np.ndarray, order: Optional[Sequence[int]] =
     for slot, datapath in enumerate(order):
         y[datapath] = positions[:, slot]
     return RiverLayout("least_squares", y, order, scale)
+
+
+def gap_problem(distances: np.ndarray, order: Sequence[int], smoothness: float):
+    """The least-squares system ``(A, b)`` of :func:`least_squares_layout` over the gaps
+    g (L * (n - 1),), layer-major: one row per layer and pair of datapaths (the sum of the
+    gaps between them against their distance) and one per layer step and gap (the change of
+    that gap, weighted by sqrt(smoothness)). ``distances``: (L, n, n) symmetric."""
+    L, n, _ = distances.shape
+    gaps = n - 1
+    rows, rhs = [], []
+    for l in range(L):
+        for a in range(n):
+            for b in range(a + 1, n):
+                row = np.zeros(L * gaps)
+                row[l * gaps + a:l * gaps + b] = 1.0
+                rows.append(row)
+                rhs.append(distances[l, order[a], order[b]])
+    weight = np.sqrt(smoothness)
+    for l in range(L - 1):
+        for k in range(gaps):
+            row = np.zeros(L * gaps)
+            row[l * gaps + k], row[(l + 1) * gaps + k] = -weight, weight
+            rows.append(row)
+            rhs.append(0.0)
+    return np.array(rows), np.array(rhs)
 
 
 def spectral_order(distances: np.ndarray, roles: Optional[Sequence[str]] = None) -> list:
