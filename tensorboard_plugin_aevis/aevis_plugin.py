@@ -48,7 +48,8 @@ TREEMAP_SIZE_RANGE = (50, 4000)
 CACHE_BYTES = 64 * 1024 * 1024
 MAX_CONCURRENT_COMPUTATIONS = 4
 BUSY_WAIT_SECONDS = 20.0
-WARM_AFTER_IDLE_S = 1.0  # quiet time before a model is read in the background
+WARM_AFTER_IDLE_S = 1.0  # quiet time before a model or the analyses are read in the background
+READ_AHEAD_BYTES = 256 * 1024 * 1024  # what the start-up read-ahead may fill of the analysis store
 DEFAULT_INDEX_TTL_S = 5.0  # TensorBoard's default --reload_interval
 PNG_TYPE = "image/png"
 PNG_ANSWER_LEVEL = 1  # zlib level of PNGs made per request: ~4x faster to encode than 6, a few % larger
@@ -78,6 +79,11 @@ class AEVisPlugin(base_plugin.TBPlugin):
     #: request does not wait for it.
     warm_models: bool = True
 
+    #: From start-up, once the server is idle and the data server lists AEVis data, read
+    #: the latest step of every listed analysis (up to ``READ_AHEAD_BYTES``), so the first
+    #: requests find them read instead of all waiting for the same first reads.
+    read_analyses_ahead: bool = True
+
     def __init__(self, context: base_plugin.TBContext):
         self._data_provider = context.data_provider
         self._logdir = context.logdir
@@ -91,6 +97,10 @@ class AEVisPlugin(base_plugin.TBPlugin):
         self._activity = threading.Condition()
         self._in_flight = 0
         self._last_request = time.monotonic()
+        self._answered = 0
+        self._index_ttl = ttl
+        if self.read_analyses_ahead:
+            threading.Thread(target=self._read_analyses_ahead, name="aevis-read-ahead", daemon=True).start()
 
     # ------------------------------------------------------------ TBPlugin
     def get_plugin_apps(self):
@@ -162,6 +172,7 @@ class AEVisPlugin(base_plugin.TBPlugin):
         finally:
             with self._activity:
                 self._in_flight -= 1
+                self._answered += 1
                 self._last_request = time.monotonic()
                 self._activity.notify_all()
 
@@ -213,6 +224,24 @@ class AEVisPlugin(base_plugin.TBPlugin):
             contribution_service.default_service().warm(loaded)
 
         threading.Thread(target=warm, name="aevis-warm-model", daemon=True).start()
+
+    def _read_analyses_ahead(self) -> None:
+        """Wait until the data server lists AEVis data (checking every index TTL, while no
+        AEVis request has been answered: after one, analyses are read as they are asked
+        for), then read them ahead (:meth:`run_reader.AnalysisStore.read_ahead`) once idle."""
+        ctx = tb_context.RequestContext()
+        try:
+            while True:
+                self._wait_until_idle()
+                if self._store.index(ctx, "").analyses:
+                    break
+                if self._answered:
+                    return
+                time.sleep(self._index_ttl)
+            self._wait_until_idle()
+            self._store.read_ahead(ctx, "", READ_AHEAD_BYTES)
+        except Exception:  # a background courtesy: the routes report any problem when asked
+            logger.debug("AEVis read-ahead stopped", exc_info=True)
 
     def _wait_until_idle(self) -> None:
         """Return once no AEVis request has been running for ``WARM_AFTER_IDLE_S`` seconds."""

@@ -528,6 +528,26 @@ class AnalysisStore:
             key, lambda: _read_analysis(self._data_provider, ctx, experiment_id, run, name, method, step, manifest, by_kind, self._logdir),
             lambda loaded: loaded.nbytes)
 
+    def read_ahead(self, ctx, experiment_id: str, budget_bytes: int) -> int:
+        """Read the latest step of every analysis in the index, in its order (runs, then
+        analyses, as the dashboard lists them), until the read analyses hold ``budget_bytes``.
+
+        Returns:
+            How many of those analyses are held now (read by this call or before). One
+            that cannot be read is skipped: its routes say why when it is asked for.
+        """
+        held = 0
+        for run, keys in self.index(ctx, experiment_id).analyses.items():
+            for key in keys:
+                if self.cached_bytes >= budget_bytes:
+                    return held
+                try:
+                    self.load(ctx, experiment_id, run, key.name, key.method, key.steps[-1])
+                except (AnalysisNotFoundError, AnalysisReadError):
+                    continue
+                held += 1
+        return held
+
     def _snapshot(self, ctx, experiment_id: str, max_age: float) -> _Snapshot:
         current = self._snapshots.get(experiment_id)
         if current is not None and time.monotonic() - current.made < max_age:

@@ -393,6 +393,41 @@ def test_neuron_route_serves_the_stability_of_k_starts(tmp_path):
         close()
 
 
+def test_analyses_are_read_ahead_from_start_up_once_the_server_is_idle(tmp_path, monkeypatch):
+    """Without any request, the latest step of each listed analysis is read in the
+    background after WARM_AFTER_IDLE_S of quiet; the first request then reads nothing."""
+    import threading
+
+    from tensorboard_plugin_aevis import run_reader
+
+    name = "read ahead at start-up"
+    write_small_run(str(tmp_path), run="ahead", name=name, steps=(0, 5))
+    monkeypatch.setattr(aevis_plugin, "WARM_AFTER_IDLE_S", 0.2)
+    reads = []
+    real_read = run_reader._read_analysis
+
+    def spy(data_provider, ctx, experiment_id, run, analysis, method, step, *rest):
+        if analysis == name:  # other tests' plugins may read ahead meanwhile
+            reads.append((step, threading.current_thread().name, time.monotonic()))
+        return real_read(data_provider, ctx, experiment_id, run, analysis, method, step, *rest)
+
+    monkeypatch.setattr(run_reader, "_read_analysis", spy)
+    started = time.monotonic()
+    app, close = tensorboard_app(str(tmp_path), data_server="python")
+    try:
+        deadline = time.monotonic() + 30
+        while not reads and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [(step, thread) for step, thread, _ in reads] == [(5, "aevis-read-ahead")]
+        assert reads[0][2] - started >= aevis_plugin.WARM_AFTER_IDLE_S
+        get_json(Client(app), "analysis", run="ahead", analysis=name, method="constrained", step=5)
+        assert len(reads) == 1  # the request found it read
+        get_json(Client(app), "analysis", run="ahead", analysis=name, method="constrained", step=0)
+        assert [step for step, _, _ in reads] == [5, 0]  # an earlier step is read when asked for
+    finally:
+        close()
+
+
 def test_the_model_is_read_in_the_background_only_once_no_request_runs(tmp_path, monkeypatch):
     """Opening an analysis schedules its model read; it waits while any request is running and
     starts only after WARM_AFTER_IDLE_S of quiet (reading a model costs the server seconds of CPU)."""

@@ -629,6 +629,23 @@ def test_store_keeps_at_most_max_bytes(tmp_path):
     assert dp.calls["read_blob_sequences"] == reads + 1
 
 
+def test_store_reads_ahead_the_latest_step_of_each_analysis_within_its_budget(tmp_path):
+    run = str(tmp_path / "run")
+    add_analysis(run, "x", make_analysis(seed=0), 0)
+    add_analysis(run, "x", make_analysis(seed=1), 1)
+    add_analysis(run, "y", make_analysis(seed=2), 0)
+    dp = CountingProvider(provider_for(tmp_path))
+    store = run_reader.AnalysisStore(dp)
+    assert store.read_ahead(CTX, EID, budget_bytes=1) == 1  # stops once what it read fills the budget
+    assert store.read_ahead(CTX, EID, budget_bytes=2**40) == 2  # x (held already) and y
+    assert dp.calls["read_blob_sequences"] == 2
+    assert_same_analysis(make_analysis(seed=1), store.load(CTX, EID, "run", "x", "constrained", 1))
+    assert_same_analysis(make_analysis(seed=2), store.load(CTX, EID, "run", "y", "constrained", 0))
+    assert dp.calls["read_blob_sequences"] == 2  # both answered from what was read ahead
+    store.load(CTX, EID, "run", "x", "constrained", 0)  # an earlier step is not read ahead
+    assert dp.calls["read_blob_sequences"] == 3
+
+
 def test_index_lists_the_steps_with_a_model(tmp_path):
     add_analysis(str(tmp_path / "run"), "x", make_analysis(), 0)  # no model
     assert run_reader.index_runs(provider_for(tmp_path), CTX, EID).analyses["run"][0].steps_with_model == ()
