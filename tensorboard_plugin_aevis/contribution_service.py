@@ -68,7 +68,7 @@ from tensorboard_plugin_aevis.bounded_cache import ByteLRU
 from tensorboard_plugin_aevis.http_common import BodyParams, HttpError
 
 logger = logging.getLogger(__name__)
-# One contribution job computes at a time: torch.fx tracing (contribution._lca_graph) patches
+# One contribution job computes at a time: torch.fx tracing (contribution.lca_graph) patches
 # nn.Module.__call__ process-wide, so another thread's forward pass would run through the tracer.
 _COMPUTE_LOCK = threading.Lock()
 
@@ -304,8 +304,9 @@ class ContributionService:
             raise HttpError(409, str(exc)) from exc
         try:
             with _COMPUTE_LOCK:  # torch.fx tracing patches nn.Module.__call__ for every thread
-                result = self._compute(worker, layers, images, session_key, target, channel, area,
-                                       earlier_layer, target_layer, dict(mode=mode, lambda_=lambda_, gamma=gamma, steps=steps))
+                options = contribution.ContributionOptions(mode=mode, lambda_=lambda_, gamma=gamma, steps=steps,
+                                                           deadline=time.monotonic() + self.timeout_s)
+                result = self._compute(worker, layers, images, session_key, (target, channel, area), options)
         finally:
             self._workers.give_back(artifact_key, worker)
         body = result.to_json()
@@ -315,19 +316,22 @@ class ContributionService:
         self._cache.put(key, body, 1)
         return _ranked(body, loaded, top, cached=False)
 
-    def _compute(self, worker, layers, images, session_key, target, channel, area, earlier_layer, target_layer, options):
-        """Run one job on ``worker``'s model; the time limit starts when the job gets the model."""
-        options["deadline"] = deadline = time.monotonic() + self.timeout_s
+    def _compute(self, worker: _Worker, layers: Dict[str, Any], images, session_key: Tuple, query: Tuple, options) -> Any:
+        """Run one job on ``worker``'s model: ``query`` is (target, channel, area), ``session_key``
+        (examples, earlier layer, target layer), ``options`` a ContributionOptions whose deadline
+        starts when the job gets the model. Returns the ContributionResult; raises HttpError 400/404."""
+        target, channel, area = query
+        _, earlier_layer, target_layer = session_key
         known = {n for n, _ in worker.model.named_modules()}
         for what, path in (("earlier layer", earlier_layer), ("target layer", target_layer)):
             if path is not None and path not in known:
                 gated = ", ".join(list(layers)[:8])
                 raise HttpError(404, f"unknown {what} {path!r}: the saved model has no module with that path (the analysis gates: {gated})")
         try:
-            session = worker.session(session_key, images, earlier_layer, target_layer, deadline)
+            session = worker.session(session_key, images, earlier_layer, target_layer, options.deadline)
             if target == "prediction":
-                return session.prediction(**options)
-            return session.feature_map(channel, area, **options)
+                return session.prediction(options)
+            return session.feature_map(channel, area, options)
         except (ValueError, TypeError) as exc:
             raise HttpError(400, str(exc)) from exc
 
