@@ -32,6 +32,9 @@ def solve_coupled(jac: np.ndarray, target: np.ndarray, linear: float, gamma: flo
     m, rows, c = jac.shape
     rho = 0.1 * max(2.0 * float(np.mean([np.linalg.eigvalsh(np.einsum("rc,sc->rs", j, j)).max() for j in jac])), 1e-12)
     pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+    incidence = np.zeros((len(pairs), m))  # row k: +1 at i, -1 at j of pair k
+    for k, (i, j) in enumerate(pairs):
+        incidence[k, i], incidence[k, j] = 1.0, -1.0
     gram = np.einsum("irc,jsc->irjs", jac, jac).reshape(m * rows, m * rows)  # J_i J_j^T blocks
 
     def factor(rho: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -42,21 +45,18 @@ def solve_coupled(jac: np.ndarray, target: np.ndarray, linear: float, gamma: flo
     twice_jtb = 2.0 * np.einsum("irc,ir->ic", jac, target)
     z = np.clip(start, 0.0, 1.0)
     x, p = z.copy(), np.zeros_like(z)
-    u = np.stack([z[i] - z[j] for i, j in pairs])
+    u = np.einsum("ki,ic->kc", incidence, z)
     q = np.zeros_like(u)
     for iteration in range(max_iter):
         if iteration % 100 == 0:
             check_deadline(deadline)
-        rhs = twice_jtb - linear + rho * (x - p)
-        for k, (i, j) in enumerate(pairs):
-            rhs[i] += rho * (u[k] - q[k])
-            rhs[j] -= rho * (u[k] - q[k])
+        rhs = twice_jtb - linear + rho * (x - p + np.einsum("ki,kc->ic", incidence, u - q))
         y = np.einsum("ij,jc->ic", k_inv, rhs)
         s = np.einsum("ab,b->a", inner_inv, 2.0 * np.einsum("irc,ic->ir", jac, y).reshape(-1)).reshape(m, rows)
         z = y - np.einsum("ij,jc->ic", k_inv, np.einsum("irc,ir->ic", jac, s))
         x_old, x = x, np.clip(z + p, 0.0, 1.0)
         p += z - x
-        differences = np.stack([z[i] - z[j] for i, j in pairs]) + q
+        differences = np.einsum("ki,ic->kc", incidence, z) + q
         norms = np.sqrt((differences**2).sum(axis=1, keepdims=True))
         u = np.maximum(0.0, 1.0 - (2.0 * gamma / rho) / np.maximum(norms, 1e-300)) * differences
         q = differences - u

@@ -12,9 +12,9 @@ from .receptive_field import region_from_gradient
 
 def jacobian(forward: GatedForward, images, select, channels, max_rows, seed, with_area, gates: Optional[torch.Tensor] = None,
               region: Optional[torch.Tensor] = None):
-    """(D J, D, region mask, rectangle, D f) at ``gates`` (default z = 1) from ONE batched backward pass.
+    """(D J, D, region mask, rectangle, D f) at ``gates`` (default z = 1) from one forward pass and one backward pass per row.
 
-    The backward gives the gradient of every (sketched) preserved neuron w.r.t. the gated
+    The backward passes give the gradient of every (sketched) preserved neuron w.r.t. the gated
     earlier feature maps, (R, m, C, H_e, W_e); at z = 1 its support is the receptive field
     (Eq. 8 region, when ``with_area``; else ``region`` is used as given) and
     ``J[r, i, k] = sum_hw grad * activation * region`` (the ungated activation).
@@ -32,7 +32,9 @@ def jacobian(forward: GatedForward, images, select, channels, max_rows, seed, wi
     else:  # drawn on the CPU: the same sketch on every device
         directions = torch.randn(max_rows, p, generator=torch.Generator().manual_seed(seed)).to(images.device) / max_rows**0.5
     batched = directions.unsqueeze(1).expand(len(directions), m, p).contiguous()
-    (spatial,) = torch.autograd.grad(preserved, activation, grad_outputs=batched, is_grads_batched=True)
+    # one backward pass per row (docs/method.md: 30 % faster than one vmapped, is_grads_batched, pass on the demo)
+    spatial = torch.stack([torch.autograd.grad(preserved, activation, grad_outputs=row, retain_graph=i + 1 < len(batched))[0]
+                           for i, row in enumerate(batched)])
     rectangle = None
     if with_area:
         region, rectangle = region_from_gradient(spatial.abs().sum(dim=(0, 1, 2)))
