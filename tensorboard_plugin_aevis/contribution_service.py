@@ -177,6 +177,15 @@ class _WorkerPool:
                 entry.program = model_artifact.read_program(artifact[0])
             return entry.program
 
+    def prepare(self, artifact: Tuple[str, float]) -> None:
+        """Read the artifact and make one instance ahead (kept free) unless one is free already."""
+        entry, program = self._entry(artifact), self.load(artifact)
+        with self._lock:
+            if entry.free:
+                return
+        worker = _Worker(model_artifact.module_from_program(program), self._sessions)
+        self.give_back(artifact, worker)
+
     def borrow(self, artifact: Tuple[str, float], session_key: Tuple) -> _Worker:
         entry = self._entry(artifact)
         with self._lock:
@@ -249,10 +258,11 @@ class ContributionService:
             self._slots.release()
 
     def warm(self, loaded: run_reader.LoadedAnalysis) -> None:
-        """Read the model of ``loaded`` now (in the background, when an analysis is opened), so the
-        first contribution request does not wait for it; failures are left for that request to report."""
+        """Read the model of ``loaded`` and make one instance of it now (in the background, when an
+        analysis is opened), so the first contribution request waits for neither; failures are left
+        for that request to report."""
         try:
-            self._workers.load(_artifact_key(loaded, loaded.run, loaded.name))
+            self._workers.prepare(_artifact_key(loaded, loaded.run, loaded.name))
         except Exception:  # noqa: BLE001 - whatever failed is answered to the request that needs the model
             logger.debug("reading the model of %r ahead failed", loaded.name, exc_info=True)
 
