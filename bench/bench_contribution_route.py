@@ -7,7 +7,9 @@ loopback only):
 
 - ``first_s``: the first request after the server answers (SGD; torch import, artifact
   read, forward pass and fit included; the analysis itself already opened, as in the
-  dashboard, where the request follows the ``analysis`` answer);
+  dashboard, where the request follows the ``analysis`` answer); when a map is all zero in
+  the area (400, e.g. on random weights) the next one is tried: ``first_s`` is the time to
+  the first answer, ``first_attempts`` the requests it took;
 - ``later_sgd_s`` / ``quadratic_s``: requests on other feature maps of the same target
   layer (each computed, none cached), SGD and quadratic;
 - ``ranked``: entries in each answer's ranking (default top 10);
@@ -87,9 +89,14 @@ def _timed_requests(server: Server, target_layer: str, maps: int) -> dict:
     query = urllib.parse.urlencode({**ids, "layer": target, "examples": ",".join(map(str, base["examples"][:5]))})
     cells = json.loads(server.request("GET", ROOT + "treemap?" + query)[1])["cells"]
     channels = [c["channel"] for c in sorted(cells, key=lambda c: (-len(c["members"]), c["channel"]))]
-    first_s, first, error = post(channels[0], "sgd")
+    first_s, first, error, attempts = 0.0, None, None, 0
+    while first is None and attempts < min(5, len(channels)):  # a map all zero in the area (random weights) answers 400
+        seconds, first, error = post(channels[0], "sgd")
+        first_s, attempts = first_s + seconds, attempts + 1
+        if first is None:
+            channels = channels[1:]
     result = {"run": run["run"], "analysis": ids, "target_layer": target, "earlier_layer": base["earlier_layer"],
-              "area": base["area"], "examples": base["examples"], "first_s": round(first_s, 3)}
+              "area": base["area"], "examples": base["examples"], "first_s": round(first_s, 3), "first_attempts": attempts}
     if first is None:
         result["first_error"] = error
     later, quad, ranked, correlations, same_top, errors = [], [], [], [], [], []

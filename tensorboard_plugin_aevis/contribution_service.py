@@ -68,7 +68,7 @@ from tensorboard_plugin_aevis.bounded_cache import ByteLRU
 from tensorboard_plugin_aevis.http_common import BodyParams, HttpError
 
 logger = logging.getLogger(__name__)
-# One contribution job computes at a time: torch.fx tracing (contribution._lca_graph) patches
+# One contribution job computes at a time: torch.fx tracing (contribution.lca_graph) patches
 # nn.Module.__call__ process-wide, so another thread's forward pass would run through the tracer.
 _COMPUTE_LOCK = threading.Lock()
 
@@ -177,6 +177,15 @@ class _WorkerPool:
                 entry.program = model_artifact.read_program(artifact[0])
             return entry.program
 
+    def prepare(self, artifact: Tuple[str, float]) -> None:
+        """Read the artifact and make one instance ahead (kept free) unless one is free already."""
+        entry, program = self._entry(artifact), self.load(artifact)
+        with self._lock:
+            if entry.free:
+                return
+        worker = _Worker(model_artifact.module_from_program(program), self._sessions)
+        self.give_back(artifact, worker)
+
     def borrow(self, artifact: Tuple[str, float], session_key: Tuple) -> _Worker:
         entry = self._entry(artifact)
         with self._lock:
@@ -249,10 +258,11 @@ class ContributionService:
             self._slots.release()
 
     def warm(self, loaded: run_reader.LoadedAnalysis) -> None:
-        """Read the model of ``loaded`` now (in the background, when an analysis is opened), so the
-        first contribution request does not wait for it; failures are left for that request to report."""
+        """Read the model of ``loaded`` and make one instance of it now (in the background, when an
+        analysis is opened), so the first contribution request waits for neither; failures are left
+        for that request to report."""
         try:
-            self._workers.load(_artifact_key(loaded, loaded.run, loaded.name))
+            self._workers.prepare(_artifact_key(loaded, loaded.run, loaded.name))
         except Exception:  # noqa: BLE001 - whatever failed is answered to the request that needs the model
             logger.debug("reading the model of %r ahead failed", loaded.name, exc_info=True)
 
@@ -304,8 +314,9 @@ class ContributionService:
             raise HttpError(409, str(exc)) from exc
         try:
             with _COMPUTE_LOCK:  # torch.fx tracing patches nn.Module.__call__ for every thread
-                result = self._compute(worker, layers, images, session_key, target, channel, area,
-                                       earlier_layer, target_layer, dict(mode=mode, lambda_=lambda_, gamma=gamma, steps=steps))
+                options = contribution.ContributionOptions(mode=mode, lambda_=lambda_, gamma=gamma, steps=steps,
+                                                           deadline=time.monotonic() + self.timeout_s)
+                result = self._compute(worker, layers, images, session_key, (target, channel, area), options)
         finally:
             self._workers.give_back(artifact_key, worker)
         body = result.to_json()
@@ -315,19 +326,22 @@ class ContributionService:
         self._cache.put(key, body, 1)
         return _ranked(body, loaded, top, cached=False)
 
-    def _compute(self, worker, layers, images, session_key, target, channel, area, earlier_layer, target_layer, options):
-        """Run one job on ``worker``'s model; the time limit starts when the job gets the model."""
-        options["deadline"] = deadline = time.monotonic() + self.timeout_s
+    def _compute(self, worker: _Worker, layers: Dict[str, Any], images, session_key: Tuple, query: Tuple, options) -> Any:
+        """Run one job on ``worker``'s model: ``query`` is (target, channel, area), ``session_key``
+        (examples, earlier layer, target layer), ``options`` a ContributionOptions whose deadline
+        starts when the job gets the model. Returns the ContributionResult; raises HttpError 400/404."""
+        target, channel, area = query
+        _, earlier_layer, target_layer = session_key
         known = {n for n, _ in worker.model.named_modules()}
         for what, path in (("earlier layer", earlier_layer), ("target layer", target_layer)):
             if path is not None and path not in known:
                 gated = ", ".join(list(layers)[:8])
                 raise HttpError(404, f"unknown {what} {path!r}: the saved model has no module with that path (the analysis gates: {gated})")
         try:
-            session = worker.session(session_key, images, earlier_layer, target_layer, deadline)
+            session = worker.session(session_key, images, earlier_layer, target_layer, options.deadline)
             if target == "prediction":
-                return session.prediction(**options)
-            return session.feature_map(channel, area, **options)
+                return session.prediction(options)
+            return session.feature_map(channel, area, options)
         except (ValueError, TypeError) as exc:
             raise HttpError(400, str(exc)) from exc
 

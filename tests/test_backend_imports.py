@@ -25,13 +25,14 @@ def _imports(module: str) -> set:
         path = os.path.join(PACKAGE, *module.split("."), "__init__.py")
     with open(path) as f:
         tree = ast.parse(f.read())
-    package = module.rsplit(".", 1)[0] if "." in module else ""
+    package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0] if "." in module else ""
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: from .x import y / from . import y
-                base = ".".join(p for p in (package if node.level == 1 else "", base) if p)
+                parent = package if node.level == 1 else package.rsplit(".", node.level - 1)[0] if package.count(".") >= node.level - 1 else ""
+                base = ".".join(p for p in (parent, base) if p)
             elif base.startswith("tensorboard_plugin_aevis"):
                 base = base[len("tensorboard_plugin_aevis"):].lstrip(".")
             else:
@@ -71,3 +72,33 @@ def test_no_import_cycle_between_backend_modules():
 
     for module in sorted(graph):
         visit(module, [])
+
+
+CONTRIBUTION = sorted("contribution." + f[:-3] for f in os.listdir(os.path.join(PACKAGE, "contribution"))
+                      if f.endswith(".py") and f != "__init__.py")
+
+
+def test_the_contribution_package_has_no_import_cycle_and_each_module_imports_alone():
+    graph = {m: _imports(m) for m in CONTRIBUTION + ["contribution"]}
+    assert len(CONTRIBUTION) >= 10 and graph["contribution.session"] >= {"contribution.gated_forward", "contribution.options"}
+    assert not any(m == "contribution" for deps in graph.values() for m in deps), "a submodule imports the package's __init__"
+    state = {}
+
+    def visit(module, path):
+        assert state.get(module) != "open", "import cycle: " + " -> ".join(path + [module])
+        if state.get(module) is None:
+            state[module] = "open"
+            for imported in sorted(graph.get(module, ())):
+                visit(imported, path + [module])
+            state[module] = "done"
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_the_contribution_package_keeps_its_public_names():
+    code = ("from tensorboard_plugin_aevis.contribution import ContributionOptions, ContributionResult, ContributionSession, "
+            "ContributionTimeout, feature_map_contributions, prediction_contributions, MODES, DEFAULT_STEPS; "
+            "import tensorboard_plugin_aevis as t; print(t.feature_map_contributions is feature_map_contributions)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"

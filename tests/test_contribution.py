@@ -12,6 +12,7 @@ from torch import nn
 
 from tensorboard_plugin_aevis import contribution
 from tensorboard_plugin_aevis.contribution import feature_map_contributions, prediction_contributions
+from tensorboard_plugin_aevis.contribution import box_qp, gated_forward, inputs, jacobian, model_access, objective as loss_terms, quadratic, receptive_field
 
 MODES = ("sgd", "quadratic")
 
@@ -149,16 +150,16 @@ def test_quadratic_jacobian_matches_finite_differences_of_a_linear_path(max_rows
     torch.manual_seed(1)
     model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU()), nn.Conv2d(5, 2, 3, padding=1))
     images = torch.rand(2, 3, 7, 7)
-    forward = contribution._GatedForward(model, "0", "1")
+    forward = gated_forward.GatedForward(model, "0", "1")
     if area is None:
         select = lambda out: out[:, 1]  # noqa: E731
     else:
-        mask, _ = contribution._area_mask(area, 7, 7)
+        mask, _ = inputs.area_mask(area, 7, 7)
         select = lambda out: out[:, 1][:, mask]  # noqa: E731
-    with contribution._analysis_mode(model), forward.hooks():
+    with model_access.analysis_mode(model), forward.hooks():
         with torch.no_grad():
             forward.prepare(images, "0", "1")
-        jac, directions, region, rectangle, _ = contribution._jacobian(forward, images, select, 5, max_rows, 0, area is not None)
+        jac, directions, region, rectangle, _ = jacobian.jacobian(forward, images, select, 5, max_rows, 0, area is not None)
         neurons = 49 if area is None else 6
         assert directions.shape == ((neurons, neurons) if max_rows >= neurons else (max_rows, neurons))
         assert rectangle == (None if area is None else (1, 1, 5, 6))
@@ -179,8 +180,8 @@ def test_replay_between_layers_equals_a_full_gated_forward(earlier, target):
     model = torchvision.models.resnet18(num_classes=10).eval()
     images = torch.rand(2, 3, 48, 48)
     modules = dict(model.named_modules())
-    forward = contribution._GatedForward(model, earlier, target)
-    with contribution._analysis_mode(model), forward.hooks(), torch.no_grad():
+    forward = gated_forward.GatedForward(model, earlier, target)
+    with model_access.analysis_mode(model), forward.hooks(), torch.no_grad():
         forward.prepare(images, earlier, target)
         channels = forward.gated.shape[1]
         gates = torch.rand(2, channels)
@@ -301,8 +302,8 @@ def test_quadratic_objective_matches_the_torch_penalties(m):
     torch.manual_seed(4)
     jac = torch.randn(m, 4, 7, dtype=torch.float64)
     z = torch.rand(m, 7, dtype=torch.float64, requires_grad=True)
-    value, grad = contribution._quadratic_objective(jac.numpy(), 0.5, 0.3, None)(z.detach().numpy().reshape(-1))
-    reference = (torch.einsum("irc,ic->ir", jac, 1 - z) ** 2).sum() + contribution._penalties(z, 0.5, 0.3)
+    value, grad = loss_terms.quadratic_objective(jac.numpy(), 0.5, 0.3, None)(z.detach().numpy().reshape(-1))
+    reference = (torch.einsum("irc,ic->ir", jac, 1 - z) ** 2).sum() + loss_terms.penalties(z, 0.5, 0.3)
     reference.backward()
     assert value == pytest.approx(float(reference.detach()), rel=1e-12)
     np.testing.assert_allclose(grad, z.grad.numpy().reshape(-1), rtol=1e-10, atol=1e-12)
@@ -316,8 +317,8 @@ def test_quadratic_solver_reaches_the_reference_optimum(m, gamma):
     rng = np.random.default_rng(5)
     jac = torch.from_numpy(rng.normal(size=(m, 6, 40)) * rng.random(40))  # a few strong maps, many weak ones
     norms = torch.ones(m, dtype=torch.float64)
-    gates = contribution._fit_quadratic(jac, norms, 0.5, gamma, 20, None).double().numpy().reshape(-1)
-    objective = contribution._quadratic_objective(jac.numpy(), 0.5, gamma, None)
+    gates = quadratic.fit_quadratic(jac, norms, 0.5, gamma, 20, None).double().numpy().reshape(-1)
+    objective = loss_terms.quadratic_objective(jac.numpy(), 0.5, gamma, None)
     reference = scipy.optimize.minimize(objective, np.ones(m * 40), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * (m * 40),
                                         options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
     assert np.all((gates >= 0) & (gates <= 1))
@@ -362,16 +363,16 @@ def test_crop_to_the_area_equals_the_whole_maps(earlier, target, area, expect_cr
     if expect_crop is None:
         return
     forward, channels = session._forward, session.earlier_shape[0]
-    mask, _ = contribution._area_mask(area, out.shape[2], out.shape[3])
-    with contribution._analysis_mode(model), forward.hooks():
-        jac_whole, _, _, rect_whole, _ = contribution._jacobian(forward, images, lambda o: o[:, channel][:, mask], channels, 64, 0, True)
+    mask, _ = inputs.area_mask(area, out.shape[2], out.shape[3])
+    with model_access.analysis_mode(model), forward.hooks():
+        jac_whole, _, _, rect_whole, _ = jacobian.jacobian(forward, images, lambda o: o[:, channel][:, mask], channels, 64, 0, True)
         with torch.no_grad():
-            (crop, window), _ = contribution._local_crop(forward, mask, channel, out[:, channel][:, mask], session.earlier_shape[1:], 1)
+            (crop, window), _ = receptive_field.local_crop(forward, mask, channel, out[:, channel][:, mask], session.earlier_shape[1:], 1)
         forward.crop = crop
-        jac_crop, _, _, rect_crop, _ = contribution._jacobian(forward, images, lambda o: o[:, channel][:, window], channels, 64, 0, True)
+        jac_crop, _, _, rect_crop, _ = jacobian.jacobian(forward, images, lambda o: o[:, channel][:, window], channels, 64, 0, True)
         forward.crop = None
     torch.testing.assert_close(jac_crop, jac_whole, rtol=1e-4, atol=1e-5 * float(jac_whole.abs().max()))
-    assert contribution._shift(rect_crop, crop) == rect_whole
+    assert receptive_field.shift(rect_crop, crop) == rect_whole
 
 
 def test_crop_refused_for_a_global_operation():
@@ -395,7 +396,7 @@ def test_box_quadratic_meets_the_optimality_conditions(rows, maps, seed):
     jac = rng.normal(size=(rows, maps)) * rng.random(maps) ** 3  # few strong maps, many weak: rank-deficient Hessian
     jac[:, 1] = jac[:, 0]  # duplicate columns: a non-unique optimum
     linear = 0.5 / maps
-    z = contribution._solve_box_quadratic(jac, linear, 20000, None)
+    z = box_qp.solve_box_quadratic(jac, linear, 20000, None)
     grad = linear - 2.0 * jac.T @ (jac @ (1.0 - z))
     tol = 1e-5 * linear
     assert np.all((z >= 0) & (z <= 1))
@@ -407,7 +408,7 @@ def test_box_quadratic_meets_the_optimality_conditions(rows, maps, seed):
 _SOLVER_THREADS_SCRIPT = """
 import os, time
 import numpy as np
-from tensorboard_plugin_aevis import contribution
+from tensorboard_plugin_aevis.contribution import box_qp
 
 def cpu_ticks():
     task = f"/proc/{os.getpid()}/task"
@@ -422,8 +423,8 @@ jac = rng.normal(size=(16, 1024)) * rng.random(1024) ** 3  # the resnet50 benchm
 time.sleep(0.2)  # any thread started at import settles
 before, start = cpu_ticks(), time.process_time()
 for _ in range(2):
-    contribution._solve_box_quadratic(jac, 0.5 / 1024, 20000, None)
-    contribution._solve_box_quadratic(jac, 0.5 / 1024, 20000, None, 0.5 * jac.sum(axis=1), np.full(1024, 0.5))
+    box_qp.solve_box_quadratic(jac, 0.5 / 1024, 20000, None)
+    box_qp.solve_box_quadratic(jac, 0.5 / 1024, 20000, None, 0.5 * jac.sum(axis=1), np.full(1024, 0.5))
 after = cpu_ticks()
 others = sum(t - before.get(tid, 0) for tid, t in after.items() if tid != os.getpid())
 print(len(after), others, time.process_time() - start)
@@ -471,8 +472,8 @@ def test_layers_inside_a_module_list(earlier, target):
     model = _ListNet().eval()
     images = torch.rand(2, 3, 10, 10)
     modules = dict(model.named_modules())
-    forward = contribution._GatedForward(model, earlier, target)
-    with contribution._analysis_mode(model), forward.hooks(), torch.no_grad():
+    forward = gated_forward.GatedForward(model, earlier, target)
+    with model_access.analysis_mode(model), forward.hooks(), torch.no_grad():
         forward.prepare(images, earlier, target)
         assert forward._lca_path == ""  # moved up from 'blocks' to the model, which is called
         gates = torch.rand(2, 6)
@@ -487,15 +488,15 @@ def test_jacobian_at_other_gates_matches_central_differences():
     model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(5, 4, 3, padding=1), nn.Tanh()),
                           nn.Conv2d(4, 2, 3, padding=1))
     images = torch.rand(2, 3, 8, 8)
-    mask, _ = contribution._area_mask((2, 2, 5, 6), 8, 8)
+    mask, _ = inputs.area_mask((2, 2, 5, 6), 8, 8)
     select = lambda out: out[:, 1][:, mask]  # noqa: E731
-    forward = contribution._GatedForward(model, "0", "2")
-    with contribution._analysis_mode(model), forward.hooks():
+    forward = gated_forward.GatedForward(model, "0", "2")
+    with model_access.analysis_mode(model), forward.hooks():
         with torch.no_grad():
             forward.prepare(images, "0", "2")
-        _, _, region, _, _ = contribution._jacobian(forward, images, select, 5, 64, 0, True)
+        _, _, region, _, _ = jacobian.jacobian(forward, images, select, 5, 64, 0, True)
         gates = torch.rand(2, 5) * 0.6 + 0.2
-        jac, directions, _, _, at_gates = contribution._jacobian(forward, images, select, 5, 64, 0, False, gates, region)
+        jac, directions, _, _, at_gates = jacobian.jacobian(forward, images, select, 5, 64, 0, False, gates, region)
         with torch.no_grad():
             torch.testing.assert_close(at_gates, select(forward.run(gates, region)).flatten(1) @ directions.T)
             for k in range(5):
@@ -552,8 +553,8 @@ def test_replay_on_a_loaded_artifact_runs_only_the_part_between_the_layers(tmp_p
     modules = dict(model.named_modules())
     calls = []
     handle = modules["layer1"].register_forward_hook(lambda *a: calls.append(1))  # runs before every earlier layer tested
-    forward = contribution._GatedForward(model, earlier, target)
-    with contribution._analysis_mode(model), forward.hooks(), torch.no_grad():
+    forward = gated_forward.GatedForward(model, earlier, target)
+    with model_access.analysis_mode(model), forward.hooks(), torch.no_grad():
         forward.prepare(images, earlier, target)
         prepared = len(calls)
         gates = torch.rand(2, forward.gated.shape[1])
@@ -579,8 +580,8 @@ def test_prediction_replay_on_a_loaded_artifact_starts_inside_the_wrapper(tmp_pa
     images = torch.rand(2, 3, 48, 48)
     calls = []
     handle = model.get_submodule("model.layer1").register_forward_hook(lambda *a: calls.append(1))
-    forward = contribution._GatedForward(model, "model.layer3", None)
-    with contribution._analysis_mode(model), forward.hooks(), torch.no_grad():
+    forward = gated_forward.GatedForward(model, "model.layer3", None)
+    with model_access.analysis_mode(model), forward.hooks(), torch.no_grad():
         forward.prepare(images, "model.layer3", None)
         prepared = len(calls)
         gates = torch.rand(2, forward.gated.shape[1])

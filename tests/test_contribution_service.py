@@ -255,15 +255,18 @@ def test_simultaneous_requests_on_a_fresh_service_answer_200_or_429_and_load_onc
 def test_a_warmed_artifact_is_not_read_again(logdir, provider, monkeypatch):
     from tensorboard_plugin_aevis import model_artifact
 
-    reads = []
-    real_read = model_artifact.read_program
+    reads, instances = [], []
+    real_read, real_instance = model_artifact.read_program, model_artifact.module_from_program
     monkeypatch.setattr(model_artifact, "read_program", lambda d: reads.append(d) or real_read(d))
+    monkeypatch.setattr(model_artifact, "module_from_program", lambda p: instances.append(p) or real_instance(p))
     root, small = logdir
     load = provider_loader(provider, root, CTX, "")
     service = ContributionService()
     service.warm(load("small", small.name, "constrained", 0))
-    assert len(reads) == 1
-    assert service.handle(request(small), load)[0] == 200 and len(reads) == 1
+    assert len(reads) == 1 and len(instances) == 1  # the model read and one instance made ahead
+    service.warm(load("small", small.name, "constrained", 0))
+    assert len(reads) == 1 and len(instances) == 1  # an instance is free already: none more
+    assert service.handle(request(small), load)[0] == 200 and len(reads) == 1 and len(instances) == 1  # the request used it
     service.warm(load("nomodel", small.name, "constrained", 0))  # nothing to warm: no error either
 
 

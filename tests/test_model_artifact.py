@@ -410,3 +410,14 @@ def test_the_next_writer_cleans_what_a_killed_writer_left(tmp_path):
     save_model_artifact(tiny_model(), torch.rand(3, 16, 16), directory)
     assert not os.path.exists(orphan)
     assert sorted(os.listdir(models)) == ["0123456789abcdef"]
+
+
+def test_program_dataclass_equals_torchs_own_conversion(saved):
+    """The read's JSON -> schema conversion (type hints computed once per class) builds exactly torch's dataclasses."""
+    from torch._export.serde import serialize as serde
+
+    directory = saved[1]
+    with open(os.path.join(directory, model_artifact.PROGRAM_FILE)) as f:
+        program = model_artifact.sanitise_program_json(json.load(f))
+    ours = model_artifact.program_dataclass(serde, program)
+    assert ours is not None and ours == serde._bytes_to_dataclass(serde.ExportedProgram, json.dumps(program).encode("utf-8"))
