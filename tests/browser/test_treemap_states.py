@@ -1,6 +1,6 @@
 """Guarantees of the dashboard's messages and treemap states, in real headless Chromium
 against a real TensorBoard: each warning shows once, a layer that keeps no map says so
-without an empty box."""
+without an empty box, a treemap cell's opacity follows its stability over the starts."""
 
 from __future__ import annotations
 
@@ -88,3 +88,37 @@ def test_a_layer_that_keeps_no_map_says_so_without_an_empty_box(served, page):
     assert treemap.bounding_box()["height"] < 300
     rows = treemap.locator(".treemap-legend li[data-example]").all_inner_texts()
     assert len(rows) == 3 and all(r.endswith("keeps no feature map of this layer") for r in rows), rows
+
+
+def test_treemap_cell_opacity_and_hover_follow_the_stability_of_the_starts(served, page):
+    tb, one_start, stable = served
+    ids = {"run": stable.run, "analysis": stable.name, "method": "constrained", "step": 0}
+    analysis = stable.analyses[("constrained", 0)]
+    answers = {l.name: tb.aevis("treemap", **ids, layer=l.name) for l in analysis.layers}
+    layer = next(name for name, a in answers.items() if any(min(c["stability"]) < 1 for c in a["cells"]))
+    cells = {c["channel"]: c for c in answers[layer]["cells"]}
+    frame = open_run(page, tb, stable, {"aevis.layer": layer})
+    frame.wait_for_selector("g.treemap-cell", timeout=60_000)
+    drawn = frame.eval_on_selector_all(
+        "g.treemap-cell", "gs => gs.map(g => [Number(g.dataset.channel), Number(getComputedStyle(g).opacity)])")
+    assert sorted(ch for ch, _ in drawn) == sorted(cells)
+    for channel, opacity in drawn:  # opacity = 0.25 + 0.75 x the least stable member's share of starts
+        assert opacity == pytest.approx(0.25 + 0.75 * min(cells[channel]["stability"]), abs=2e-3), channel
+    by_stability = sorted(drawn, key=lambda d: min(cells[d[0]]["stability"]))
+    assert by_stability[0][1] < by_stability[-1][1] == pytest.approx(1.0)
+    faded = by_stability[0][0]
+    frame.locator(f'g.treemap-cell[data-channel="{faded}"]').hover()
+    tooltip = frame.locator(".treemap .tooltip").inner_text()
+    names = {e.name for e in analysis.examples}
+    shares = [f"{int(100 * v + 0.5)} %" for v in cells[faded]["stability"]]
+    assert "stability" in tooltip and all(s in tooltip for s in shares), tooltip
+    assert any(e.name in tooltip for e in analysis.examples)
+    assert "starts" in frame.locator(".treemap-legend .stability-key").inner_text()
+    # One start: no stability, every cell opaque, no stability key in the legend.
+    last = one_start.analyses[("constrained", 0)].layers[-1].name
+    assert all(c["stability"] is None for c in tb.aevis(
+        "treemap", run=one_start.run, analysis=one_start.name, method="constrained", step=0, layer=last)["cells"])
+    frame = open_run(page, tb, one_start, {"aevis.layer": last})
+    frame.wait_for_selector("g.treemap-cell", timeout=60_000)
+    assert frame.eval_on_selector_all("g.treemap-cell", "gs => gs.every(g => getComputedStyle(g).opacity === '1')")
+    assert frame.locator(".treemap-legend .stability-key").count() == 0
