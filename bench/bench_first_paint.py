@@ -25,6 +25,9 @@ sampling profiler and splits main-thread time by script (TensorBoard's bundle, o
 native work such as parsing, style and layout, garbage collection, idle).
 
 The first load hits TensorBoard with cold caches; later loads are summarised as medians.
+The last lines say where the time to the painted river goes: TensorBoard's script
+evaluated, the plugins listing answered, the plugin iframe started, the dashboard's first
+data in, the river painted (each at its time and + the ms since the previous milestone).
 Goal: first river paint at most 1.5 s. Usage:
 ``.venv/bin/python bench/bench_first_paint.py [--repeats 5] [--logdir DIR]``.
 """
@@ -212,6 +215,24 @@ def median_phases(loads: list) -> dict:
             for k in keys if any(l["phases_ms"][k] is not None for l in loads)}
 
 
+WHERE = [("tb_dom_ready", "TensorBoard's script evaluated"), ("tb_plugins_listed", "plugins listing answered"),
+         ("iframe_nav_start", "plugin iframe started"), ("data", "dashboard's first data in"),
+         ("painted", "river painted")]
+
+
+def where_the_time_goes(phases: dict) -> str:
+    """One line: each milestone of ``WHERE`` at its time (ms from top navigation) and the ms since the previous."""
+    parts, before = [], 0.0
+    for key, label in WHERE:
+        at = phases.get(key)
+        if at is None:
+            parts.append(f"{label}: not seen")
+            continue
+        parts.append(f"{label} at {at:.0f} ms (+{at - before:.0f})")
+        before = at
+    return "; ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="page loads to time (default 5)")
@@ -269,6 +290,8 @@ def main() -> None:
           f"starts {shell:.3f} s; plugin iframe navigation start to river paint {dashboard:.3f} s "
           f"({'within' if dashboard <= GOAL_S else 'over'} the goal on its own). Cold first load: full page "
           f"{loads[0]['full_page_s']:.3f} s, dashboard {loads[0]['dashboard_s']:.3f} s.")
+    print(f"where the time goes (warm median): {where_the_time_goes(result['warm_median_phases_ms'])}")
+    print(f"where the time goes (cold load): {where_the_time_goes(loads[0]['phases_ms'])}")
 
 
 if __name__ == "__main__":

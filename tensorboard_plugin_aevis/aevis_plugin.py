@@ -562,8 +562,10 @@ def treemap_answer(analysis, layer: int, examples: List[int], diff: Optional[Seq
     def rect(r) -> Dict[str, float]:
         return {"x": round(r.x, 3), "y": round(r.y, 3), "dx": round(r.dx, 3), "dy": round(r.dy, 3)}
 
+    stability = None if analysis.stability is None else analysis.stability[layer]
     cells = [{"channel": c.channel, "members": [examples[m] for m in c.members], **rect(c.rect),
               "activation_diff": None if activation_diff is None else float(activation_diff[c.channel]),
+              "stability": None if stability is None else [round(float(stability[examples[m], c.channel]), 4) for m in c.members],
               "contribution": None} for c in tm.cells]
     shown = [abs(c["activation_diff"]) for c in cells if c["activation_diff"] is not None]
     return {

@@ -12,6 +12,9 @@ Stable helpers (the dashboard's browser tests reuse them):
   steps) and logs them with ``summary_writers.add_analysis`` into ``<logdir>/<run>``
   at each step and method, with reference images for learned features. Returns the
   ``Analysis`` objects written (``SmallRun.analyses[(method, step)]``) for comparisons.
+- ``write_run_with_stability_and_an_empty_layer(logdir, run="stable", ...) -> SmallRun``: a
+  ``starts=3`` extraction (so ``stability`` is set) whose gated layer ``EMPTY_LAYER`` is made
+  to keep no feature map (a constructed input: its gates and stability set to 0).
 - ``write_corrupt_run(logdir, run="corrupt")``: a run directory whose event file is
   garbage after a valid header record, next to good runs.
 - ``tensorboard_app(logdir, data_server="python") -> (wsgi_app, close)``: TensorBoard's own
@@ -183,3 +186,35 @@ def _wait_until_loaded(provider, ctx, logdir: str, timeout: float) -> None:
         previous = snapshot
         time.sleep(0.3)
     raise TimeoutError(f"the data server did not load {sorted(expected)} within {timeout} s")
+
+
+EMPTY_LAYER = 1  # the gated layer whose maps write_run_with_stability_and_an_empty_layer drops
+
+
+def write_run_with_stability_and_an_empty_layer(
+    logdir: str, run: str = "stable", name: str = "cat->dog (K=3)", seed: int = 0,
+) -> SmallRun:
+    """A run whose analysis has a stability score (a real extraction with ``starts=3``) and
+    one gated layer, ``EMPTY_LAYER``, that keeps no feature map in any datapath.
+
+    Constructed input: after the real extraction, that layer's gates are set to 0 (below
+    every threshold) and its stability to 0 (no start kept any of its maps), so the
+    dashboard's "keeps no map here" states are reachable on a tiny network; the other
+    layers are the extraction's own. Logged at step 0, method ``"constrained"``, with the
+    model and reference images. Returns the logged analysis (``analyses[("constrained", 0)]``).
+    """
+    from summary_writers import add_analysis
+    from tensorboard_plugin_aevis.extraction import extract_datapaths
+
+    model = TinyCNN(seed).eval()
+    rng = np.random.default_rng(seed)
+    roles = ("source", "adversarial", "target")
+    images = torch.from_numpy(rng.random((len(roles), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
+    references = rng.random((4, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    analysis = extract_datapaths(model, images, list(roles), method="constrained", steps=8, starts=3)
+    analysis.gates[EMPTY_LAYER] = np.zeros_like(analysis.gates[EMPTY_LAYER])
+    analysis.stability[EMPTY_LAYER] = np.zeros_like(analysis.stability[EMPTY_LAYER])
+    analysis.validate()
+    path = os.path.join(logdir, run)
+    add_analysis(path, name, analysis, 0, model=model, reference_images=references, save_model=True)
+    return SmallRun(run, path, name, {("constrained", 0): analysis}, references)

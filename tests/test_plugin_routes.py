@@ -175,6 +175,34 @@ def test_treemap_defaults_and_single_datapath(client, logdir):
     assert single["diff"] is None and all(c["activation_diff"] is None for c in single["cells"])
 
 
+def test_treemap_cells_carry_the_stability_of_each_member(client, logdir, tmp_path):
+    """Each cell's ``stability`` lists, per member datapath, the fraction of the K starts that
+    selected the map, as logged by the fixture (in any order of ``examples``); null for one start."""
+    from run_fixtures import write_run_with_stability_and_an_empty_layer
+
+    written = write_run_with_stability_and_an_empty_layer(str(tmp_path))
+    analysis = written.analyses[("constrained", 0)]
+    app, close = tensorboard_app(str(tmp_path), data_server="python")
+    try:
+        stable = Client(app)
+        seen = 0
+        for layer_index, layer in enumerate(analysis.layers):
+            answer = get_json(stable, "treemap", run=written.run, analysis=written.name, method="constrained", step=0,
+                              layer=layer.name, examples="2,0,1")
+            for cell in answer["cells"]:
+                expected = [float(analysis.stability[layer_index][m, cell["channel"]]) for m in cell["members"]]
+                assert cell["stability"] == pytest.approx(expected, abs=5e-5)
+                assert all(0 < v <= 1 for v in cell["stability"])  # a member's map was selected by some start
+                seen += 1
+        assert seen > 0
+        assert any(v < 1 for s in analysis.stability for v in s[s > 0])  # the fixture has maps not every start selects
+    finally:
+        close()
+    _, small, _ = logdir
+    one_start = get_json(client, "treemap", **ids(small), layer=small.analyses[("constrained", 0)].layers[-1].name)
+    assert one_start["cells"] and all(c["stability"] is None for c in one_start["cells"])
+
+
 # ----------------------------------------------------------------------- neuron level
 def first_logged_channel(written):
     """(layer index, channel) of the first feature map in some datapath."""

@@ -47,6 +47,7 @@ button:hover { background: #eeeeee; }
 .treemap-legend li { display: inline-flex; gap: 5px; align-items: center; }
 .fill-key { display: inline-block; width: 12px; height: 12px; margin-right: 5px; vertical-align: -2px; border: 1px solid #9e9e9e; }
 .fill-key.solid { background: #ff7f0e; opacity: 0.75; }
+.fill-key.faded { background: #ff7f0e; opacity: 0.35; }
 .fill-key.dotted { background-image: radial-gradient(#37474f 1.1px, transparent 1.2px); background-size: 4px 4px; }
 .neuron-examples { display: flex; flex-wrap: wrap; gap: 10px; }
 .neuron-example { border: 1px solid #e0e0e0; border-top: 4px solid #9e9e9e; border-radius: 3px; padding: 6px; }

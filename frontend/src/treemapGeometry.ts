@@ -32,6 +32,18 @@ export function maxAbsContribution(cells: Array<{ contribution: number | null }>
   return max;
 }
 
+/** Opacity of a cell no start selected (its lowest member stability is 0). */
+export const MIN_STABILITY_OPACITY = 0.25;
+
+/** Opacity of a cell whose member datapaths' stability is `stability`: 1 when every start
+ * selected the map in every member (or no stability was computed), falling linearly with the
+ * lowest member's stability to MIN_STABILITY_OPACITY at 0. */
+export function stabilityOpacity(stability: number[] | null | undefined): number {
+  if (!stability || stability.length === 0) return 1;
+  const lowest = Math.min(...stability.map((v) => (Number.isFinite(v) ? Math.min(1, Math.max(0, v)) : 1)));
+  return MIN_STABILITY_OPACITY + (1 - MIN_STABILITY_OPACITY) * lowest;
+}
+
 /** Key of a set of example indices, order-free: "0,2". */
 export function membersKey(members: number[]): string {
   return [...members].sort((a, b) => a - b).join(",");

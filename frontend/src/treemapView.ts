@@ -1,10 +1,11 @@
 /**
  * Layer level: the treemap of shared and unique feature maps of the chosen datapaths
  * at one layer (geometry from the backend). Solid fill height: activation difference
- * A - B; dotted fill height: contribution. Hover shows the values, click opens a cell.
+ * A - B; dotted fill height: contribution; opacity: stability over the extraction's starts.
+ * Hover shows the values, click opens a cell.
  */
 
-import { bottomFill, maxAbsContribution, membersKey } from "./treemapGeometry";
+import { bottomFill, maxAbsContribution, membersKey, stabilityOpacity } from "./treemapGeometry";
 import { clear, el, svgEl, svgTitle } from "./dom";
 import { formatValue } from "./scales";
 import type { TreemapData } from "./types";
@@ -52,7 +53,11 @@ export class TreemapView {
     ]);
     const cellsLayer = svgEl("g", { class: "cells" });
     for (const cell of data.cells) {
-      const g = svgEl("g", { class: "treemap-cell", "data-channel": cell.channel, "data-members": membersKey(cell.members), cursor: "pointer" });
+      const stability = cell.stability ?? null;
+      const g = svgEl("g", {
+        class: "treemap-cell", "data-channel": cell.channel, "data-members": membersKey(cell.members), cursor: "pointer",
+        ...(stability ? { "data-stability": stability.join(","), opacity: stabilityOpacity(stability).toFixed(3) } : {}),
+      });
       const selected = cell.channel === input.selectedChannel;
       g.appendChild(svgEl("rect", {
         x: cell.x + INSET / 2, y: cell.y + INSET / 2, width: Math.max(0, cell.dx - INSET), height: Math.max(0, cell.dy - INSET),
@@ -76,6 +81,9 @@ export class TreemapView {
           `in datapaths: ${members}`,
           `activation ${nameOf(a)} − ${nameOf(b)}: ${formatValue(cell.activation_diff)}`,
           `contribution: ${cell.contribution === null ? "not computed" : formatValue(cell.contribution)}`,
+          stability
+            ? `stability (share of the starts that selected it): ${cell.members.map((m, k) => `${nameOf(m)} ${Math.round(100 * stability[k])} %`).join(", ")}`
+            : "stability: one start (not computed)",
         ]);
       });
       g.addEventListener("mouseleave", () => (this.tooltip.hidden = true));
@@ -151,6 +159,12 @@ export class TreemapView {
           ? `dotted fill (right half): ${input.contributionLabel} (full = ${formatValue(maxContribution)})`
           : "dotted fill: contribution (none computed for this layer; use “Contribution to prediction” or trace from a feature map)",
       ]),
+      ...(data.cells.some((c) => c.stability)
+        ? [el("div", { class: "stability-key" }, [
+          el("span", { class: "fill-key faded" }),
+          "faded cell: not every start of the extraction selected this map (opacity falls with the lowest share of starts among its datapaths; opaque = all starts)",
+        ])]
+        : []),
       el("ul", { class: "set-list" }, [...containerRows, ...sharedRows]),
     ]);
     if (data.cells.length === 0) {

@@ -162,6 +162,8 @@ export interface TreemapCell {
   dx: number;
   dy: number;
   activation_diff: number | null;
+  /** Per entry of `members`: the fraction of the extraction's K starts that selected this map; null for one start (absent from older servers). */
+  stability?: number[] | null;
   contribution: number | null;
 }
 

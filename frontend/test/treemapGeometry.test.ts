@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { bottomFill, maxAbsContribution, membersKey } from "../src/treemapGeometry";
+import { bottomFill, maxAbsContribution, membersKey, MIN_STABILITY_OPACITY, stabilityOpacity } from "../src/treemapGeometry";
 
 test("bottomFill grows from the bottom in proportion to |value| / max", () => {
   const cell = { x: 10, y: 20, dx: 40, dy: 100 };
@@ -20,4 +20,13 @@ test("maxAbsContribution ignores missing values", () => {
 
 test("membersKey is order-free", () => {
   assert.equal(membersKey([2, 0, 1]), "0,1,2");
+});
+
+test("stabilityOpacity follows the least stable member, opaque without stability", () => {
+  assert.equal(stabilityOpacity(null), 1);
+  assert.equal(stabilityOpacity(undefined), 1);
+  assert.equal(stabilityOpacity([1, 1]), 1);
+  assert.equal(stabilityOpacity([1, 0]), MIN_STABILITY_OPACITY);
+  assert.ok(Math.abs(stabilityOpacity([1, 0.5]) - (MIN_STABILITY_OPACITY + (1 - MIN_STABILITY_OPACITY) / 2)) < 1e-12);
+  assert.ok(stabilityOpacity([1 / 3]) < stabilityOpacity([2 / 3]));
 });

@@ -1632,6 +1632,12 @@ function maxAbsContribution(cells) {
   }
   return max;
 }
+var MIN_STABILITY_OPACITY = 0.25;
+function stabilityOpacity(stability) {
+  if (!stability || stability.length === 0) return 1;
+  const lowest = Math.min(...stability.map((v) => Number.isFinite(v) ? Math.min(1, Math.max(0, v)) : 1));
+  return MIN_STABILITY_OPACITY + (1 - MIN_STABILITY_OPACITY) * lowest;
+}
 function membersKey(members) {
   return [...members].sort((a, b) => a - b).join(",");
 }
@@ -1663,7 +1669,14 @@ var TreemapView = class {
     ]);
     const cellsLayer = svgEl("g", { class: "cells" });
     for (const cell of data.cells) {
-      const g = svgEl("g", { class: "treemap-cell", "data-channel": cell.channel, "data-members": membersKey(cell.members), cursor: "pointer" });
+      const stability = cell.stability ?? null;
+      const g = svgEl("g", {
+        class: "treemap-cell",
+        "data-channel": cell.channel,
+        "data-members": membersKey(cell.members),
+        cursor: "pointer",
+        ...stability ? { "data-stability": stability.join(","), opacity: stabilityOpacity(stability).toFixed(3) } : {}
+      });
       const selected = cell.channel === input.selectedChannel;
       g.appendChild(svgEl("rect", {
         x: cell.x + INSET / 2,
@@ -1690,7 +1703,8 @@ var TreemapView = class {
           `feature map ${cell.channel}`,
           `in datapaths: ${members}`,
           `activation ${nameOf(a)} − ${nameOf(b)}: ${formatValue(cell.activation_diff)}`,
-          `contribution: ${cell.contribution === null ? "not computed" : formatValue(cell.contribution)}`
+          `contribution: ${cell.contribution === null ? "not computed" : formatValue(cell.contribution)}`,
+          stability ? `stability (share of the starts that selected it): ${cell.members.map((m, k) => `${nameOf(m)} ${Math.round(100 * stability[k])} %`).join(", ")}` : "stability: one start (not computed)"
         ]);
       });
       g.addEventListener("mouseleave", () => this.tooltip.hidden = true);
@@ -1788,6 +1802,10 @@ var TreemapView = class {
         el("span", { class: "fill-key dotted" }),
         input.contributionLabel && maxContribution > 0 ? `dotted fill (right half): ${input.contributionLabel} (full = ${formatValue(maxContribution)})` : "dotted fill: contribution (none computed for this layer; use “Contribution to prediction” or trace from a feature map)"
       ]),
+      ...data.cells.some((c) => c.stability) ? [el("div", { class: "stability-key" }, [
+        el("span", { class: "fill-key faded" }),
+        "faded cell: not every start of the extraction selected this map (opacity falls with the lowest share of starts among its datapaths; opaque = all starts)"
+      ])] : [],
       el("ul", { class: "set-list" }, [...containerRows, ...sharedRows])
     ]);
     if (data.cells.length === 0) {
@@ -2701,6 +2719,7 @@ button:hover { background: #eeeeee; }
 .treemap-legend li { display: inline-flex; gap: 5px; align-items: center; }
 .fill-key { display: inline-block; width: 12px; height: 12px; margin-right: 5px; vertical-align: -2px; border: 1px solid #9e9e9e; }
 .fill-key.solid { background: #ff7f0e; opacity: 0.75; }
+.fill-key.faded { background: #ff7f0e; opacity: 0.35; }
 .fill-key.dotted { background-image: radial-gradient(#37474f 1.1px, transparent 1.2px); background-size: 4px 4px; }
 .neuron-examples { display: flex; flex-wrap: wrap; gap: 10px; }
 .neuron-example { border: 1px solid #e0e0e0; border-top: 4px solid #9e9e9e; border-radius: 3px; padding: 6px; }
