@@ -14,8 +14,7 @@ def solve_coupled(jac: np.ndarray, target: np.ndarray, linear: float, gamma: flo
     """argmin over z in [0, 1]^(m x C) of ``sum_i ||b_i - J_i z_i||^2 + linear * sum(z) + gamma * sum_{i != j} ||z_i - z_j||``
     by ADMM; ``jac``: (m, R, C), ``target``: b (m, R), ``start`` (m, C) -> (m, C).
 
-    The examples are coupled by the (non-smooth) gamma norms, which made L-BFGS-B on their
-    smoothed form stall (1600-3000 evaluations on the demo's triplet). Splitting: ``z``
+    Why ADMM and what it was measured against: docs/method.md, "Contribution analysis". Splitting: ``z``
     free, ``x = z`` in the box, ``u_ij = z_i - z_j`` (i < j, weight 2 gamma). The z step
     solves ``(blockdiag(2 J_i^T J_i) + rho (I + L) (x) I_C) z = r`` exactly (L: the
     Laplacian of the complete graph on the m examples) by the Woodbury identity: J_i has
@@ -24,10 +23,8 @@ def solve_coupled(jac: np.ndarray, target: np.ndarray, linear: float, gamma: flo
     ||J_i||_2^2 and is doubled or halved every 10 iterations while one residual is 10x
     the other (residual balancing). Stops when the primal residual ``|z - x|`` and the
     change of x times rho are below ``tol``, or after ``max_iter`` iterations. Returns x
-    (in the box); ``tol`` is in gate units. Measured on the demo's triplets (busy 2-core
-    CPU): 0.15-0.19 s against L-BFGS-B's 0.85-4.0 s, objective within 0.003 % of a
-    tightly converged L-BFGS-B run. Its products go through np.einsum, on the calling
-    thread only (see :func:`.box_qp.matvec`).
+    (in the box); ``tol`` is in gate units. Its products go through np.einsum, on the
+    calling thread only (see :func:`.box_qp.matvec`).
     """
     m, rows, c = jac.shape
     rho = 0.1 * max(2.0 * float(np.mean([np.linalg.eigvalsh(np.einsum("rc,sc->rs", j, j)).max() for j in jac])), 1e-12)
