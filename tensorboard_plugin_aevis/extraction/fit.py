@@ -123,7 +123,8 @@ class GateFit:
                 if warmup > 0 and t == warmup:
                     state = self.method.init_state(zt)
                 step = self.method.step(grad, state, t + 1 - (warmup if t >= warmup else 0), lr)
-                z = torch.where(active[:, None], (zt - step).clamp(0.0, self.clamp), zt.detach())
+                moved = zt * torch.exp(-step) if self.options.multiplicative else zt - step
+                z = torch.where(active[:, None], moved.clamp(0.0, self.clamp), zt.detach())
         if bar is not None:
             bar.update(steps - 1 - t)
         with torch.no_grad():
