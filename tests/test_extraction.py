@@ -336,6 +336,10 @@ def test_bad_options_errors(small):
         extract_datapaths(model, images, ROLES, method="lasso")
     with pytest.raises(ValueError, match="threshold must be in"):
         extract_datapaths(model, images, ROLES, threshold=1.0)
+    with pytest.raises(ValueError, match="warmup must be an integer >= 0"):
+        extract_datapaths(model, images, ROLES, warmup=-1)
+    with pytest.raises(TypeError, match="multiplicative must be True or False"):
+        extract_datapaths(model, images, ROLES, multiplicative="yes")
 
 
 def test_wrong_image_size_for_a_wrapped_model(small):
@@ -369,6 +373,50 @@ def test_constrained_step_is_adam_and_dgr_step_is_sgd_with_momentum():
             np.testing.assert_allclose(method.step(g, state, t, 0.1).numpy(), (before - param.detach()).numpy(), rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("multiplicative", [False, True])
+def test_fidelity_warmup_and_multiplicative_steps_follow_their_update_rule(small, multiplicative):
+    """With ``warmup=W`` the fit's iterates take Adam's step ``s`` on Eq. 5 with the fidelity's gradient
+    weighted by t / W at steps t < W, then a fresh Adam (new moments, bias correction from 1); the step is
+    applied as ``z - s`` or, with ``multiplicative``, as ``z exp(-s)``, then clamped to [0, 1]; the
+    losses recorded are Eq. 5's values. Checked against torch.optim.Adam fed the two terms' separate
+    gradients (float32: agreement to rounding)."""
+    from tensorboard_plugin_aevis.extraction import Constrained, ExtractionOptions
+    from tensorboard_plugin_aevis.extraction.fit import GateFit
+    from tensorboard_plugin_aevis.gating import GateHooks
+
+    model, images = small
+    x, warmup, steps, noise = images[1:2], 3, 7, 0.1
+    options = ExtractionOptions(steps=steps, warmup=warmup, init_noise=noise, multiplicative=multiplicative)
+    options = options.with_defaults(Constrained.defaults)
+    sizes = [8, 16, 16]
+    n = sum(sizes)
+    with GateHooks(model, ["features.2", "features.4", "features.7"]) as hooks:
+        fit = GateFit(model, hooks, sizes, Constrained(), options, 1.0, torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            probs = torch.softmax(model(x), dim=1)
+        result = fit.run(x, probs, torch.ones(1), probs.argmax(dim=1), torch.zeros(0, n), torch.tensor([noise]), None)
+
+        z = (1.0 - noise * torch.rand(1, n, generator=torch.Generator().manual_seed(5))).requires_grad_(True)
+        shadow = torch.nn.Parameter(torch.zeros(1, n))  # Adam's step s = shadow before - after (no weight decay)
+        expected = []
+        for t in range(steps):
+            if t in (0, warmup):
+                opt = torch.optim.Adam([shadow], lr=options.lr, betas=Constrained.betas, eps=Constrained.eps)
+            with torch.enable_grad():
+                fidelity = ((torch.softmax(fit.forward(x, z), dim=1) - probs) ** 2).sum()
+                penalty = options.lambda_ * (probs**2).sum() * z.abs().sum() / n
+                (g_fidelity,) = torch.autograd.grad(fidelity, z)
+                (g_penalty,) = torch.autograd.grad(penalty, z)
+            expected.append(float((fidelity + penalty).detach()))
+            before = shadow.detach().clone()
+            shadow.grad = min(1.0, t / warmup) * g_fidelity + g_penalty
+            opt.step()
+            s = before - shadow.detach()
+            with torch.no_grad():
+                z = (z * torch.exp(-s) if multiplicative else z - s).clamp(0.0, 1.0).requires_grad_(True)
+    np.testing.assert_allclose(result["histories"][0], expected, rtol=1e-4)
+
+
 class _BoxL1(nn.Module):
     """A 1x1 conv of 6 channels whose gated output never changes the label (the classifier has zero weights)."""
 
@@ -400,7 +448,7 @@ def test_fit_loop_reaches_the_known_minimiser_of_a_convex_box_l1_problem(noise):
     target = (a - c / 2).clamp(0, 1)
 
     class Quadratic(Constrained):
-        def loss(self, logits, clean_probs, temperatures, z, anchors, options):
+        def loss(self, logits, clean_probs, temperatures, z, anchors, options, weight=1.0):
             return ((z - a) ** 2).sum(dim=1) + c * z.sum(dim=1) + 0.0 * logits.sum(dim=1)
 
     model = _BoxL1().eval()

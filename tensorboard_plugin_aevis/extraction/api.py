@@ -48,7 +48,7 @@ def extract_datapaths(
         keep_activation_maps: store the ungated feature maps (N, C_l, H_l, W_l).
         options: an :class:`ExtractionOptions`; ``overrides`` (its field names: ``steps``, ``lr``,
             ``lambda_``, ``gamma``, ``threshold``, ``order``, ``init_noise``, ``seed``, ``starts``,
-            ``start_noise``) replace its fields.
+            ``start_noise``, ``warmup``, ``multiplicative``) replace its fields.
     Returns:
         The validated analysis. ``params`` records the resolved options, ``steps_run`` and
         ``discarded_steps`` per example, ``fidelity_temperature`` and the seconds taken;
@@ -154,6 +154,8 @@ def extract_datapaths(
         "seed": opts.seed,
         "starts": k_starts,
         "start_noise": opts.start_noise if k_starts > 1 else None,
+        "warmup": opts.warmup,
+        "multiplicative": opts.multiplicative,
         "seconds": round(seconds, 3),
         "device": str(dev),
         "check_every": CHECK_EVERY,

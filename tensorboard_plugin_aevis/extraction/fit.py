@@ -91,12 +91,14 @@ class GateFit:
         checked: List[torch.Tensor] = []  # the gates (b, n) at the check steps
         checked_loss: List[torch.Tensor] = []  # their losses (b,), inf where the continuous label was lost
         histories: List[List[float]] = [[] for _ in range(b)]
+        warmup = self.options.warmup  # the fidelity warm-up (docs/method.md): weight t / warmup, then fresh moments
         t = 0
         for t in range(steps):
             zt = z.detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = self.forward(x, zt)
-                loss = self.method.loss(logits, clean_probs, temperatures, zt, anchors, self.options)
+                weight = t / warmup if t < warmup else 1.0
+                loss = self.method.loss(logits, clean_probs, temperatures, zt, anchors, self.options, weight)
                 (grad,) = torch.autograd.grad(loss.sum(), zt)
             with torch.no_grad():
                 loss = loss.detach()
@@ -118,8 +120,11 @@ class GateFit:
                     break
                 if stopped:
                     active = torch.tensor(running, device=x.device)
-                step = self.method.step(grad, state, t + 1, lr)
-                z = torch.where(active[:, None], (zt - step).clamp(0.0, self.clamp), zt.detach())
+                if warmup > 0 and t == warmup:
+                    state = self.method.init_state(zt)
+                step = self.method.step(grad, state, t + 1 - (warmup if t >= warmup else 0), lr)
+                moved = zt * torch.exp(-step) if self.options.multiplicative else zt - step
+                z = torch.where(active[:, None], moved.clamp(0.0, self.clamp), zt.detach())
         if bar is not None:
             bar.update(steps - 1 - t)
         with torch.no_grad():

@@ -38,7 +38,7 @@ class Constrained:
         return 1.0
 
     def loss(self, logits: torch.Tensor, clean_probs: torch.Tensor, temperatures: torch.Tensor, z: torch.Tensor,
-             anchors: torch.Tensor, options: ExtractionOptions) -> torch.Tensor:
+             anchors: torch.Tensor, options: ExtractionOptions, weight: float = 1.0) -> torch.Tensor:
         """Per-example Eq. 5.
 
         Args:
@@ -47,13 +47,15 @@ class Constrained:
             temperatures: (B,) fidelity temperatures (1: Eq. 5 as written).
             z: (B, n) gates.
             anchors: (A, n) datapaths extracted earlier in the chain (A may be 0).
+            weight: the fidelity term's weight in the gradient (the fidelity warm-up); the value
+                is Eq. 5 whatever the weight.
         Returns:
             (B,) losses.
         """
         n = z.shape[1]
         fidelity = ((torch.softmax(logits / temperatures[:, None], dim=1) - clean_probs) ** 2).sum(dim=1)
         strength = (clean_probs**2).sum(dim=1)  # ||p(x)||^2: the scale of the fidelity term for x
-        loss = fidelity + options.lambda_ * strength * z.abs().sum(dim=1) / n
+        loss = gradient_weighted(fidelity, weight) + options.lambda_ * strength * z.abs().sum(dim=1) / n
         if options.gamma > 0 and anchors.shape[0] > 0:
             sq = ((z[:, None, :] - anchors[None, :, :]) ** 2).sum(dim=2)  # (B, A)
             loss = loss + options.gamma * strength * torch.sqrt(sq + NORM_EPS).sum(dim=1) / math.sqrt(n)
@@ -100,11 +102,12 @@ class DGR:
         return self.clamp_residual if has_blocks else self.clamp_plain
 
     def loss(self, logits: torch.Tensor, clean_probs: torch.Tensor, temperatures: torch.Tensor, z: torch.Tensor,
-             anchors: torch.Tensor, options: ExtractionOptions) -> torch.Tensor:
+             anchors: torch.Tensor, options: ExtractionOptions, weight: float = 1.0) -> torch.Tensor:
         """(B,) ``-sum_c p_c(x) log p_c(x; z) + lambda * sum|z|``; arguments as :meth:`Constrained.loss`
-        (``temperatures`` and ``anchors`` unused: DGR has neither)."""
+        (``weight`` weights the distillation term's gradient; ``temperatures`` and ``anchors`` unused:
+        DGR has neither)."""
         distill = -(clean_probs * torch.log_softmax(logits, dim=1)).sum(dim=1)
-        return distill + options.lambda_ * z.abs().sum(dim=1)
+        return gradient_weighted(distill, weight) + options.lambda_ * z.abs().sum(dim=1)
 
     def init_state(self, z: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """The momentum buffer, zeros like z (B, n)."""
@@ -136,6 +139,13 @@ def method_named(name: str):
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; use 'constrained' (the paper's) or 'dgr' (the baseline)")
     return METHODS[name]
+
+
+def gradient_weighted(term: torch.Tensor, weight: float) -> torch.Tensor:
+    """``term`` (B,) unchanged in value, its gradient multiplied by ``weight``."""
+    if weight == 1.0:
+        return term
+    return weight * term + ((1.0 - weight) * term).detach()
 
 
 def fidelity_temperatures(logits: torch.Tensor) -> torch.Tensor:

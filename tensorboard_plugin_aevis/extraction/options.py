@@ -31,6 +31,13 @@ class ExtractionOptions:
         starts: K >= 1 starts per example fitted as one batch; the lowest-loss one is
             returned and ``Analysis.stability`` records how often each map was selected.
         start_noise: in (0, 1); starts 2..K begin at ``1 - max(init_noise, start_noise) * U(0, 1)``.
+        warmup: W >= 0 steps of every fit in which the gradient weights the fidelity (distillation)
+            term by ``t / W`` (step t = 0..W-1; the loss recorded and compared stays Eq. 5), after
+            which the optimiser's moments restart; 0: off (the default). See docs/method.md,
+            "The optimiser investigation".
+        multiplicative: apply the optimiser's step ``s`` as ``z <- z * exp(-s)`` (an exponentiated,
+            mirror-descent step: every gate moves by the same factor under a uniform gradient)
+            instead of ``z <- z - s``; False: additive (the default).
 
     Raises (from :meth:`validated`): TypeError / ValueError naming the bad field.
     """
@@ -45,6 +52,8 @@ class ExtractionOptions:
     seed: Optional[int] = None
     starts: int = 1
     start_noise: float = 0.02
+    warmup: int = 0
+    multiplicative: bool = False
 
     @classmethod
     def fields(cls) -> Tuple[str, ...]:
@@ -83,6 +92,10 @@ class ExtractionOptions:
             raise ValueError(f"starts must be a positive integer (1: one start; K > 1: a stability score from K starts), got {self.starts!r}")
         if isinstance(self.start_noise, bool) or not isinstance(self.start_noise, (int, float)) or not 0 < self.start_noise < 1:
             raise ValueError(f"start_noise must be a number in (0, 1), got {self.start_noise!r}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0 (0: no fidelity warm-up), got {self.warmup!r}")
+        if not isinstance(self.multiplicative, (bool, np.bool_)):
+            raise TypeError(f"multiplicative must be True or False, got {self.multiplicative!r}")
         order = self.order
         if order is not None:
             if isinstance(order, str):
@@ -90,7 +103,8 @@ class ExtractionOptions:
             order = tuple(order)
         return dataclasses.replace(
             self, **numbers, order=order, init_noise=float(self.init_noise), seed=None if self.seed is None else int(self.seed),
-            starts=int(self.starts), start_noise=float(self.start_noise),
+            starts=int(self.starts), start_noise=float(self.start_noise), warmup=int(self.warmup),
+            multiplicative=bool(self.multiplicative),
         )
 
 
