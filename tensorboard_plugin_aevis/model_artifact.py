@@ -354,8 +354,10 @@ def read_program(directory: str) -> ArtifactProgram:
 def program_dataclass(serde: Any, program_json: Dict[str, Any]) -> Any:
     """The checked program JSON as torch's schema dataclasses (``serde.ExportedProgram``), as
     ``serde._dict_to_dataclass`` makes them, but with each class's type hints computed once
-    (torch's computes them per object: 8078 ``typing.get_type_hints`` calls, 0.9 s of the demo
-    model's 2.7 s read). None when this torch's serde lacks the helpers it mirrors."""
+    (torch's computes them per object; why and what it saves: docs/method.md, "Contribution
+    analysis"). None when this torch's serde lacks the helpers it mirrors.
+
+    Raises ModelArtifactError when the JSON names an unknown schema class or a malformed union."""
     import dataclasses
     import types
     import typing
