@@ -25,6 +25,8 @@ sampling profiler and splits main-thread time by script (TensorBoard's bundle, o
 native work such as parsing, style and layout, garbage collection, idle).
 
 The first load hits TensorBoard with cold caches; later loads are summarised as medians.
+The same loads of TensorBoard *without* AEVis (its first-party plugins only, same logdir,
+same browser) give TensorBoard's own shell time, the floor under any plugin's first paint.
 The last lines say where the time to the painted river goes: TensorBoard's script
 evaluated, the plugins listing answered, the plugin iframe started, the dashboard's first
 data in, the river painted (each at its time and + the ms since the previous milestone).
@@ -175,6 +177,54 @@ def measure(browser, url: str) -> dict:
         context.close()
 
 
+SHELL_JS = """() => {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const listing = performance.getEntriesByType('resource').find(r => r.name.includes('/data/plugins_listing'));
+  return {dom_ready: nav ? nav.domContentLoadedEventEnd : null, listed: listing ? listing.responseEnd : null};
+}"""
+
+
+def start_tensorboard(logdir: str, port: int, log, with_aevis: bool = True) -> subprocess.Popen:
+    """A ``tensorboard`` process on ``port``; without AEVis it loads TensorBoard's first-party plugins only."""
+    if with_aevis:
+        command = [os.path.join(os.path.dirname(sys.executable), "tensorboard")]
+    else:
+        command = [sys.executable, "-c", "import sys; from tensorboard import default, program; "
+                   "tb = program.TensorBoard(plugins=default.get_static_plugins()); tb.configure(argv=sys.argv); tb.main()"]
+    return subprocess.Popen(command + ["--logdir", logdir, "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def measure_shell_alone(browser, url: str) -> dict:
+    """One load of TensorBoard without AEVis: ms to its script evaluated and its plugins listing answered."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(url + "/")
+        page.wait_for_function("() => performance.getEntriesByType('resource').some(r => r.name.includes('/data/plugins_listing') && r.responseEnd > 0)",
+                               timeout=120_000)
+        timing = page.evaluate(SHELL_JS)
+        return {"tb_dom_ready": _ms(timing["dom_ready"]), "tb_plugins_listed": _ms(timing["listed"])}
+    finally:
+        context.close()
+
+
+def wait_for_listing(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"tensorboard (without AEVis) exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/data/plugins_listing", timeout=30) as r:
+                if "aevis" in json.loads(r.read()):
+                    raise SystemExit("the TensorBoard started without AEVis lists AEVis")
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"tensorboard (without AEVis) did not answer within {timeout} s")
+
+
 def script_category(url: str) -> str:
     if "/data/plugin/aevis/" in url:
         return "aevis_bundle"
@@ -252,15 +302,20 @@ def main() -> None:
         print(f"wrote {RUN} ({layers} gated layers) in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     with open(os.path.join(logdir, "tensorboard-bench.log"), "wb") as log:
-        proc = subprocess.Popen([tensorboard, "--logdir", logdir, "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = start_tensorboard(logdir, port, log)
+        alone_port = free_port()
+        alone_url = f"http://127.0.0.1:{alone_port}"
+        alone_proc = start_tensorboard(logdir, alone_port, log, with_aevis=False)
         try:
             wait_for_runs(url, proc)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                loads = [measure(browser, url) for _ in range(max(1, args.repeats))]
+                wait_for_listing(alone_url, alone_proc)
+                loads, alone = [], []
+                for _ in range(max(1, args.repeats)):  # interleaved: both see the same machine load
+                    loads.append(measure(browser, url))
+                    alone.append(measure_shell_alone(browser, alone_url))
                 main_thread = profile(browser, url)
                 browser.close()
             if layers is None:  # asked after the loads: the first load must find TensorBoard's caches cold
@@ -268,8 +323,9 @@ def main() -> None:
                 with urllib.request.urlopen(f"{url}/data/plugin/aevis/analysis?{query}", timeout=120) as r:
                     layers = len(json.loads(r.read())["layers"])
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            for process in (proc, alone_proc):
+                process.terminate()
+                process.wait(timeout=30)
     warm = loads[1:] or loads
     full = statistics.median(l["full_page_s"] for l in warm)
     dashboard = statistics.median(l["dashboard_s"] for l in warm)
@@ -280,6 +336,8 @@ def main() -> None:
         "warm_median_wall_s": statistics.median(l["wall_s"] for l in warm),
         "warm_median_phases_ms": median_phases(warm),
         "profiled_load_main_thread_ms": main_thread,
+        "tensorboard_without_aevis_warm_median_ms": {k: _ms(statistics.median(a[k] for a in (alone[1:] or alone)))
+                                                     for k in ("tb_dom_ready", "tb_plugins_listed")},
         "cold": loads[0],
         "loads": loads,
     }
@@ -292,6 +350,10 @@ def main() -> None:
           f"{loads[0]['full_page_s']:.3f} s, dashboard {loads[0]['dashboard_s']:.3f} s.")
     print(f"where the time goes (warm median): {where_the_time_goes(result['warm_median_phases_ms'])}")
     print(f"where the time goes (cold load): {where_the_time_goes(loads[0]['phases_ms'])}")
+    floor = result["tensorboard_without_aevis_warm_median_ms"]
+    print(f"TensorBoard without AEVis (warm median of {len(alone[1:] or alone)} loads): its script evaluated at "
+          f"{floor['tb_dom_ready']:.0f} ms, its plugins listing answered at {floor['tb_plugins_listed']:.0f} ms; with AEVis: "
+          f"{result['warm_median_phases_ms']['tb_dom_ready']:.0f} / {result['warm_median_phases_ms']['tb_plugins_listed']:.0f} ms")
 
 
 if __name__ == "__main__":
