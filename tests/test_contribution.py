@@ -593,3 +593,37 @@ def test_prediction_replay_on_a_loaded_artifact_starts_inside_the_wrapper(tmp_pa
         expected = model(images)
     gate.remove()
     torch.testing.assert_close(replayed, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sgd_stops_only_once_the_gates_settled_and_near_the_full_run(monkeypatch):
+    """The SGD stop (loss plateau and no gate moving more than PLATEAU_GATE_TOL over the window) against
+    the full 100 steps without any stop (the answer before the gate condition existed, when it ran all steps).
+
+    Where it stops at step t, the gates it returns moved at most the tolerance over the last window
+    (checked by a separate run of t - window steps: Adam from z = 1 is deterministic). Were the gates
+    to keep moving at that pace, by step 100 they would have moved at most
+    ceil((100 - t) / window) * tolerance more: the scores must agree within that bound, so any two
+    maps whose full-run scores differ by more than twice it keep their order."""
+    from tensorboard_plugin_aevis.contribution import sgd
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from run_fixtures import TinyCNN
+
+    model = TinyCNN(1).eval()  # its constructor seeds torch; the images follow from that state
+    images = torch.rand(3, 3, 24, 24)
+    query = dict(target_layer="features.4", channel=2, earlier_layer="features.1", mode="sgd")
+    stopped = feature_map_contributions(model, images, **query)
+    t, window, tol = stopped.params["steps_run"], sgd.PLATEAU_WINDOW, 0.01  # the scores' shown precision
+    assert window < t < 100  # this query exercises the stop
+    before = feature_map_contributions(model, images, **query, steps=t - window)
+    assert before.params["steps_run"] == t - window
+    assert np.abs(stopped.gates - before.gates).max() <= tol + 1e-6
+    monkeypatch.setattr(sgd, "PLATEAU_WINDOW", 10**9)  # never stops: all 100 steps
+    full = feature_map_contributions(model, images, **query)
+    assert full.params["steps_run"] == 100
+    bound = -(-(100 - t) // window) * tol
+    assert np.abs(stopped.scores - full.scores).max() <= bound
+    for a in range(len(full.scores)):
+        for b in range(len(full.scores)):
+            if full.scores[a] > full.scores[b] + 2 * bound:
+                assert stopped.ranking.index(a) < stopped.ranking.index(b)

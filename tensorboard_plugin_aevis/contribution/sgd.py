@@ -12,6 +12,7 @@ from .options import ContributionOptions
 
 PLATEAU_WINDOW = 10
 PLATEAU_RTOL = 1e-3
+PLATEAU_GATE_TOL = 0.01  # scores are shown to 2 decimals: over the window no gate may move more
 
 
 def fit_sgd(problem: Preserved, region: Optional[torch.Tensor], options: ContributionOptions) -> Tuple[torch.Tensor, int, torch.Tensor]:
@@ -24,8 +25,10 @@ def fit_sgd(problem: Preserved, region: Optional[torch.Tensor], options: Contrib
 
     Returns:
         (gates (m, C), steps run, the loss gradient (m, C) of the last step). It stops
-        early once the loss has plateaued: it fell by less than ``PLATEAU_RTOL`` of itself
-        over ``PLATEAU_WINDOW`` steps.
+        early once the fit has plateaued: over the last ``PLATEAU_WINDOW`` steps the loss
+        fell by less than ``PLATEAU_RTOL`` of itself and no gate moved by more than
+        ``PLATEAU_GATE_TOL`` (Adam's loss is not monotone: a loss alone that rose over the
+        window stopped fits whose gates were still in transit).
 
     Raises:
         ContributionTimeout: past ``options.deadline``.
@@ -33,6 +36,7 @@ def fit_sgd(problem: Preserved, region: Optional[torch.Tensor], options: Contrib
     z = problem.ones().requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=options.lr)
     losses: List[float] = []
+    history: List[torch.Tensor] = []  # the gates after each of the last PLATEAU_WINDOW + 1 steps
     with torch.enable_grad():
         for _ in range(options.steps):
             check_deadline(options.deadline)
@@ -44,6 +48,8 @@ def fit_sgd(problem: Preserved, region: Optional[torch.Tensor], options: Contrib
             with torch.no_grad():
                 z.clamp_(0.0, 1.0)
             losses.append(float(loss.detach()))
-            if len(losses) > PLATEAU_WINDOW and losses[-PLATEAU_WINDOW - 1] - losses[-1] < PLATEAU_RTOL * abs(losses[-1]):
+            history = history[-PLATEAU_WINDOW:] + [z.detach().clone()]
+            if (len(losses) > PLATEAU_WINDOW and losses[-PLATEAU_WINDOW - 1] - losses[-1] < PLATEAU_RTOL * abs(losses[-1])
+                    and float((history[-1] - history[0]).abs().max()) <= PLATEAU_GATE_TOL):
                 break
     return z.detach(), len(losses), z.grad.detach().clone()
