@@ -613,7 +613,7 @@ def test_sgd_stops_only_once_the_gates_settled_and_near_the_full_run(monkeypatch
     images = torch.rand(3, 3, 24, 24)
     query = dict(target_layer="features.4", channel=2, earlier_layer="features.1", mode="sgd")
     stopped = feature_map_contributions(model, images, **query)
-    t, window, tol = stopped.params["steps_run"], sgd.PLATEAU_WINDOW, 0.01  # the scores' shown precision
+    t, window, tol = stopped.params["steps_run"], sgd.PLATEAU_WINDOW, 0.01  # 1 % of a gate's range
     assert window < t < 100  # this query exercises the stop
     before = feature_map_contributions(model, images, **query, steps=t - window)
     assert before.params["steps_run"] == t - window

@@ -12,7 +12,7 @@ from .options import ContributionOptions
 
 PLATEAU_WINDOW = 10
 PLATEAU_RTOL = 1e-3
-PLATEAU_GATE_TOL = 0.01  # scores are shown to 2 decimals: over the window no gate may move more
+PLATEAU_GATE_TOL = 0.01  # 1 % of a gate's range [0, 1]: over the window no gate may move more
 
 
 def fit_sgd(problem: Preserved, region: Optional[torch.Tensor], options: ContributionOptions) -> Tuple[torch.Tensor, int, torch.Tensor]:
