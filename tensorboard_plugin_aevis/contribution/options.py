@@ -23,7 +23,7 @@ class ContributionOptions:
     ``mode``: ``"sgd"`` (Adam through the network) or ``"quadratic"`` (linearised);
     ``lambda_``: weight of the mean gate (L1); ``gamma``: weight of the gates'
     differences between examples; ``steps``: the most optimiser steps (SGD stops earlier
-    once its loss plateaus) or a 50th of the solver's iteration cap (quadratic); ``lr``:
+    once its fit plateaus: :func:`.sgd.fit_sgd`) or a 50th of the solver's iteration cap (quadratic); ``lr``:
     Adam's step size; ``max_jacobian_rows``: preserved neurons above which the quadratic
     mode sketches ``J``; ``seed``: the sketch's seed; ``relinearise``: Gauss-Newton
     re-linearisations after the one at z = 1; ``deadline``: a ``time.monotonic()`` value
