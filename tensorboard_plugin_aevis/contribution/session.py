@@ -62,6 +62,10 @@ class ContributionSession:
         self._linearised = ByteLRU(LINEARISED_CACHE_BYTES)
         check_deadline(deadline)
 
+    def clear_cache(self) -> None:
+        """Forget the kept quadratic answers: the next query of each computes everything again."""
+        self._linearised = ByteLRU(LINEARISED_CACHE_BYTES)
+
     @property
     def target_shape(self) -> Tuple[int, ...]:
         """Shape of the target output for one example: (C_t, H_t, W_t), or (K,) for the prediction."""
