@@ -10,11 +10,17 @@ loopback only):
   dashboard, where the request follows the ``analysis`` answer); when a map is all zero in
   the area (400, e.g. on random weights) the next one is tried: ``first_s`` is the time to
   the first answer, ``first_attempts`` the requests it took;
-- ``later_sgd_s`` / ``quadratic_s``: requests on other feature maps of the same target
-  layer (each computed, none cached), SGD and quadratic;
+- ``quadratic_s`` / ``sgd_after_quadratic_s``: the dashboard's default ("preview") on other
+  feature maps of the same target layer: a quadratic request, then the SGD request of the
+  same map (which starts from the quadratic answer the server kept); ``later_sgd_s``: SGD
+  requests alone on further maps (each computed, none cached);
 - ``ranked``: entries in each answer's ranking (default top 10);
 - ``rank_correlation``: Spearman correlation of the two modes' scores over every map,
-  per feature map, and whether they agree on the top map.
+  per feature map, and whether they agree on the top map;
+- ``sgd_steps_run``: the Adam steps each later SGD request ran after its quadratic start;
+  ``sgd_objective`` / ``quadratic_objective``: each answer's
+  loss (Eq. 7/8: the fidelity measured through the network plus the penalties), lower is
+  a better fit.
 
 The analysis: the run's first with a saved model and three examples. The request: every
 example of the analysis, target layer and channel, a 4x4 area at the
@@ -49,6 +55,16 @@ def spearman(a, b) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(a, b).statistic)
+
+
+def objective(answer: dict) -> float:
+    """The loss of an answer's gates: its measured fidelity plus lambda * sum_i mean_k z_ik plus
+    gamma * sum_{i != j} ||z_i - z_j|| (the engine's smoothing of the norm, 1e-8 under the root, left out)."""
+    import numpy as np
+
+    gates, params = np.asarray(answer["gates"], dtype=float), answer["params"]
+    pairs = np.sqrt(((gates[:, None, :] - gates[None, :, :]) ** 2).sum(-1)).sum()
+    return float(sum(answer["fidelity"]) + params["lambda"] * gates.mean(axis=1).sum() + params["gamma"] * pairs)
 
 
 def run_bench(logdir: str, target_layer: str, maps: int) -> dict:
@@ -99,22 +115,36 @@ def _timed_requests(server: Server, target_layer: str, maps: int) -> dict:
               "area": base["area"], "examples": base["examples"], "first_s": round(first_s, 3), "first_attempts": attempts}
     if first is None:
         result["first_error"] = error
-    later, quad, ranked, correlations, same_top, errors = [], [], [], [], [], []
-    for channel in channels[1:]:
-        if len(later) >= maps:
+    later, quad, refined, ranked, correlations, same_top, errors, steps, losses = [], [], [], [], [], [], [], [], ([], [])
+    rest = iter(channels[1:])
+    for channel in rest:  # the dashboard's default ("preview"): quadratic, then SGD on the same map
+        if len(quad) >= maps:
             break
-        s_sgd, sgd, e1 = post(channel, "sgd")
-        s_quad, q, e2 = post(channel, "quadratic")
+        s_quad, q, e1 = post(channel, "quadratic")
+        s_sgd, sgd, e2 = post(channel, "sgd")
         if sgd is None or q is None:
             errors.append(e1 or e2)
             continue
-        later.append(round(s_sgd, 3))
         quad.append(round(s_quad, 3))
+        refined.append(round(s_sgd, 3))
         ranked += [len(sgd["ranking"]), len(q["ranking"])]
         correlations.append(round(spearman(sgd["scores"], q["scores"]), 3))
         same_top.append(sgd["ranking"][0]["channel"] == q["ranking"][0]["channel"])
-    result.update(later_sgd_s=later, quadratic_s=quad, ranked=ranked, rank_correlation=correlations,
-                  same_top_map=same_top, errors=sorted(set(errors))[:3], **server.close())
+        steps.append(sgd["params"].get("steps_run"))
+        losses[0].append(round(objective(sgd), 4))
+        losses[1].append(round(objective(q), 4))
+    for channel in rest:  # SGD alone on maps not asked before
+        if len(later) >= maps:
+            break
+        s_sgd, sgd, e1 = post(channel, "sgd")
+        if sgd is None:
+            errors.append(e1)
+            continue
+        later.append(round(s_sgd, 3))
+        ranked.append(len(sgd["ranking"]))
+    result.update(later_sgd_s=later, quadratic_s=quad, sgd_after_quadratic_s=refined, ranked=ranked, rank_correlation=correlations,
+                  same_top_map=same_top, sgd_steps_run=steps, sgd_objective=losses[0], quadratic_objective=losses[1],
+                  errors=sorted(set(errors))[:3], **server.close())
     return result
 
 

@@ -274,7 +274,8 @@ def test_cli_json_matches_the_engine_and_refuses_a_bad_area(capsys, monkeypatch)
 
 
 def test_session_queries_equal_fresh_calls():
-    """One prepared session answering several queries gives what separate calls give."""
+    """One prepared session answering several queries gives what separate calls give, also an SGD query
+    that starts from the quadratic answer the session kept for the same area."""
     torch.manual_seed(3)
     model = torchvision.models.resnet18(num_classes=10).eval()
     images = torch.rand(2, 3, 48, 48)
@@ -287,7 +288,8 @@ def test_session_queries_equal_fresh_calls():
     handle.remove()
     active = captured[0][:, :, 1:5, 1:5].amin(dim=(2, 3)).amin(dim=0).argsort(descending=True)  # active on both images
     first, second = int(active[0]), int(active[1])
-    for channel, area, mode in [(first, (1, 1, 3, 3), "quadratic"), (second, None, "quadratic"), (first, (2, 2, 5, 4), "sgd")]:
+    queries = [(first, (1, 1, 3, 3), "quadratic"), (second, None, "quadratic"), (first, (2, 2, 5, 4), "sgd"), (first, (1, 1, 3, 3), "sgd")]
+    for channel, area, mode in queries:
         reused = session.feature_map(channel, area, mode=mode, steps=5)
         fresh = feature_map_contributions(model, images, "layer2.1", channel, "layer2.0", area=area, mode=mode, steps=5)
         np.testing.assert_allclose(reused.gates, fresh.gates, atol=1e-5)
@@ -317,7 +319,7 @@ def test_quadratic_solver_reaches_the_reference_optimum(m, gamma):
     rng = np.random.default_rng(5)
     jac = torch.from_numpy(rng.normal(size=(m, 6, 40)) * rng.random(40))  # a few strong maps, many weak ones
     norms = torch.ones(m, dtype=torch.float64)
-    gates = quadratic.fit_quadratic(jac, norms, 0.5, gamma, 20, None).double().numpy().reshape(-1)
+    gates = quadratic.fit_quadratic(jac, norms, 0.5, gamma, None).double().numpy().reshape(-1)
     objective = loss_terms.quadratic_objective(jac.numpy(), 0.5, gamma, None)
     reference = scipy.optimize.minimize(objective, np.ones(m * 40), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * (m * 40),
                                         options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
@@ -593,3 +595,52 @@ def test_prediction_replay_on_a_loaded_artifact_starts_inside_the_wrapper(tmp_pa
         expected = model(images)
     gate.remove()
     torch.testing.assert_close(replayed, expected, rtol=1e-4, atol=1e-5)
+
+
+def _loss_through_hooks(model, images, query, result):
+    """Eq. 7/8's loss of ``result.gates`` through a plain forward pass gated by a hook (not the replay):
+    relative error of the area's neurons of the target map plus the penalties."""
+    earlier, target = model.get_submodule(query["earlier_layer"]), model.get_submodule(query["target_layer"])
+    y0, x0, y1, x1 = result.region
+    ay0, ax0, ay1, ax1 = result.area
+    z = torch.from_numpy(result.gates).float()
+
+    def target_area(gates):
+        captured = {}
+        handles = [target.register_forward_hook(lambda m, i, o: captured.update(out=o))]
+        if gates is not None:
+            def gate(module, inputs, output):
+                factor = torch.ones_like(output)
+                factor[:, :, y0:y1, x0:x1] = gates[:, :, None, None]
+                return output * factor
+            handles.append(earlier.register_forward_hook(gate))
+        with torch.no_grad():
+            model(images)
+        for handle in handles:
+            handle.remove()
+        return captured["out"][:, query["channel"], ay0:ay1, ax0:ax1].flatten(1)
+
+    reference, gated = target_area(None), target_area(z)
+    fidelity = ((gated - reference) ** 2).sum(1) / (reference**2).sum(1)
+    return float(fidelity.sum() + loss_terms.penalties(z, contribution.DEFAULT_LAMBDA, contribution.DEFAULT_GAMMA))
+
+
+def test_sgd_answer_is_never_worse_than_its_quadratic_start_nor_than_fewer_steps():
+    """The SGD mode starts at the quadratic mode's gates and keeps the lowest-loss iterate: its loss through
+    the network (recomputed with a hook-gated full forward pass) is at most the quadratic answer's, and more
+    Adam steps never raise it (the trajectory of k steps is the prefix of the one of k + 5)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from run_fixtures import TinyCNN
+
+    model = TinyCNN(1).eval()  # its constructor seeds torch; the images follow from that state
+    images = torch.rand(3, 3, 24, 24)
+    query = dict(target_layer="features.9", channel=2, earlier_layer="features.6", area=(0, 0, 6, 6))
+    quadratic_answer = feature_map_contributions(model, images, **query, mode="quadratic")
+    losses = [_loss_through_hooks(model, images, query, quadratic_answer)]
+    for steps in (1, 5, 10, 20):
+        answer = feature_map_contributions(model, images, **query, mode="sgd", steps=steps)
+        assert answer.region == quadratic_answer.region and answer.params["steps_run"] == steps
+        losses.append(_loss_through_hooks(model, images, query, answer))
+    tolerance = 1e-5 * losses[0]  # the replay and the hook-gated pass round differently
+    assert all(later <= earlier + tolerance for earlier, later in zip(losses, losses[1:])), losses
+    assert losses[-1] < losses[0] - tolerance, losses  # on this query the refinement does find a lower loss

@@ -10,8 +10,8 @@ import numpy as np
 MODES = ("sgd", "quadratic")
 DEFAULT_LAMBDA = 0.5
 DEFAULT_GAMMA = 0.05
-DEFAULT_STEPS = 100
-DEFAULT_LR = 0.1
+DEFAULT_STEPS = 20
+DEFAULT_LR = 0.03
 DEFAULT_MAX_JACOBIAN_ROWS = 64
 DEFAULT_RELINEARISE = 1
 
@@ -20,11 +20,11 @@ DEFAULT_RELINEARISE = 1
 class ContributionOptions:
     """How a contribution query is fitted (docs/method.md, "Contribution analysis").
 
-    ``mode``: ``"sgd"`` (Adam through the network) or ``"quadratic"`` (linearised);
+    ``mode``: ``"sgd"`` (the quadratic answer refined by Adam through the network,
+    :func:`.sgd.fit_sgd`) or ``"quadratic"`` (linearised);
     ``lambda_``: weight of the mean gate (L1); ``gamma``: weight of the gates'
-    differences between examples; ``steps``: the most optimiser steps (SGD stops earlier
-    once its loss plateaus) or a 50th of the solver's iteration cap (quadratic); ``lr``:
-    Adam's step size; ``max_jacobian_rows``: preserved neurons above which the quadratic
+    differences between examples; ``steps``: the SGD mode's Adam steps (the quadratic mode
+    does not use it); ``lr``: Adam's step size; ``max_jacobian_rows``: preserved neurons above which the quadratic
     mode sketches ``J``; ``seed``: the sketch's seed; ``relinearise``: Gauss-Newton
     re-linearisations after the one at z = 1; ``deadline``: a ``time.monotonic()`` value
     after which :class:`.deadline.ContributionTimeout` is raised (None: no limit);

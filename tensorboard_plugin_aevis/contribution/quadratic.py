@@ -14,6 +14,8 @@ from .jacobian import jacobian
 from .objective import Preserved, quadratic_objective
 from .options import ContributionOptions
 
+MAX_SOLVER_ITERATIONS = 5000  # per quadratic solve; the solvers stop earlier at their tolerance
+
 
 def float64(tensor: torch.Tensor) -> np.ndarray:
     """A tensor on any device as a float64 numpy array (the quadratic solvers run in numpy)."""
@@ -29,7 +31,7 @@ def scaled64(jac: torch.Tensor, norms: torch.Tensor, target: Optional[torch.Tens
 
 
 
-def fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma: float, steps: int, deadline: Optional[float],
+def fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma: float, deadline: Optional[float],
                    target: Optional[torch.Tensor] = None, start: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Minimise sum_i ||b_i - J_i z_i||^2 / n_i + penalties over z in [0, 1]^(m x C); ``jac``: (m, R, C).
 
@@ -37,16 +39,16 @@ def fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma:
     z = 1); ``start``: the solvers' first iterate (m, C), default all ones. Uncoupled
     examples (m = 1 or gamma = 0): one box-constrained quadratic per example,
     :func:`solve_box_quadratic`; coupled examples: :func:`solve_coupled`; both at most
-    ``50 * steps`` iterations.
+    ``MAX_SOLVER_ITERATIONS`` iterations.
     """
     m, _, c = jac.shape
     jac64, target64 = scaled64(jac, norms, target)
     target64 = jac64.sum(axis=2) if target64 is None else target64
     start64 = np.ones((m, c)) if start is None else float64(start)
     if m > 1 and gamma > 0:
-        solution = solve_coupled(jac64, target64, lambda_ / c, gamma, start64, 50 * steps, deadline)
+        solution = solve_coupled(jac64, target64, lambda_ / c, gamma, start64, MAX_SOLVER_ITERATIONS, deadline)
         return torch.tensor(solution, dtype=torch.float32, device=jac.device)
-    gates = [solve_box_quadratic(j, lambda_ / c, 50 * steps, deadline, b, z0) for j, b, z0 in zip(jac64, target64, start64)]
+    gates = [solve_box_quadratic(j, lambda_ / c, MAX_SOLVER_ITERATIONS, deadline, b, z0) for j, b, z0 in zip(jac64, target64, start64)]
     return torch.tensor(np.stack(gates), dtype=torch.float32, device=jac.device)
 
 
@@ -59,7 +61,7 @@ def fit_linearised(problem: Preserved, with_area: bool, options: ContributionOpt
     Args:
         problem: the preserved neurons and the replay (inside its hooks).
         with_area: Eq. 8: gate only the receptive field of the preserved neurons.
-        options: ``lambda_``, ``gamma``, ``steps``, ``max_jacobian_rows``, ``seed``,
+        options: ``lambda_``, ``gamma``, ``max_jacobian_rows``, ``seed``,
             ``relinearise``, ``deadline``.
 
     Returns:
@@ -71,16 +73,16 @@ def fit_linearised(problem: Preserved, with_area: bool, options: ContributionOpt
     """
     forward, images, select, channels = problem.forward, problem.images, problem.select, problem.channels
     rows, seed, deadline, norms = options.max_jacobian_rows, options.seed, options.deadline, problem.norms
-    lambda_, gamma, steps = options.lambda_, options.gamma, options.steps
+    lambda_, gamma = options.lambda_, options.gamma
     jac, directions, region, rectangle, _ = jacobian(forward, images, select, channels, rows, seed, with_area)
-    gates = fit_quadratic(jac, norms, lambda_, gamma, steps, deadline)
+    gates = fit_quadratic(jac, norms, lambda_, gamma, deadline)
     goal = problem.reference.flatten(1) @ directions.T  # D f_0, (m, R)
     target = None
     for _ in range(options.relinearise):
         check_deadline(deadline)
         jac, _, _, _, at_gates = jacobian(forward, images, select, channels, rows, seed, False, gates, region)
         target = goal - at_gates + (jac @ gates.unsqueeze(-1)).squeeze(-1)
-        gates = fit_quadratic(jac, norms, lambda_, gamma, steps, deadline, target, gates)
+        gates = fit_quadratic(jac, norms, lambda_, gamma, deadline, target, gates)
     jac64, target64 = scaled64(jac, norms, target)
     _, grad = quadratic_objective(jac64, lambda_, gamma, None, target64)(float64(gates).reshape(-1))
     return gates, region, rectangle, torch.from_numpy(grad.reshape(gates.shape))

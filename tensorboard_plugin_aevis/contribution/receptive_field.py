@@ -22,15 +22,6 @@ def region_from_gradient(weight: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int,
     return mask, (y0, x0, y1, x1)
 
 
-def receptive_field(forward: GatedForward, images: torch.Tensor, select, channels: int) -> Tuple[torch.Tensor, Tuple[int, int, int, int]]:
-    """Region of the earlier maps the selected neurons depend on (bounding box of the gradient's support)."""
-    with torch.enable_grad():
-        z = torch.ones(images.shape[0], channels, device=images.device, requires_grad=True)
-        preserved = select(forward.run(z, None))
-        (grad,) = torch.autograd.grad(preserved.sum(), forward.gated)
-    return region_from_gradient(grad.abs().sum(dim=(0, 1)))
-
-
 def local_crop(forward: GatedForward, area_mask: torch.Tensor, channel: int, reference: torch.Tensor,
                 earlier_hw: Tuple[int, int], margin: int):
     """The crop of the earlier maps that alone determines the selected target neurons.

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..bounded_cache import ByteLRU
 from .deadline import check_deadline
 from .gated_forward import GatedForward
 from .inputs import Area, area_mask, check_images
@@ -16,11 +17,12 @@ from .model_access import analysis_mode
 from .objective import Preserved, relative_error
 from .options import ContributionOptions
 from .quadratic import fit_linearised
-from .receptive_field import local_crop, receptive_field, shift
+from .receptive_field import local_crop, shift
 from .result import ContributionResult, ranking
 from .sgd import fit_sgd
 
 Select = Callable[[torch.Tensor], torch.Tensor]
+LINEARISED_CACHE_BYTES = 8 << 20  # the quadratic answers a session keeps as the SGD mode's starts
 
 
 class ContributionSession:
@@ -30,8 +32,10 @@ class ContributionSession:
     replay between the two layers (:class:`.gated_forward.GatedForward`: the activations
     below the earlier layer are computed once and cached); every query
     (:meth:`feature_map` for a channel and an area, or :meth:`prediction` when
-    ``target_layer`` is None) then re-runs only the part between the layers. The model
-    must not change while a session is used.
+    ``target_layer`` is None) then re-runs only the part between the layers. The quadratic
+    mode's answer of a query is kept (up to ``LINEARISED_CACHE_BYTES``): the SGD mode of the
+    same query starts from it without computing it again. The model must not change while a
+    session is used.
 
     Args:
         model: the network (put in eval mode with frozen parameters during each call, then restored).
@@ -55,7 +59,12 @@ class ContributionSession:
             self._output = self._forward.prepare(self.images, earlier_layer, target_layer)
         self.earlier_shape = tuple(int(v) for v in self._forward.gated.shape[1:])
         self._crop_margin: Optional[int] = 1  # in target neurons; None: the layers are not spatially local, never crop
+        self._linearised = ByteLRU(LINEARISED_CACHE_BYTES)
         check_deadline(deadline)
+
+    def clear_cache(self) -> None:
+        """Forget the kept quadratic answers: the next query of each computes everything again."""
+        self._linearised = ByteLRU(LINEARISED_CACHE_BYTES)
 
     @property
     def target_shape(self) -> Tuple[int, ...]:
@@ -101,7 +110,8 @@ class ContributionSession:
             mask = mask.to(out.device)
             neurons = int(mask.sum())
             select = lambda o: o[:, channel][:, mask]  # noqa: E731
-        fit = self._fit(select, mask, channel if options.crop else None, options)
+        query = (channel, None if mask is None else mask.cpu().numpy().tobytes())
+        fit = self._fit(select, mask, channel if options.crop else None, options, query)
         return self._result(fit, options, start, channel=channel, area=rectangle, area_neurons=neurons)
 
     def prediction(self, options: Optional[ContributionOptions] = None, **overrides: Any) -> ContributionResult:
@@ -115,7 +125,7 @@ class ContributionSession:
             raise ValueError("this session's target is a feature map; create one with target_layer=None for the prediction")
         if self._output.dim() != 2:
             raise ValueError(f"the model outputs shape {tuple(self._output.shape)}; contributions to the prediction need logits (B, K)")
-        fit = self._fit(lambda o: o - o.mean(dim=1, keepdim=True), None, None, options)
+        fit = self._fit(lambda o: o - o.mean(dim=1, keepdim=True), None, None, options, ("prediction",))
         return self._result(fit, options, start, channel=None, area=None, area_neurons=0)
 
     def _result(self, fit: dict, options: ContributionOptions, start: float, **query: Any) -> ContributionResult:
@@ -129,13 +139,16 @@ class ContributionSession:
             crop=fit["crop"], **query,
         )
 
-    def _fit(self, select: Select, mask: Optional[torch.Tensor], crop_channel: Optional[int], options: ContributionOptions) -> dict:
+    def _fit(self, select: Select, mask: Optional[torch.Tensor], crop_channel: Optional[int], options: ContributionOptions,
+             query: tuple) -> dict:
         """The fit of the preserved ``select(out)`` -> dict of ``gates`` (m, C), ``fidelity`` (m,),
         ``pressure`` (m, C) the gradient at the gates, ``region`` the gated rectangle or None,
         ``crop`` or None, ``steps_run`` (SGD) or None.
 
         ``mask``: (H_t, W_t) bool for Eq. 8, else None; ``crop_channel``: the target channel
-        when the computation may run on a crop of the earlier maps, else None.
+        when the computation may run on a crop of the earlier maps, else None; ``query``:
+        what identifies the preserved neurons (with the crop and the options, the key of the
+        kept quadratic answers).
         """
         forward = self._forward
         reference = select(self._output).detach()
@@ -156,24 +169,26 @@ class ContributionSession:
                     crop, window = found
                     select = lambda o: o[:, crop_channel][:, window]  # noqa: E731
             problem = Preserved(forward, self.images, select, reference, norms, self.earlier_shape[0])
+            key = (query, crop, options.lambda_, options.gamma, options.max_jacobian_rows, options.seed, options.relinearise)
             try:
                 forward.crop = crop
-                fit = _fit_gates(problem, mask is not None, options)
+                linearised = self._linearised.get_or_compute(key, lambda: fit_linearised(problem, mask is not None, options),
+                                                             lambda fit: sum(t.numel() * t.element_size() for t in fit if isinstance(t, torch.Tensor)))
+                fit = _fit_gates(problem, linearised, options)
             finally:
                 forward.crop = None
         fit.update(region=shift(fit["region"], crop), crop=crop)
         return fit
 
 
-def _fit_gates(problem: Preserved, with_area: bool, options: ContributionOptions) -> dict:
-    """The fit itself (inside the hooks, on the crop when ``forward.crop`` is set); see :meth:`ContributionSession._fit`."""
+def _fit_gates(problem: Preserved, linearised: tuple, options: ContributionOptions) -> dict:
+    """The fit itself (inside the hooks, on the crop when ``forward.crop`` is set) from the quadratic
+    mode's answer ``linearised`` (:func:`.quadratic.fit_linearised`); see :meth:`ContributionSession._fit`."""
+    gates, region, rectangle, pressure = linearised
     steps_run = None
     if options.mode == "sgd":
-        region, rectangle = receptive_field(problem.forward, problem.images, problem.select, problem.channels) if with_area else (None, None)
-        gates, steps_run, pressure = fit_sgd(problem, region, options)
-    else:
-        gates, region, rectangle, pressure = fit_linearised(problem, with_area, options)
+        gates, steps_run, pressure = fit_sgd(problem, gates, region, options)
     with torch.no_grad():
         fidelity = relative_error(problem.select(problem.forward.run(gates, region)), problem.reference, problem.norms)
-    return dict(gates=gates.cpu().numpy(), fidelity=fidelity.cpu().numpy(), pressure=pressure.cpu().numpy(), region=rectangle,
+    return dict(gates=gates.cpu().numpy().copy(), fidelity=fidelity.cpu().numpy(), pressure=pressure.cpu().numpy().copy(), region=rectangle,
                 steps_run=steps_run)

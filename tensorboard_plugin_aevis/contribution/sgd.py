@@ -1,8 +1,9 @@
-"""The SGD mode: gates fitted through the real sub-network with Adam, clamped to [0, 1]."""
+"""The SGD mode: the quadratic mode's answer refined through the real sub-network by Adam, the best iterate kept."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import math
+from typing import Optional, Tuple
 
 import torch
 
@@ -10,40 +11,43 @@ from .deadline import check_deadline
 from .objective import Preserved, penalties, relative_error
 from .options import ContributionOptions
 
-PLATEAU_WINDOW = 10
-PLATEAU_RTOL = 1e-3
 
+def fit_sgd(problem: Preserved, start: torch.Tensor, region: Optional[torch.Tensor], options: ContributionOptions
+            ) -> Tuple[torch.Tensor, int, torch.Tensor]:
+    """Adam on the loss of :mod:`.objective` through the network, from the quadratic mode's gates.
 
-def fit_sgd(problem: Preserved, region: Optional[torch.Tensor], options: ContributionOptions) -> Tuple[torch.Tensor, int, torch.Tensor]:
-    """Adam from z = 1 on the loss of :mod:`.objective`.
+    ``options.steps`` Adam steps of size ``options.lr`` from ``start``, each clamped to [0, 1].
+    The loss is evaluated at the start and after every step; the gates of the lowest loss are
+    returned, so the answer's loss is never above the start's (docs/method.md, "Contribution
+    analysis", for why this start and this budget).
 
     Args:
         problem: the preserved neurons and the replay (inside its hooks).
+        start: (m, C) the first gates: the quadratic mode's answer (:func:`.quadratic.fit_linearised`).
         region: (H_e, W_e) float mask of the gated neurons (Eq. 8), None for whole maps.
-        options: ``lr``, ``lambda_``, ``gamma``, ``steps`` (the most steps) and ``deadline``.
+        options: ``lr``, ``steps``, ``lambda_``, ``gamma``, ``deadline``.
 
     Returns:
-        (gates (m, C), steps run, the loss gradient (m, C) of the last step). It stops
-        early once the loss has plateaued: it fell by less than ``PLATEAU_RTOL`` of itself
-        over ``PLATEAU_WINDOW`` steps.
+        (gates (m, C), Adam steps run, the loss gradient (m, C) at the returned gates).
 
     Raises:
         ContributionTimeout: past ``options.deadline``.
     """
-    z = problem.ones().requires_grad_(True)
+    z = start.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=options.lr)
-    losses: List[float] = []
+    best_loss, best_gates, best_gradient = math.inf, start, None
     with torch.enable_grad():
-        for _ in range(options.steps):
+        for step in range(options.steps + 1):
             check_deadline(options.deadline)
             optimizer.zero_grad()
             preserved = problem.select(problem.forward.run(z, region))
             loss = relative_error(preserved, problem.reference, problem.norms).sum() + penalties(z, options.lambda_, options.gamma)
             loss.backward()
+            if float(loss.detach()) < best_loss or best_gradient is None:
+                best_loss, best_gates, best_gradient = float(loss.detach()), z.detach().clone(), z.grad.detach().clone()
+            if step == options.steps:
+                break
             optimizer.step()
             with torch.no_grad():
                 z.clamp_(0.0, 1.0)
-            losses.append(float(loss.detach()))
-            if len(losses) > PLATEAU_WINDOW and losses[-PLATEAU_WINDOW - 1] - losses[-1] < PLATEAU_RTOL * abs(losses[-1]):
-                break
-    return z.detach(), len(losses), z.grad.detach().clone()
+    return best_gates, options.steps, best_gradient
