@@ -80,6 +80,7 @@ def analyze_adversarial(
     attack_steps: int = 10,
     layers: Any = "auto",
     extraction_steps: Optional[int] = None,
+    extraction_options: Optional[Dict[str, Any]] = None,
     r: Optional[int] = None,
     reference_images: Optional[torch.Tensor] = None,
     save_model: Union[bool, str] = "first-and-latest",
@@ -109,6 +110,9 @@ def analyze_adversarial(
         attack, eps, attack_steps: ``"mi-fgsm"``, ``"pgd"`` (seeded random start) or ``"fgsm"``;
             L-infinity budget in [0, 1] pixel units; iterations.
         layers, extraction_steps: ``layers`` and ``steps`` of :func:`.extraction.extract_datapaths`.
+        extraction_options: per method name, an :class:`.extraction.ExtractionOptions` for its
+            extraction (e.g. ``{"constrained": ExtractionOptions(warmup=5, multiplicative=True)}``);
+            ``extraction_steps``, when given, replaces its ``steps``. None: the methods' defaults.
         r: the Eq. 10 window logged with each analysis (default: the paper's 8, capped).
         reference_images: (M, C, H, W) images for the learned features (default: source and targets).
         save_model: the model-artifact policy of ``summary_writers.add_analysis`` (``"first-and-latest"``,
@@ -133,6 +137,10 @@ def analyze_adversarial(
         raise ValueError(f"methods {list(methods)!r}: use one or both of {METHODS}")
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; use one of {ATTACKS}")
+    extraction_options = dict(extraction_options or {})
+    stray = sorted(set(extraction_options) - set(methods))
+    if stray:
+        raise ValueError(f"extraction_options names {stray}, which are not among methods {list(methods)!r}; key it by those")
     where = model_device(wrapper)
     x_source = _image_batch(source, "source", 1).to(where)
     targets_x = _targets(targets, where)
@@ -193,7 +201,8 @@ def analyze_adversarial(
     provenances: Dict[str, Dict[str, str]] = {}
     for method in methods:
         analysis = extract_datapaths(wrapper, images, roles, example_names, method=method, layers=layers,
-                                     steps=extraction_steps, class_names=names, device=device, progress=progress)
+                                     class_names=names, device=device, progress=progress,
+                                     options=extraction_options.get(method), steps=extraction_steps)
         for example, score in zip(analysis.examples, scores):
             example.adversarial_score = score
         chosen = int(datapath_metrics.representative_target(analysis, 0, list(range(2, 2 + n_targets)))) if n_targets else None

@@ -212,7 +212,8 @@ def score_analysis(analysis: Analysis, r: int, ks: Sequence[int]) -> Dict[str, A
         "top_k": {str(k): v for k, v in top_k_counts(distances, detected, ks).items()},
         "label_preserved": [bool(e.label_preserved) for e in analysis.examples],
         "kept_fraction": [float(v) for v in analysis.kept_fraction()],
-        "params": {k: analysis.params[k] for k in ("steps", "lr", "lambda", "gamma", "threshold", "clamp") if k in analysis.params},
+        "params": {k: analysis.params[k] for k in ("steps", "lr", "lambda", "gamma", "threshold", "clamp", "warmup", "multiplicative")
+                   if k in analysis.params},
     }
 
 
@@ -521,6 +522,10 @@ def markdown_table(summary: Dict[str, Any]) -> str:
     lines += ["", f"{c['sources']} sources attacked, {c['misclassified']} misclassified, {c['evaluated']} evaluated "
               f"({c['triplets']} triplets; {c['no_targets']} without target images); r = {summary['r']} of "
               f"{summary['num_layers']} gated layers."]
+    options = summary["config"].get("extraction_params") or {}
+    if options:
+        lines.append("Extraction options: " + "; ".join(f"{m}: " + ", ".join(f"{k}={v}" for k, v in sorted(o.items()))
+                                                      for m, o in sorted(options.items())) + ".")
     return "\n".join(lines)
 
 

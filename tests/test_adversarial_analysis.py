@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tensorboard_plugin_aevis as aevis
+from tensorboard_plugin_aevis.extraction import ExtractionOptions
 from run_fixtures import IMAGE_SIZE, TinyCNN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,6 +138,9 @@ def test_given_adversarial_image_and_plain_module_need_normalisation(tmp_path):
     torch.testing.assert_close(result.adversarial, adversarial.unsqueeze(0))
     with pytest.raises(ValueError, match="leave it None"):
         aevis.analyze_adversarial(None, model, cat, espresso, photos, adversarial=adversarial, mean=(0,) * 3, std=(1,) * 3)
+    with pytest.raises(ValueError, match=r"extraction_options names \['dgr'\], which are not among methods"):
+        aevis.analyze_adversarial(None, model, cat, adversarial=adversarial, mean=(0,) * 3, std=(1,) * 3, methods=["constrained"],
+                                  extraction_options={"dgr": ExtractionOptions(warmup=5)})
 
 
 def test_importing_the_package_root_does_not_import_torch():

@@ -152,6 +152,37 @@ def test_text_output_through_the_console_script(user_model):
     assert "fgsm, eps 16/255, untargeted" in result.stdout
 
 
+def test_warmup_and_multiplicative_reach_the_constrained_extraction_only(user_model, capsys):
+    spec, tmp_path = user_model
+    photo = (load_photo("coffee", SIZE).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "adv.png")
+    logdir = tmp_path / "run"
+    argv = ["--model", spec, "--photo", "chelsea", "--size", str(SIZE), "--adversarial", str(tmp_path / "adv.png"),
+            "--target-photos", "coffee", "--method", "both", "--steps", "12", "--name", "cat", "--no-save-model"]
+    report = run_json(capsys, [*argv, "--warmup", "5", "--multiplicative", "--logdir", str(logdir)])
+    assert [a["optimiser"] for a in report["analyses"]] == [{"warmup": 5, "multiplicative": True},
+                                                            {"warmup": 0, "multiplicative": False}]
+    # the logged gates are the engine's, called directly with those options on the same images
+    from tensorboard_plugin_aevis.extraction import extract_datapaths
+    from tensorboard_plugin_aevis.models import load_model
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    model = load_model(spec)
+    images = torch.stack([load_image_file(str(tmp_path / "adv.png"), SIZE), load_photo("chelsea", SIZE), load_photo("coffee", SIZE)])
+    roles = ["adversarial", "source", "target"]
+    for method, options in (("constrained", {"warmup": 5, "multiplicative": True}), ("dgr", {})):
+        logged = run_reader.load_analysis(provider, context.RequestContext(), "", ".", "cat", method, 0).analysis.flat_gates()
+        direct = extract_datapaths(model, images, roles, method=method, steps=12, **options).flat_gates()
+        np.testing.assert_allclose(logged, direct, atol=1e-6)
+        if options:  # the options change these gates, so the comparison above can fail
+            assert np.abs(direct - extract_datapaths(model, images, roles, method=method, steps=12).flat_gates()).max() > 1e-3
+    plain = run_json(capsys, argv)
+    assert [a["optimiser"] for a in plain["analyses"]] == [{"warmup": 0, "multiplicative": False}] * 2
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "resnet5", "--photo", "chelsea"], "unknown model 'resnet5'"),
     (["--model", "{spec}", "--image", "/no/such.png"], "does not exist"),
@@ -161,6 +192,8 @@ def test_text_output_through_the_console_script(user_model):
     (["--model", "{spec}", "--photo", "chelsea", "--size", "48"], "pass the size it expects with --size"),
     (["--model", "{spec}", "--photo", "chelsea", "--eps", "0"], "--eps"),
     (["--model", "{spec}", "--photo", "chelsea", "--device", "tpu"], "--device"),
+    (["--model", "{spec}", "--photo", "chelsea", "--method", "dgr", "--warmup", "5"], "the DGR baseline keeps its own"),
+    (["--model", "{spec}", "--photo", "chelsea", "--warmup", "-2"], "--warmup -2"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(user_model, capsys, argv, message):
     spec, _ = user_model

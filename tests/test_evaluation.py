@@ -303,6 +303,8 @@ def test_torchrun_two_processes_give_the_one_process_table(trained, image_folder
     (["--eps", "0.0001", "--attack-steps", "1"], "none of the adversarial examples was misclassified"),
     (["--methods", "gradcam"], "--methods 'gradcam'"),
     (["--shard", "2/2"], "need 0 <= i < n"),
+    (["--methods", "dgr", "--multiplicative"], "the DGR baseline keeps its own"),
+    (["--warmup", "-1"], "--warmup -1"),
 ])
 def test_cli_errors_name_the_problem(trained, image_folder, tmp_path, extra, message):
     _, weights = trained
@@ -316,3 +318,35 @@ def test_cli_refuses_a_one_class_folder(trained, tmp_path):
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "only" / "c0" / "a.png")
     result = cli(*folder_args(str(tmp_path / "only"), weights, str(tmp_path / "run")))
     assert result.returncode == 2 and "1 class folder(s) (c0)" in result.stderr, result.stderr
+
+
+def test_cli_warmup_and_multiplicative_reach_the_constrained_extraction_only(trained, image_folder, tmp_path):
+    from tensorboard_plugin_aevis.commands.evaluate import folder_data
+
+    _, weights = trained
+    logdir = str(tmp_path / "run")
+    result = cli(*folder_args(image_folder, weights, logdir, "--warmup", "5", "--multiplicative"))
+    assert result.returncode == 0, result.stderr
+    assert "Extraction options: constrained: multiplicative=True, warmup=5." in result.stdout
+    header, records = evaluation.load_records(logdir)
+    options = {"constrained": {"warmup": 5, "multiplicative": True}}
+    assert header["config"]["extraction_params"] == options
+    done = [rec for rec in records if rec["status"] == "done"]
+    assert done, f"no misclassified example to check: {[rec['status'] for rec in records]}"
+    model, data = folder_data(image_folder, "tensorboard_plugin_aevis.fashion_cnn:FashionCNN", weights, 28)
+    config = EvalConfig(eps=0.15, n_targets=3, extraction_params={**options, "dgr": {}})
+    rec = done[0]
+    for method in ("constrained", "dgr"):
+        row = rec["methods"][method]
+        assert (row["params"]["warmup"], row["params"]["multiplicative"]) == ((5, True) if method == "constrained" else (0, False))
+        dis, detected, top, _, _ = independent_scores(model, data, rec, method, config, header["r"])
+        np.testing.assert_allclose(row["distances"], dis, rtol=1e-5, atol=1e-6)
+        assert row["detected"] == detected
+
+
+def test_the_fingerprint_holds_the_extraction_options():
+    plain = EvalConfig()
+    assert plain.fingerprint("d") == EvalConfig(extraction_params={}).fingerprint("d")
+    fingerprints = {EvalConfig(extraction_params={"constrained": options}).fingerprint("d")
+                    for options in ({"warmup": 5}, {"warmup": 3}, {"multiplicative": True}, {"warmup": 5, "multiplicative": True})}
+    assert len(fingerprints) == 4 and plain.fingerprint("d") not in fingerprints

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
-from tensorboard_plugin_aevis.cli import UserError, check_device
+from tensorboard_plugin_aevis.cli import UserError, add_optimiser_arguments, check_device, optimiser_options
 
 ATTACKS = ("mi-fgsm", "fgsm", "pgd")
 METHODS = {"constrained": ["constrained"], "dgr": ["dgr"], "both": ["constrained", "dgr"]}
@@ -51,6 +51,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--method", choices=sorted(METHODS), default="constrained", help="extraction method")
     parser.add_argument("--layers", default="auto", help="'auto' or comma-separated module paths to gate")
     parser.add_argument("--steps", type=int, help="extraction steps per example (default: the method's)")
+    add_optimiser_arguments(parser)
     parser.add_argument("--r", type=int, help="diverging-merging window r of Eq. 10 (default: 8, capped at the gated layers - 1)")
     parser.add_argument("--size", type=int, help="image side in pixels (default: the model's input size, else 224)")
     parser.add_argument("--logdir", help="also log each analysis for TensorBoard into this run folder")
@@ -65,8 +66,10 @@ def run_analyze(args) -> int:
     import torch
 
     from tensorboard_plugin_aevis.adversarial_analysis import analyze_adversarial, class_name
+    from tensorboard_plugin_aevis.extraction import ExtractionOptions
 
     _check_args(args)
+    options = {method: ExtractionOptions(**kw) for method, kw in optimiser_options(args, METHODS[args.method]).items()}
     model = _load_model(args)
     size = args.size or (model.input_size[0] if model.input_size else 224)
     names = getattr(model, "class_names", None)
@@ -91,7 +94,7 @@ def run_analyze(args) -> int:
                 writer, model, source, target_class, torch.stack(target_images) if target_images else None,
                 adversarial=given, name=args.name, source_name=source_name, target_names=target_names or None,
                 methods=METHODS[args.method], attack=args.attack, eps=args.eps / 255.0, attack_steps=args.attack_steps,
-                layers=layers, extraction_steps=args.steps, r=args.r,
+                layers=layers, extraction_steps=args.steps, extraction_options=options, r=args.r,
                 save_model="none" if args.no_save_model else "first-and-latest", device=args.device, progress=args.progress,
             )
     except (ValueError, TypeError) as e:
@@ -123,6 +126,7 @@ def run_analyze(args) -> int:
     for method, analysis in result.analyses.items():
         summary = _summarise(analysis, args.r, result.representative[method])
         summary["seconds"] = analysis.params.get("seconds")
+        summary["optimiser"] = {key: analysis.params[key] for key in ("warmup", "multiplicative")}
         summary["provenance"] = analysis.params["provenance"]
         report["analyses"].append(summary)
     if args.logdir:

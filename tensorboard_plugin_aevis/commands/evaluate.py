@@ -21,6 +21,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from tensorboard_plugin_aevis.cli import add_optimiser_arguments, optimiser_options
 from tensorboard_plugin_aevis.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -48,6 +49,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--views", type=int, default=24, help="photos: augmented views per photo in the target pool (default 24)")
     parser.add_argument("--image-size", type=int, default=224, help="photos / folder: image side in pixels (default 224)")
     parser.add_argument("--methods", default="constrained,dgr", help="comma-separated extraction methods (default constrained,dgr)")
+    add_optimiser_arguments(parser)
     parser.add_argument("--r", type=int, default=None, help="pattern length of Eq. 10 (default min(8, layers - 1))")
     parser.add_argument("--eps", type=float, default=None, help="MI-FGSM budget in [0,1] pixels (default 0.1 fashion-mnist, 16/255 otherwise)")
     parser.add_argument("--attack-steps", type=int, default=10, help="MI-FGSM iterations (default 10)")
@@ -198,7 +200,7 @@ def build(args):
                         eps=DEFAULT_EPS[kind] if args.eps is None else args.eps, attack_steps=args.attack_steps,
                         targeted=targeted, seed=args.seed, stability_every=args.stability_every,
                         init_noise=args.init_noise, init_seeds=args.init_seeds,
-                        max_sources=args.max_sources)
+                        max_sources=args.max_sources, extraction_params=optimiser_options(args, methods))
     return model, data, config
 
 
