@@ -81,19 +81,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_runs(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(url: str, proc: subprocess.Popen, path: str, ready, what: str, timeout: float = 120) -> None:
+    """Poll ``url + path`` until ``ready(its JSON)`` is true; SystemExit when ``proc`` exits or after ``timeout`` s."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"tensorboard exited with {proc.returncode}")
+            raise SystemExit(f"{what} exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url + "/data/plugin/aevis/runs", timeout=30) as r:
-                if json.loads(r.read()).get("runs"):
+            with urllib.request.urlopen(url + path, timeout=30) as r:
+                if ready(json.loads(r.read())):
                     return
         except OSError:
             pass
         time.sleep(0.5)
-    raise SystemExit(f"tensorboard served no AEVis run within {timeout} s")
+    raise SystemExit(f"{what} was not ready ({path}) within {timeout} s")
+
+
+def wait_for_runs(url: str, proc: subprocess.Popen) -> None:
+    wait_for(url, proc, "/data/plugin/aevis/runs", lambda answer: bool(answer.get("runs")), "tensorboard")
+
+
+def without_aevis(listing: dict) -> bool:
+    if "aevis" in listing:
+        raise SystemExit("the TensorBoard started without AEVis lists AEVis")
+    return True
 
 
 MARKS = ("aevis-start", "aevis-runs", "aevis-data", "aevis-river-drawn", "aevis-river-painted")
@@ -209,22 +220,6 @@ def measure_shell_alone(browser, url: str) -> dict:
         context.close()
 
 
-def wait_for_listing(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"tensorboard (without AEVis) exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/data/plugins_listing", timeout=30) as r:
-                if "aevis" in json.loads(r.read()):
-                    raise SystemExit("the TensorBoard started without AEVis lists AEVis")
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"tensorboard (without AEVis) did not answer within {timeout} s")
-
-
 def script_category(url: str) -> str:
     if "/data/plugin/aevis/" in url:
         return "aevis_bundle"
@@ -311,7 +306,7 @@ def main() -> None:
             wait_for_runs(url, proc)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                wait_for_listing(alone_url, alone_proc)
+                wait_for(alone_url, alone_proc, "/data/plugins_listing", without_aevis, "tensorboard (without AEVis)")
                 loads, alone = [], []
                 for _ in range(max(1, args.repeats)):  # interleaved: both see the same machine load
                     loads.append(measure(browser, url))
