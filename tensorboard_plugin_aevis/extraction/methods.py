@@ -80,7 +80,8 @@ class Constrained:
         return {
             "objective": "||p(x)-p(x;z)||^2 + lambda_x*||z||_1 + gamma_x*sum_j ||z-z_j||_2",
             "scaling": "lambda_x = lambda*||p(x)||^2/n, gamma_x = gamma*||p(x)||^2/sqrt(n), n = number of gates",
-            "optimizer": f"Adam betas {list(self.betas)}",
+            "optimizer": f"Adam betas {list(self.betas)}, its step s applied as z*exp(-s) if multiplicative else z-s, "
+                         "after warmup steps weighting the fidelity's gradient by t/warmup",
             "stopping": f"loss range <= {tol:g} x loss over the last {window} steps, or the step limit",
             "label_repair": "where the binarised label is lost: the smallest top-k gates keeping it (per-example threshold)",
         }
