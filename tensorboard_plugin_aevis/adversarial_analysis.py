@@ -111,7 +111,8 @@ def analyze_adversarial(
             L-infinity budget in [0, 1] pixel units; iterations.
         layers, extraction_steps: ``layers`` and ``steps`` of :func:`.extraction.extract_datapaths`.
         extraction_options: per method name, an :class:`.extraction.ExtractionOptions` for its
-            extraction (e.g. ``{"constrained": ExtractionOptions(warmup=5, multiplicative=True)}``);
+            extraction (e.g. ``{"constrained": ExtractionOptions(warmup=0, multiplicative=False)}``, the
+            constrained method's former plain Adam);
             ``extraction_steps``, when given, replaces its ``steps``. None: the methods' defaults.
         r: the Eq. 10 window logged with each analysis (default: the paper's 8, capped).
         reference_images: (M, C, H, W) images for the learned features (default: source and targets).

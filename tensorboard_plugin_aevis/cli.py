@@ -78,31 +78,33 @@ def add_shared_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_optimiser_arguments(parser) -> None:
-    """``--warmup`` and ``--multiplicative``: the constrained method's optimiser options (``aevis analyze`` and ``aevis evaluate``)."""
-    parser.add_argument("--warmup", type=int, default=0, metavar="W",
+    """``--warmup`` and ``--multiplicative/--no-multiplicative``: the constrained method's optimiser options
+    (``aevis analyze`` and ``aevis evaluate``); unset, the method's defaults apply."""
+    parser.add_argument("--warmup", type=int, default=None, metavar="W",
                         help="constrained method: weight the fidelity term's gradient by t/W in the first W steps of each fit, "
-                             "then restart Adam's moments (0, the default: off; 5 is the measured best, docs/method.md)")
-    parser.add_argument("--multiplicative", action="store_true",
-                        help="constrained method: apply Adam's step s as z*exp(-s) (mirror descent) instead of z-s; "
-                             "with --warmup 5 the datapaths depend less on the start (docs/method.md). The DGR baseline "
-                             "keeps its own optimiser")
+                             "then restart Adam's moments (default: the method's, 5; 0: off; docs/method.md)")
+    parser.add_argument("--multiplicative", action=argparse.BooleanOptionalAction, default=None,
+                        help="constrained method: apply Adam's step s as z*exp(-s) (mirror descent) instead of z-s "
+                             "(default: the method's, on; --warmup 0 --no-multiplicative is the former plain Adam, "
+                             "docs/method.md). The DGR baseline keeps its own optimiser")
 
 
 def optimiser_options(args, methods) -> dict:
-    """``{"constrained": {"warmup": W, "multiplicative": M}}`` (keywords of ``extract_datapaths``) from ``--warmup`` /
-    ``--multiplicative``, or {} when neither is given.
+    """``{"constrained": {...}}`` (keywords of ``extract_datapaths``) holding the options of ``--warmup`` /
+    ``--multiplicative/--no-multiplicative`` that were given, or {} when neither is.
 
     Raises:
         UserError: a negative ``--warmup``, or either option while ``methods`` lacks the constrained method.
     """
-    if args.warmup < 0:
+    given = {key: getattr(args, key) for key in ("warmup", "multiplicative") if getattr(args, key) is not None}
+    if given.get("warmup", 0) < 0:
         raise UserError(f"--warmup {args.warmup}: give the number of warm-up steps, 0 or more (0: off)")
-    if not args.warmup and not args.multiplicative:
+    if not given:
         return {}
     if "constrained" not in methods:
         raise UserError("--warmup and --multiplicative change the constrained method's optimiser; the DGR baseline keeps "
                         "its own: add the constrained method or drop them")
-    return {"constrained": {"warmup": args.warmup, "multiplicative": args.multiplicative}}
+    return {"constrained": given}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -111,9 +111,27 @@ class EvalConfig:
     extraction_params: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
     max_sources: Optional[int] = None
 
+    def extraction_options(self) -> Dict[str, Dict[str, Any]]:
+        """Per method of ``methods``, every option its extraction runs with: ``extraction_params`` over the
+        method's defaults (``ExtractionOptions`` fields by name).
+
+        Raises:
+            ValueError / TypeError: an unknown method or an invalid option.
+        """
+        from .extraction.methods import method_named
+        from .extraction.options import options_from
+
+        return {method: dataclasses.asdict(options_from(None, self.extraction_params.get(method, {}))
+                                           .with_defaults(method_named(method).defaults))
+                for method in self.methods}
+
     def fingerprint(self, data_name: str) -> str:
-        """Short hash of everything that changes the per-source results."""
+        """Short hash of everything that changes the per-source results: the settings, with the methods'
+        effective options (:meth:`extraction_options`) in place of ``extraction_params``, so results made
+        under another engine default do not match."""
         fields = dataclasses.asdict(self)
+        del fields["extraction_params"]
+        fields["extraction_options"] = self.extraction_options()
         fields["data"] = data_name
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -153,15 +153,16 @@ def test_text_output_through_the_console_script(user_model):
 
 
 def test_warmup_and_multiplicative_reach_the_constrained_extraction_only(user_model, capsys):
+    """``--warmup 0 --no-multiplicative`` (the former plain Adam, not the default) reaches the constrained
+    extraction; unset, the constrained method's defaults (warmup 5, multiplicative) apply; DGR keeps its own."""
     spec, tmp_path = user_model
     photo = (load_photo("coffee", SIZE).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     Image.fromarray(photo).save(tmp_path / "adv.png")
     logdir = tmp_path / "run"
     argv = ["--model", spec, "--photo", "chelsea", "--size", str(SIZE), "--adversarial", str(tmp_path / "adv.png"),
             "--target-photos", "coffee", "--method", "both", "--steps", "12", "--name", "cat", "--no-save-model"]
-    report = run_json(capsys, [*argv, "--warmup", "5", "--multiplicative", "--logdir", str(logdir)])
-    assert [a["optimiser"] for a in report["analyses"]] == [{"warmup": 5, "multiplicative": True},
-                                                            {"warmup": 0, "multiplicative": False}]
+    report = run_json(capsys, [*argv, "--warmup", "0", "--no-multiplicative", "--logdir", str(logdir)])
+    assert [a["optimiser"] for a in report["analyses"]] == [{"warmup": 0, "multiplicative": False}] * 2
     # the logged gates are the engine's, called directly with those options on the same images
     from tensorboard_plugin_aevis.extraction import extract_datapaths
     from tensorboard_plugin_aevis.models import load_model
@@ -173,14 +174,28 @@ def test_warmup_and_multiplicative_reach_the_constrained_extraction_only(user_mo
     model = load_model(spec)
     images = torch.stack([load_image_file(str(tmp_path / "adv.png"), SIZE), load_photo("chelsea", SIZE), load_photo("coffee", SIZE)])
     roles = ["adversarial", "source", "target"]
-    for method, options in (("constrained", {"warmup": 5, "multiplicative": True}), ("dgr", {})):
+    for method, options in (("constrained", {"warmup": 0, "multiplicative": False}), ("dgr", {})):
         logged = run_reader.load_analysis(provider, context.RequestContext(), "", ".", "cat", method, 0).analysis.flat_gates()
         direct = extract_datapaths(model, images, roles, method=method, steps=12, **options).flat_gates()
         np.testing.assert_allclose(logged, direct, atol=1e-6)
         if options:  # the options change these gates, so the comparison above can fail
             assert np.abs(direct - extract_datapaths(model, images, roles, method=method, steps=12).flat_gates()).max() > 1e-3
     plain = run_json(capsys, argv)
-    assert [a["optimiser"] for a in plain["analyses"]] == [{"warmup": 0, "multiplicative": False}] * 2
+    assert [a["optimiser"] for a in plain["analyses"]] == [{"warmup": 5, "multiplicative": True},
+                                                           {"warmup": 0, "multiplicative": False}]
+
+
+@pytest.mark.parametrize("argv, given", [
+    ([], {}),
+    (["--warmup", "3"], {"constrained": {"warmup": 3}}),
+    (["--no-multiplicative"], {"constrained": {"multiplicative": False}}),
+    (["--multiplicative", "--warmup", "0"], {"constrained": {"warmup": 0, "multiplicative": True}}),
+])
+def test_only_the_optimiser_options_given_are_passed(argv, given):
+    from tensorboard_plugin_aevis.cli import build_parser, optimiser_options
+
+    args = build_parser().parse_args(["analyze", "--model", "resnet50", "--photo", "chelsea", *argv])
+    assert optimiser_options(args, ("constrained", "dgr")) == given
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -321,15 +321,17 @@ def test_cli_refuses_a_one_class_folder(trained, tmp_path):
 
 
 def test_cli_warmup_and_multiplicative_reach_the_constrained_extraction_only(trained, image_folder, tmp_path):
+    """``--warmup 0 --no-multiplicative`` (the former plain Adam, not the default) reaches the constrained
+    extraction and is recorded; DGR keeps its own optimiser."""
     from tensorboard_plugin_aevis.commands.evaluate import folder_data
 
     _, weights = trained
     logdir = str(tmp_path / "run")
-    result = cli(*folder_args(image_folder, weights, logdir, "--warmup", "5", "--multiplicative"))
+    result = cli(*folder_args(image_folder, weights, logdir, "--warmup", "0", "--no-multiplicative"))
     assert result.returncode == 0, result.stderr
-    assert "Extraction options: constrained: multiplicative=True, warmup=5." in result.stdout
+    assert "Extraction options: constrained: multiplicative=False, warmup=0." in result.stdout
     header, records = evaluation.load_records(logdir)
-    options = {"constrained": {"warmup": 5, "multiplicative": True}}
+    options = {"constrained": {"warmup": 0, "multiplicative": False}}
     assert header["config"]["extraction_params"] == options
     done = [rec for rec in records if rec["status"] == "done"]
     assert done, f"no misclassified example to check: {[rec['status'] for rec in records]}"
@@ -338,15 +340,41 @@ def test_cli_warmup_and_multiplicative_reach_the_constrained_extraction_only(tra
     rec = done[0]
     for method in ("constrained", "dgr"):
         row = rec["methods"][method]
-        assert (row["params"]["warmup"], row["params"]["multiplicative"]) == ((5, True) if method == "constrained" else (0, False))
+        assert (row["params"]["warmup"], row["params"]["multiplicative"]) == (0, False)
         dis, detected, top, _, _ = independent_scores(model, data, rec, method, config, header["r"])
         np.testing.assert_allclose(row["distances"], dis, rtol=1e-5, atol=1e-6)
         assert row["detected"] == detected
 
 
-def test_the_fingerprint_holds_the_extraction_options():
+def test_the_fingerprint_holds_the_effective_extraction_options(monkeypatch):
+    from tensorboard_plugin_aevis.extraction.methods import Constrained
+
     plain = EvalConfig()
-    assert plain.fingerprint("d") == EvalConfig(extraction_params={}).fingerprint("d")
+    assert plain.extraction_options()["constrained"]["warmup"] == 5 and plain.extraction_options()["constrained"]["multiplicative"]
+    now = plain.fingerprint("d")
+    # options that are the defaults run the same extraction, so they match
+    assert now == EvalConfig(extraction_params={"constrained": {"warmup": 5, "multiplicative": True}}).fingerprint("d")
     fingerprints = {EvalConfig(extraction_params={"constrained": options}).fingerprint("d")
-                    for options in ({"warmup": 5}, {"warmup": 3}, {"multiplicative": True}, {"warmup": 5, "multiplicative": True})}
-    assert len(fingerprints) == 4 and plain.fingerprint("d") not in fingerprints
+                    for options in ({"warmup": 0}, {"warmup": 3}, {"multiplicative": False}, {"warmup": 0, "multiplicative": False})}
+    assert len(fingerprints) == 4 and now not in fingerprints
+    # another engine default (the former plain Adam) is another fingerprint for the same settings
+    monkeypatch.setitem(Constrained.defaults, "warmup", 0)
+    monkeypatch.setitem(Constrained.defaults, "multiplicative", False)
+    assert EvalConfig().fingerprint("d") != now
+    assert EvalConfig().fingerprint("d") == EvalConfig(extraction_params={"constrained": {"warmup": 0, "multiplicative": False}}).fingerprint("d")
+
+
+def test_a_folder_of_the_former_default_is_not_resumed(trained, small_data, tmp_path):
+    """Results written before the constrained default became ``multiplicative=True, warmup=5``: their header
+    holds the hash of the settings alone (the previous fingerprint); resuming them is refused."""
+    import dataclasses
+    import hashlib
+
+    model, _ = trained
+    config = EvalConfig(**SMALL, max_sources=1)
+    fields = {**dataclasses.asdict(config), "data": small_data.name}
+    former = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    os.makedirs(tmp_path / "rank-0")
+    (tmp_path / "rank-0" / evaluation.RESULTS_FILE).write_text(json.dumps({"fingerprint": former, "config": fields}) + "\n")
+    with pytest.raises(EvaluationError, match="other settings.*new --logdir"):
+        evaluation.run_shard(model, small_data, config, str(tmp_path), progress=False)

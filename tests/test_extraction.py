@@ -1,5 +1,7 @@
 """Datapath extraction on a small CNN and torchvision resnet18 (random weights)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -338,7 +340,7 @@ def test_bad_options_errors(small):
         extract_datapaths(model, images, ROLES, threshold=1.0)
     with pytest.raises(ValueError, match="warmup must be an integer >= 0"):
         extract_datapaths(model, images, ROLES, warmup=-1)
-    with pytest.raises(TypeError, match="multiplicative must be True or False"):
+    with pytest.raises(TypeError, match="multiplicative must be True, False or None"):
         extract_datapaths(model, images, ROLES, multiplicative="yes")
 
 
@@ -432,13 +434,19 @@ class _BoxL1(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
+@pytest.mark.parametrize("multiplicative", [False, True])
 @pytest.mark.parametrize("noise", [0.0, 0.5])
-def test_fit_loop_reaches_the_known_minimiser_of_a_convex_box_l1_problem(noise):
+def test_fit_loop_reaches_the_known_minimiser_of_a_convex_box_l1_problem(noise, multiplicative):
     """With the loss ||z - a||^2 + c * sum(z) on [0, 1]^n (strictly convex, minimiser clip(a - c/2, 0, 1)),
-    the shared fit loop with Adam's step, the box clamp and the stopping rule ends near that minimiser from
-    the default and from a perturbed start. Tolerance: the loop stops when the loss moved by <= 1e-3 of
-    itself over 10 steps; on this quadratic that leaves the iterate within a few Adam steps (each at most
-    lr (1 - beta1) / sqrt(1 - beta2) ~ 3.2 lr) of the minimiser: 5 lr."""
+    the shared fit loop with Adam's step (the former plain Adam: additive, no warm-up; or the default:
+    multiplicative, ``z exp(-s)``, after the 5-step warm-up), the box clamp and the stopping rule ends near
+    that minimiser from the default and from a perturbed start. Tolerance: the loop stops when the loss moved
+    by <= 1e-3 of itself over 10 steps; on this quadratic that leaves the iterate within a few Adam steps
+    (each at most lr (1 - beta1) / sqrt(1 - beta2) ~ 3.2 lr; a multiplicative step moves z <= 1 by at most
+    as much) of the minimiser: 5 lr. Exception: a multiplicative step never reaches 0, it shrinks such a
+    gate geometrically (by about exp(-lr) per step), so where the minimiser is 0 the gate stays positive and
+    its excess loss z^2 + z (c - 2a) >= z^2 is at most the geometric tail left when the loss falls by
+    1e-3 L per 10 steps, about 1e-3 L / (10 lr): z <= sqrt(1e-3 L / (10 lr)) (L the minimal loss)."""
     from tensorboard_plugin_aevis.extraction import Constrained, ExtractionOptions
     from tensorboard_plugin_aevis.extraction.fit import GateFit
     from tensorboard_plugin_aevis.gating import GateHooks
@@ -454,15 +462,23 @@ def test_fit_loop_reaches_the_known_minimiser_of_a_convex_box_l1_problem(noise):
     model = _BoxL1().eval()
     x = torch.rand(1, 1, 4, 4)
     lr = 0.01
-    options = ExtractionOptions(steps=5000, lr=lr).with_defaults(Constrained.defaults)
+    former = {} if multiplicative else {"warmup": 0, "multiplicative": False}
+    options = ExtractionOptions(steps=5000, lr=lr, **former).with_defaults(Constrained.defaults)
+    assert (options.warmup, options.multiplicative) == ((5, True) if multiplicative else (0, False))
     with GateHooks(model, ["conv"]) as hooks:
         fit = GateFit(model, hooks, [6], Quadratic(), options, 1.0, torch.Generator().manual_seed(3))
         with torch.no_grad():
             probs = torch.softmax(model(x), dim=1)
         result = fit.run(x, probs, torch.ones(1), probs.argmax(dim=1), torch.zeros(0, 6), torch.tensor([noise]), None)
     assert len(result["histories"][0]) < 5000  # stopped on convergence
-    np.testing.assert_allclose(result["gates"].numpy(), target.numpy(), atol=5 * lr)
     optimum = float(((target - a) ** 2).sum() + c * target.sum())
+    gates = result["gates"].numpy()
+    zero = (target == 0).numpy()
+    if multiplicative:
+        assert (gates[zero] > 0).all() and (gates[zero] <= math.sqrt(1e-3 * optimum / (10 * lr))).all(), gates
+        np.testing.assert_allclose(gates[~zero], target.numpy()[~zero], atol=5 * lr)
+    else:
+        np.testing.assert_allclose(gates, target.numpy(), atol=5 * lr)
     assert result["loss"][0] >= optimum - 1e-6  # no iterate beats the minimiser
 
 

@@ -28,7 +28,7 @@ class GateFit:
         hooks: :class:`.gating.GateHooks` on the gated layers.
         sizes: channels C_l of each gated layer (n = sum of them gates per example).
         method: a :class:`.methods.Constrained` or :class:`.methods.DGR`.
-        options: resolved options (every numeric field set).
+        options: resolved options (every field of :data:`.options.METHOD_DEFAULTS` set).
         clamp: upper bound of the gates.
         generator: CPU generator for perturbed starts (None: no perturbed start is drawn).
     """

@@ -19,14 +19,16 @@ FIDELITY_MAX_CONFIDENCE = 0.95
 
 
 class Constrained:
-    """Eq. 5 per example, fitted with Adam and stopped on convergence (docs/method.md, "Constrained")::
+    """Eq. 5 per example, fitted with Adam's step applied multiplicatively (``z * exp(-s)``) after a
+    5-step fidelity warm-up, stopped on convergence (docs/method.md, "Constrained")::
 
         ||p(x) - p(x; z)||^2 + lambda_x ||z||_1 + gamma_x sum_j ||z - z_j||_2
         lambda_x = lambda ||p(x)||^2 / n,  gamma_x = gamma ||p(x)||^2 / sqrt(n)   (n gates)
     """
 
     name = "constrained"
-    defaults: Dict[str, Any] = {"steps": 100, "lr": 0.1, "lambda_": 0.1, "gamma": 0.5, "threshold": 0.5}
+    defaults: Dict[str, Any] = {"steps": 100, "lr": 0.1, "lambda_": 0.1, "gamma": 0.5, "threshold": 0.5,
+                                "warmup": 5, "multiplicative": True}
     betas = (0.9, 0.999)
     eps = 1e-8
     converges = True  # stops on convergence, see fit.converged
@@ -78,7 +80,8 @@ class Constrained:
         return {
             "objective": "||p(x)-p(x;z)||^2 + lambda_x*||z||_1 + gamma_x*sum_j ||z-z_j||_2",
             "scaling": "lambda_x = lambda*||p(x)||^2/n, gamma_x = gamma*||p(x)||^2/sqrt(n), n = number of gates",
-            "optimizer": f"Adam betas {list(self.betas)}",
+            "optimizer": f"Adam betas {list(self.betas)}, its step s applied as z*exp(-s) if multiplicative else z-s, "
+                         "after warmup steps weighting the fidelity's gradient by t/warmup",
             "stopping": f"loss range <= {tol:g} x loss over the last {window} steps, or the step limit",
             "label_repair": "where the binarised label is lost: the smallest top-k gates keeping it (per-example threshold)",
         }
@@ -89,7 +92,8 @@ class DGR:
     SGD with momentum for a fixed number of steps, no chain, no label repair."""
 
     name = "dgr"
-    defaults: Dict[str, Any] = {"steps": 30, "lr": 0.1, "lambda_": 0.05, "gamma": 0.0, "threshold": 0.0}
+    defaults: Dict[str, Any] = {"steps": 30, "lr": 0.1, "lambda_": 0.05, "gamma": 0.0, "threshold": 0.0,
+                                "warmup": 0, "multiplicative": False}
     momentum = 0.9
     clamp_residual = 100.0
     clamp_plain = 5.0

@@ -9,6 +9,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 Stage = Union[str, int]
+METHOD_DEFAULTS = ("steps", "lr", "lambda_", "gamma", "threshold", "warmup", "multiplicative")  # None: the method's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +34,12 @@ class ExtractionOptions:
         start_noise: in (0, 1); starts 2..K begin at ``1 - max(init_noise, start_noise) * U(0, 1)``.
         warmup: W >= 0 steps of every fit in which the gradient weights the fidelity (distillation)
             term by ``t / W`` (step t = 0..W-1; the loss recorded and compared stays Eq. 5), after
-            which the optimiser's moments restart; 0: off (the default). See docs/method.md,
-            "The optimiser investigation".
+            which the optimiser's moments restart; 0: off. Default: 5 for the constrained method,
+            0 for DGR. See docs/method.md, "The optimiser investigation".
         multiplicative: apply the optimiser's step ``s`` as ``z <- z * exp(-s)`` (an exponentiated,
             mirror-descent step: every gate moves by the same factor under a uniform gradient)
-            instead of ``z <- z - s``; False: additive (the default).
+            instead of ``z <- z - s`` (additive). Default: True for the constrained method, False
+            for DGR; ``warmup=0, multiplicative=False`` is the constrained method's former plain Adam.
 
     Raises (from :meth:`validated`): TypeError / ValueError naming the bad field.
     """
@@ -52,16 +54,16 @@ class ExtractionOptions:
     seed: Optional[int] = None
     starts: int = 1
     start_noise: float = 0.02
-    warmup: int = 0
-    multiplicative: bool = False
+    warmup: Optional[int] = None
+    multiplicative: Optional[bool] = None
 
     @classmethod
     def fields(cls) -> Tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     def with_defaults(self, defaults: dict) -> "ExtractionOptions":
-        """A copy with every ``None`` numeric field set from ``defaults``, validated."""
-        filled = {k: defaults[k] for k in ("steps", "lr", "lambda_", "gamma", "threshold") if getattr(self, k) is None}
+        """A copy with every ``None`` field of :data:`METHOD_DEFAULTS` set from ``defaults``, validated."""
+        filled = {k: defaults[k] for k in METHOD_DEFAULTS if getattr(self, k) is None}
         return dataclasses.replace(self, **filled).validated()
 
     def validated(self) -> "ExtractionOptions":
@@ -92,10 +94,11 @@ class ExtractionOptions:
             raise ValueError(f"starts must be a positive integer (1: one start; K > 1: a stability score from K starts), got {self.starts!r}")
         if isinstance(self.start_noise, bool) or not isinstance(self.start_noise, (int, float)) or not 0 < self.start_noise < 1:
             raise ValueError(f"start_noise must be a number in (0, 1), got {self.start_noise!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer)) or self.warmup < 0:
-            raise ValueError(f"warmup must be an integer >= 0 (0: no fidelity warm-up), got {self.warmup!r}")
-        if not isinstance(self.multiplicative, (bool, np.bool_)):
-            raise TypeError(f"multiplicative must be True or False, got {self.multiplicative!r}")
+        if self.warmup is not None and (isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, np.integer))
+                                        or self.warmup < 0):
+            raise ValueError(f"warmup must be an integer >= 0 (0: no fidelity warm-up) or None (the method's), got {self.warmup!r}")
+        if self.multiplicative is not None and not isinstance(self.multiplicative, (bool, np.bool_)):
+            raise TypeError(f"multiplicative must be True, False or None (the method's), got {self.multiplicative!r}")
         order = self.order
         if order is not None:
             if isinstance(order, str):
@@ -103,8 +106,9 @@ class ExtractionOptions:
             order = tuple(order)
         return dataclasses.replace(
             self, **numbers, order=order, init_noise=float(self.init_noise), seed=None if self.seed is None else int(self.seed),
-            starts=int(self.starts), start_noise=float(self.start_noise), warmup=int(self.warmup),
-            multiplicative=bool(self.multiplicative),
+            starts=int(self.starts), start_noise=float(self.start_noise),
+            warmup=None if self.warmup is None else int(self.warmup),
+            multiplicative=None if self.multiplicative is None else bool(self.multiplicative),
         )
 
 

@@ -249,8 +249,11 @@ def test_treemap_outlines_every_datapath_labels_regions_and_refuses_a_equal_b(se
     assert outlined == keeping
     legend = frame.locator(".treemap-legend li[data-example]").all_inner_texts()
     assert len(legend) == 3  # every chosen datapath is named, also one that keeps no map here
-    labels = frame.eval_on_selector_all("text.region-label", "ts => ts.map(t => t.textContent)")
-    assert labels and all(" only" in t or "∩" in t for t in labels)
+    labels = frame.eval_on_selector_all("text.region-label", "ts => ts.map(t => [t.dataset.members, t.textContent])")
+    names = {",".join(map(str, sorted(s["members"]))): s["label"] if s["shared"] else f"{s['label']} only" for s in treemap["sets"]}
+    assert labels and any(" only" in t or "∩" in t for _, t in labels)
+    for members, text in labels:  # each region's name, or its start and "…" where the region is too narrow
+        assert text == names[members] or (text.endswith("…") and names[members].startswith(text[:-1])), (text, names[members])
     # A = B is refused with a message next to the menus; the URL keeps the last valid pair.
     before = page.evaluate("location.hash")
     scroll = frame.evaluate("() => window.scrollY")
