@@ -126,7 +126,13 @@ def start_tensorboard(logdir: str, expect_runs: int) -> TensorBoardProcess:
 
 
 def dashboard(page, tb: TensorBoardProcess, hash_state: str = ""):
-    """Open the AEVis tab and return the plugin iframe's Frame."""
+    """Open the AEVis tab in a new document and return the plugin iframe's Frame.
+
+    A page already on TensorBoard first leaves it: a hash-only navigation keeps the old
+    iframe, whose stale drawing would satisfy the caller's selectors before the new state
+    is drawn."""
+    if page.url.startswith(tb.url):
+        page.goto("about:blank")
     page.goto(f"{tb.url}/#aevis{hash_state}")
     page.wait_for_selector('iframe[src*="plugin_entry.html?name=aevis"]', timeout=60_000)
     handle = page.query_selector('iframe[src*="plugin_entry.html?name=aevis"]')
