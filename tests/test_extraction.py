@@ -482,6 +482,53 @@ def test_fit_loop_reaches_the_known_minimiser_of_a_convex_box_l1_problem(noise, 
     assert result["loss"][0] >= optimum - 1e-6  # no iterate beats the minimiser
 
 
+def test_fit_never_stops_while_the_binary_datapath_changes():
+    """The stop rule's guarantee on a constructed problem whose answer is known without the engine.
+    Every row's Eq. 5 value is held constant (value c, gradient g: the loss rule alone would stop every row
+    after its first 11 steps). Row 0 has g = 0: nothing moves, so it must stop after exactly
+    CONVERGENCE_WINDOW + 1 steps. Row 1's first gate has g = sign(z - threshold): Adam (additive, lr 0.1)
+    drives it to the threshold and, with momentum, back and forth across it for as long as it runs, so its
+    binary datapath keeps changing and it must run to the step limit. Then, from the recorded iterates
+    (the z each loss call received), independently: every row that stopped early had the same binary
+    datapath at each of its last CONVERGENCE_WINDOW + 1 steps, and row 1's datapath did change inside
+    every window of its run after the gate first reached the threshold."""
+    from tensorboard_plugin_aevis.extraction import Constrained, ExtractionOptions
+    from tensorboard_plugin_aevis.extraction.fit import CONVERGENCE_WINDOW, GateFit
+    from tensorboard_plugin_aevis.gating import GateHooks
+
+    iterates = []
+
+    class ConstantValue(Constrained):
+        def loss(self, logits, clean_probs, temperatures, z, anchors, options, weight=1.0):
+            iterates.append(z.detach().clone())
+            g = torch.zeros_like(z)
+            g[1, 0] = torch.sign(z[1, 0].detach() - options.threshold)
+            pull = (g * z).sum(dim=1)
+            return 0.5 + pull - pull.detach() + 0.0 * logits.sum(dim=1)
+
+    steps = 200
+    model = _BoxL1().eval()
+    x = torch.rand(2, 1, 4, 4)
+    options = ExtractionOptions(steps=steps, lr=0.1, warmup=0, multiplicative=False).with_defaults(Constrained.defaults)
+    with GateHooks(model, ["conv"]) as hooks:
+        fit = GateFit(model, hooks, [6], ConstantValue(), options, 1.0, None)
+        with torch.no_grad():
+            probs = torch.softmax(model(x), dim=1)
+        result = fit.run(x, probs, torch.ones(2), probs.argmax(dim=1), torch.zeros(0, 6), torch.zeros(2), None)
+    lengths = [len(h) for h in result["histories"]]
+    assert lengths == [CONVERGENCE_WINDOW + 1, steps]
+    binary = torch.stack(iterates) > options.threshold  # (steps run, rows, gates)
+    for row, length in enumerate(lengths):
+        if length < steps:
+            window = binary[length - 1 - CONVERGENCE_WINDOW : length, row]
+            assert (window == window[0]).all()
+    gate = torch.stack(iterates)[:, 1, 0]
+    reached = int(torch.nonzero(gate <= options.threshold)[0, 0])
+    flips = (binary[1:, 1, 0] != binary[:-1, 1, 0]).int()
+    for end in range(reached + CONVERGENCE_WINDOW, steps):
+        assert flips[end - CONVERGENCE_WINDOW : end].any(), end
+
+
 def test_k_starts_give_a_stability_score_consistent_with_the_returned_datapath(small, tmp_path):
     """stability[l][i, c] is the fraction of K starts whose binary datapath holds map c: a multiple of 1/K
     in [0, 1]; the returned datapath is one of the K, so it holds every map all K selected and only maps some

@@ -1,6 +1,7 @@
 """The fit loop shared by both methods: gates of one chain stage, B independent gate sets.
 
-The best-iterate rule, the label repair and the stopping criterion are explained in
+The best-iterate rule, the label repair and the stopping criterion (the loss settled AND the
+binary datapath unchanged over a window) are explained in
 docs/method.md ("Best iterate", "Label repair", "Convergence").
 """
 
@@ -91,6 +92,8 @@ class GateFit:
         checked: List[torch.Tensor] = []  # the gates (b, n) at the check steps
         checked_loss: List[torch.Tensor] = []  # their losses (b,), inf where the continuous label was lost
         histories: List[List[float]] = [[] for _ in range(b)]
+        datapath = torch.ones(b, self.n_gates, dtype=torch.bool, device=x.device)  # the last step's binary datapath
+        settled = torch.zeros(b, dtype=torch.long, device=x.device)  # steps it has been unchanged, per row
         warmup = self.options.warmup  # the fidelity warm-up (docs/method.md): weight t / warmup, then fresh moments
         t = 0
         for t in range(steps):
@@ -108,12 +111,18 @@ class GateFit:
                 if t > 0 and (t % CHECK_EVERY == 0 or t == steps - 1):
                     checked.append(zt.detach().clone())
                     checked_loss.append(torch.where(keeps, loss, torch.full_like(loss, math.inf)))
+                binary = zt > self.options.threshold
+                settled = torch.where((binary == datapath).all(dim=1), settled + 1, torch.zeros_like(settled))
+                datapath = binary
                 values, stopped = loss.tolist(), False  # one device transfer per step, not one per example
+                unchanged = None  # ``settled`` on the host, fetched only when a loss window qualifies
                 for k in range(b):
                     if running[k]:
                         histories[k].append(values[k])
                         if self.method.converges and converged(histories[k]):
-                            running[k], stopped = False, True
+                            unchanged = settled.tolist() if unchanged is None else unchanged
+                            if unchanged[k] >= CONVERGENCE_WINDOW:
+                                running[k], stopped = False, True
                 if bar is not None:
                     bar.update(1)
                 if not any(running):
@@ -203,7 +212,8 @@ class GateFit:
 def converged(history: List[float]) -> bool:
     """True when every loss of the last ``CONVERGENCE_WINDOW`` steps lies within ``CONVERGENCE_TOL``
     (relative) of the latest: the range of the window, not two end points, which a loss rising and
-    falling back can match."""
+    falling back can match. The fit stops a row only when, in addition, its binary datapath (gates
+    above the threshold) was the same at each of those ``CONVERGENCE_WINDOW + 1`` steps."""
     if len(history) <= CONVERGENCE_WINDOW:
         return False
     window = history[-1 - CONVERGENCE_WINDOW :]

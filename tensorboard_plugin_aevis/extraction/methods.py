@@ -82,7 +82,8 @@ class Constrained:
             "scaling": "lambda_x = lambda*||p(x)||^2/n, gamma_x = gamma*||p(x)||^2/sqrt(n), n = number of gates",
             "optimizer": f"Adam betas {list(self.betas)}, its step s applied as z*exp(-s) if multiplicative else z-s, "
                          "after warmup steps weighting the fidelity's gradient by t/warmup",
-            "stopping": f"loss range <= {tol:g} x loss over the last {window} steps, or the step limit",
+            "stopping": f"loss range <= {tol:g} x loss over the last {window} steps and the binary datapath "
+                        f"unchanged over those {window + 1} steps, or the step limit",
             "label_repair": "where the binarised label is lost: the smallest top-k gates keeping it (per-example threshold)",
         }
 
