@@ -18,10 +18,11 @@ torch sees it: every call target must be an ATen / prims operator or ``operator.
 every symbolic expression must match a small arithmetic grammar, and no custom (TorchBind)
 objects may appear. Anything else is refused with :class:`ModelArtifactError`.
 
-Gated forward passes: :func:`load_model_artifact` returns the program unflattened with
-``torch.export.unflatten``, so every submodule keeps the module path it had in the
-user's model (``model.layer1.0`` ...) and forward hooks on it fire: the gating hooks
-(``gating.GateHooks``) work on the loaded model exactly as on the original.
+Gated forward passes: :func:`load_model_artifact` rebuilds the checked program with
+:mod:`program_loader` (torch's own loader, ``torch.export.unflatten`` of the deserialised
+program, where that one does not support it), so every submodule keeps the module path
+it had in the user's model (``model.layer1.0`` ...) and forward hooks on it fire: the
+gating hooks (``gating.GateHooks``) work on the loaded model exactly as on the original.
 """
 
 from __future__ import annotations

@@ -559,10 +559,8 @@ def build_program(program: Dict[str, Any], state_dict: Dict[str, torch.Tensor], 
     dims = builder.input_dims()
     root = builder.outline()
     builder.deduplicate()
-    frames = [f for fs in builder.frames_by_module.values() for f in fs]
-    for frame in [root] + frames:
-        if frame.call_index == 0 or frame.parent is None:
-            builder.compile(frame)
+    for frame in [root] + [f for frames in builder.frames_by_module.values() for f in frames if f.call_index == 0]:
+        builder.compile(frame)
     builder.complete_tree()
     return ProgramTree(builder.templates[""], builder.state, dims)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -213,23 +211,6 @@ def test_input_of_another_shape_is_refused_as_torchs(saved):
 
 
 # ----------------------------------------------------------------------------- what the fast path avoids, and its limits
-def test_loading_and_running_imports_neither_torchs_deserializer_nor_dynamo(saved):
-    """What makes the first contribution request fast (docs/architecture.md): loading an artifact and
-    running it never imports torch._export.serde.serialize, whose import pulls in torch._dynamo."""
-    _, directory, _ = saved
-    code = (
-        "import sys, torch\n"
-        "from tensorboard_plugin_aevis.model_artifact import load_model_artifact\n"
-        f"m = load_model_artifact({directory!r})\n"
-        "m(torch.rand(2, *m.input_shape))\n"
-        "print(sorted(n for n in ('torch._dynamo', 'torch._export.serde.serialize') if n in sys.modules))\n"
-    )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(model_artifact.__file__)))]
-                                                      + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
-
-
 def _program(directory):
     with open(os.path.join(directory, model_artifact.PROGRAM_FILE)) as f:
         return model_artifact.sanitise_program_json(json.load(f))
