@@ -1,5 +1,5 @@
-"""What a server's first contribution request runs: no import of torch's export deserializer or of torch._dynamo
-(seconds each on this CPU; docs/architecture.md, "Model artifact"), and the SGD mode's Adam equal to torch.optim.Adam."""
+"""What a server's first contribution request runs: no import of torch's export deserializer, torch._dynamo or sympy
+(seconds on this CPU; docs/architecture.md, "Model artifact"), and the SGD mode's Adam equal to torch.optim.Adam."""
 
 from __future__ import annotations
 
@@ -41,9 +41,10 @@ def test_adam_step_is_torchs_adam_bit_for_bit():
     assert not torch.equal(ours, start)
 
 
-def test_first_request_imports_neither_the_deserializer_nor_dynamo(tmp_path):
-    """A fresh process loads an artifact and answers an SGD contribution query (model read, first
-    forward pass, quadratic start, Adam) without importing torch._export.serde.serialize or torch._dynamo."""
+def test_first_request_imports_none_of_the_slow_modules(tmp_path):
+    """A fresh process loads an artifact and answers an SGD contribution query (model read, first forward
+    pass, quadratic start, Adam) without importing torch._export.serde.serialize, torch._dynamo or sympy
+    (torch imports sympy for an autograd.grad with grad_outputs: the Jacobian's rows do without)."""
     from tensorboard_plugin_aevis.model_artifact import save_model_artifact
     from tensorboard_plugin_aevis.models import ClassifierWrapper
 
@@ -61,7 +62,7 @@ def test_first_request_imports_neither_the_deserializer_nor_dynamo(tmp_path):
         "session = contribution.ContributionSession(model, torch.rand(2, 3, 12, 12), 'model.1', 'model.3')\n"
         "result = session.feature_map(2, (3, 3, 7, 7), contribution.ContributionOptions(mode='sgd', steps=5))\n"
         "assert result.to_json()['ranking']\n"
-        "print(sorted(n for n in ('torch._dynamo', 'torch._export.serde.serialize') if n in sys.modules))\n"
+        "print(sorted(n for n in ('torch._dynamo', 'torch._export.serde.serialize', 'sympy') if n in sys.modules))\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
