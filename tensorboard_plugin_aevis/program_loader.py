@@ -622,7 +622,9 @@ def _keyword(name: str) -> bool:
 
 
 def _check_attribute(name: str) -> None:
-    if not _ATTRIBUTE.match(name) or name.startswith("__") or name in _RESERVED:
+    """A module or weight name: letters, digits, ``_``, ``-``; no keyword (``self.if`` is no code), no dunder, no
+    attribute every module has."""
+    if not _ATTRIBUTE.match(name) or name.startswith("__") or name in _RESERVED or _keyword(name):
         raise UnsupportedProgram(f"a module or weight named {name[:80]!r}")
 
 
