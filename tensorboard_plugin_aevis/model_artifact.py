@@ -18,10 +18,11 @@ torch sees it: every call target must be an ATen / prims operator or ``operator.
 every symbolic expression must match a small arithmetic grammar, and no custom (TorchBind)
 objects may appear. Anything else is refused with :class:`ModelArtifactError`.
 
-Gated forward passes: :func:`load_model_artifact` returns the program unflattened with
-``torch.export.unflatten``, so every submodule keeps the module path it had in the
-user's model (``model.layer1.0`` ...) and forward hooks on it fire: the gating hooks
-(``gating.GateHooks``) work on the loaded model exactly as on the original.
+Gated forward passes: :func:`load_model_artifact` rebuilds the checked program with
+:mod:`program_loader` (torch's own loader, ``torch.export.unflatten`` of the deserialised
+program, where that one does not support it), so every submodule keeps the module path
+it had in the user's model (``model.layer1.0`` ...) and forward hooks on it fire: the
+gating hooks (``gating.GateHooks``) work on the loaded model exactly as on the original.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import hashlib
 import inspect
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,6 +52,7 @@ PROGRAM_FILE = "program.json"
 WEIGHTS_FILE = "weights.pt"
 CONSTANTS_FILE = "constants.pt"
 META_FILE = "meta.json"
+logger = logging.getLogger(__name__)
 MAX_BATCH = 4096
 # Largest file of each kind the server reads (an artifact over these is refused with a 4xx, not read):
 # resnet50's program.json is ~3 MB and its weights.pt ~100 MB.
@@ -313,17 +316,24 @@ def load_model_artifact(directory: str) -> nn.Module:
 
 
 class ArtifactProgram:
-    """A read artifact: the ``torch.export`` program and its ``meta.json``; see :func:`module_from_program`."""
+    """A read artifact and its ``meta.json``; see :func:`module_from_program`. ``tree`` is the module
+    tree :mod:`program_loader` rebuilt, or None when it fell back to torch's loader: then ``program``
+    is the ``torch.export`` program."""
 
-    def __init__(self, directory: str, program: Any, meta: Dict[str, Any]):
-        self.directory, self.program, self.meta = directory, program, meta
+    def __init__(self, directory: str, meta: Dict[str, Any], tree: Any = None, program: Any = None):
+        self.directory, self.meta, self.tree, self.program = directory, meta, tree, program
 
 
-def read_program(directory: str) -> ArtifactProgram:
-    """Read and check an artifact's files and deserialise its program (raises as :func:`load_model_artifact`).
+def read_program(directory: str, *, torch_loader: bool = False) -> ArtifactProgram:
+    """Read and check an artifact's files and rebuild its program (raises as :func:`load_model_artifact`).
 
+    The program is rebuilt by :func:`program_loader.build_program` (no torch.export deserializer,
+    whose import alone takes seconds); a program it does not support (it says why: logged) is
+    deserialised by torch's loader instead, as always with ``torch_loader=True`` (the reference).
     Thread-safe: torch's part runs under a process-wide lock (its deserializer keeps global state).
     """
+    from tensorboard_plugin_aevis import program_loader
+
     meta = read_artifact_meta(directory)
     program_bytes = read_artifact_file(directory, PROGRAM_FILE)
     weights_bytes = read_artifact_file(directory, WEIGHTS_FILE)
@@ -333,11 +343,18 @@ def read_program(directory: str) -> ArtifactProgram:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelArtifactError(f"{PROGRAM_FILE} in {directory} is not valid JSON ({exc}); re-log the analysis") from exc
     program_json = sanitise_program_json(program_json)
+    state_dict = _load_tensor_dict(os.path.join(directory, WEIGHTS_FILE), weights_bytes)
+    constants = _load_tensor_dict(os.path.join(directory, CONSTANTS_FILE), constants_bytes)
+    if not torch_loader:
+        try:
+            return ArtifactProgram(directory, meta, tree=program_loader.build_program(program_json, state_dict, constants))
+        except program_loader.UnsupportedProgram as exc:
+            logger.info("model artifact %s: %s is not supported by AEVis's loader; using torch's", directory, exc)
+        except Exception as exc:  # noqa: BLE001 - a malformed program: torch's loader reports it (or reads it)
+            logger.warning("model artifact %s: AEVis's loader failed (%s: %s); using torch's", directory, type(exc).__name__, exc)
     from torch._export.serde import serialize as serde
 
     with _TORCH_READ_LOCK:
-        state_dict = _load_tensor_dict(os.path.join(directory, WEIGHTS_FILE), weights_bytes)
-        constants = _load_tensor_dict(os.path.join(directory, CONSTANTS_FILE), constants_bytes)
         try:
             schema_program = program_dataclass(serde, program_json)
             if schema_program is None:  # another torch's serde: its own (slower) conversion
@@ -348,7 +365,7 @@ def read_program(directory: str) -> ArtifactProgram:
                 program = serde.ExportedProgramDeserializer().deserialize(schema_program, state_dict, constants, ((), {}))
         except Exception as exc:
             raise _rebuild_error(directory, meta, exc) from exc
-    return ArtifactProgram(directory, program, meta)
+    return ArtifactProgram(directory, meta, program=program)
 
 
 def program_dataclass(serde: Any, program_json: Dict[str, Any]) -> Any:
@@ -400,22 +417,24 @@ def program_dataclass(serde: Any, program_json: Dict[str, Any]) -> Any:
 def module_from_program(artifact: ArtifactProgram) -> nn.Module:
     """A new module (its own submodules, so hooks on it touch no other) of a read program, in
     eval mode with frozen weights and the attributes of :func:`load_model_artifact`. Modules
-    made from one program share its weight tensors (``torch.export.unflatten`` copies them;
-    the copies are replaced by the program's own)."""
+    made from one program share its weight tensors."""
     import torch
 
-    with _TORCH_READ_LOCK:
-        try:
-            module = torch.export.unflatten(artifact.program)
-        except Exception as exc:
-            raise _rebuild_error(artifact.directory, artifact.meta, exc) from exc
-    shared = artifact.program.state_dict
-    for prefix, submodule in module.named_modules():
-        for store in (submodule._parameters, submodule._buffers):
-            for name, tensor in list(store.items()):
-                original = shared.get(f"{prefix}.{name}" if prefix else name)
-                if tensor is not None and isinstance(original, torch.Tensor) and original.shape == tensor.shape and original.dtype == tensor.dtype:
-                    store[name] = torch.nn.Parameter(original, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else original
+    if artifact.tree is not None:
+        module = artifact.tree.instantiate()
+    else:
+        with _TORCH_READ_LOCK:
+            try:
+                module = torch.export.unflatten(artifact.program)
+            except Exception as exc:
+                raise _rebuild_error(artifact.directory, artifact.meta, exc) from exc
+        shared = artifact.program.state_dict  # torch.export.unflatten copies the weights: use the program's own
+        for prefix, submodule in module.named_modules():
+            for store in (submodule._parameters, submodule._buffers):
+                for name, tensor in list(store.items()):
+                    original = shared.get(f"{prefix}.{name}" if prefix else name)
+                    if tensor is not None and isinstance(original, torch.Tensor) and original.shape == tensor.shape and original.dtype == tensor.dtype:
+                        store[name] = torch.nn.Parameter(original, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else original
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)

@@ -32,8 +32,10 @@ def jacobian(forward: GatedForward, images, select, channels, max_rows, seed, wi
     else:  # drawn on the CPU: the same sketch on every device
         directions = torch.randn(max_rows, p, generator=torch.Generator().manual_seed(seed)).to(images.device) / max_rows**0.5
     batched = directions.unsqueeze(1).expand(len(directions), m, p).contiguous()
-    # one backward pass per row (docs/method.md: 30 % faster than one vmapped, is_grads_batched, pass on the demo)
-    spatial = torch.stack([torch.autograd.grad(preserved, activation, grad_outputs=row, retain_graph=i + 1 < len(batched))[0]
+    # one backward pass per row (docs/method.md: 30 % faster than one vmapped, is_grads_batched, pass on the demo), of
+    # (preserved * row).sum(): the same vector-Jacobian product as grad_outputs=row, which makes torch import sympy
+    # (seconds of a server's first request; docs/architecture.md, "Model artifact")
+    spatial = torch.stack([torch.autograd.grad((preserved * row).sum(), activation, retain_graph=i + 1 < len(batched))[0]
                            for i, row in enumerate(batched)])
     rectangle = None
     if with_area:

@@ -34,12 +34,12 @@ def fit_sgd(problem: Preserved, start: torch.Tensor, region: Optional[torch.Tens
         ContributionTimeout: past ``options.deadline``.
     """
     z = start.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([z], lr=options.lr)
+    moments = (torch.zeros_like(z), torch.zeros_like(z))
     best_loss, best_gates, best_gradient = math.inf, start, None
     with torch.enable_grad():
         for step in range(options.steps + 1):
             check_deadline(options.deadline)
-            optimizer.zero_grad()
+            z.grad = None
             preserved = problem.select(problem.forward.run(z, region))
             loss = relative_error(preserved, problem.reference, problem.norms).sum() + penalties(z, options.lambda_, options.gamma)
             loss.backward()
@@ -47,7 +47,24 @@ def fit_sgd(problem: Preserved, start: torch.Tensor, region: Optional[torch.Tens
                 best_loss, best_gates, best_gradient = float(loss.detach()), z.detach().clone(), z.grad.detach().clone()
             if step == options.steps:
                 break
-            optimizer.step()
             with torch.no_grad():
+                adam_step(z, z.grad, moments, step + 1, options.lr)
                 z.clamp_(0.0, 1.0)
     return best_gates, options.steps, best_gradient
+
+
+def adam_step(param: torch.Tensor, grad: torch.Tensor, moments: Tuple[torch.Tensor, torch.Tensor], step: int, lr: float,
+              betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """One step of ``torch.optim.Adam`` (its defaults, its single-tensor CPU arithmetic) on ``param`` in place.
+
+    ``moments``: the (first, second) moment tensors, updated in place; ``step``: 1 for the first step.
+    Written out because ``torch.optim`` imports ``torch._dynamo`` on first use, which takes seconds
+    of a server's first contribution request (docs/architecture.md, "Model artifact")."""
+    beta1, beta2 = betas
+    exp_avg, exp_avg_sq = moments
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    bias_correction1 = 1 - beta1 ** float(step)
+    bias_correction2 = 1 - beta2 ** float(step)
+    denom = (exp_avg_sq.sqrt() / bias_correction2 ** 0.5).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
