@@ -80,7 +80,9 @@ class GateFit:
             dict of per-row values: ``gates`` (B, n), ``loss`` (B,) the loss of the returned gates
             (inf for the whole-network fallback), ``gated_labels`` and ``binary_labels`` (B,),
             ``thresholds`` (B,) float64, ``histories`` (B lists of losses, one per step run) and
-            ``whole`` (B,) bool: the whole network was returned.
+            ``whole`` (B,) bool: the whole network (z = 1) was returned; ``every_map`` (B,) bool: the
+            binary datapath (gates above ``thresholds``) holds every map, ``whole`` or a label repair
+            that kept every gate.
         """
         b = x.shape[0]
         steps, lr = self.options.steps, self.options.lr
@@ -143,7 +145,8 @@ class GateFit:
             if self.method.repairs_labels and lost.numel() > 0:
                 thresholds[lost.cpu()], binary_labels[lost] = self.repair(x[lost], chosen[lost], labels[lost])
         return {"gates": chosen, "loss": chosen_loss, "gated_labels": gated_labels, "binary_labels": binary_labels,
-                "histories": histories, "thresholds": thresholds, "whole": (chosen == 1.0).all(dim=1)}
+                "histories": histories, "thresholds": thresholds, "whole": (chosen == 1.0).all(dim=1),
+                "every_map": (chosen > thresholds.to(chosen)[:, None]).all(dim=1)}
 
     def choose(self, x: torch.Tensor, labels: torch.Tensor, checked: List[torch.Tensor], checked_loss: List[torch.Tensor],
                best_cont: Any):
