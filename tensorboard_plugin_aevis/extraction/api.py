@@ -53,9 +53,9 @@ def extract_datapaths(
     Returns:
         The validated analysis. ``params`` records the resolved options, ``steps_run`` and
         ``discarded_steps`` per example, ``fidelity_temperature``, ``plain_refit`` per example
-        (None: not refitted; ``"used"``: its datapath held every map and the plain-Adam refit's datapath,
-        which does not, is returned; ``"whole"``: the refit's held every map too, the first fit's is returned) and the
-        seconds taken;
+        (None: not refitted; ``"used"``: its datapath held every map and its last step had lost the
+        label, and the plain-Adam refit's datapath, which does not hold every map, is returned;
+        ``"whole"``: the refit's held every map too, the first fit's is returned) and the seconds taken;
         ``stability`` is set when ``starts`` > 1.
     Raises:
         TypeError / ValueError naming the bad argument and its fix. The model's weights,
@@ -91,7 +91,7 @@ def extract_datapaths(
             sizes = [a.shape[1] for a in activations]
             clamp = kind.clamp(bool(blocks))
             fit = GateFit(model, hooks, sizes, kind, opts, clamp, generator)
-            plain = None  # plain Adam (no warm-up, additive step), for rows whose datapath holds every map
+            plain = None  # plain Adam (no warm-up, additive step), for rows whose fit failed: every map, label lost at the end
             if kind.refits_whole_plainly and (opts.warmup > 0 or opts.multiplicative):
                 plain = GateFit(model, hooks, sizes, kind, dataclasses.replace(opts, warmup=0, multiplicative=False),
                                 clamp, generator)
@@ -119,7 +119,8 @@ def extract_datapaths(
                             for key, value in refit.items():
                                 result[key][r] = value[k]
                     refitted = [None] * len(rows)
-                    again = [r for r in range(len(rows)) if bool(result["every_map"][r])] if plain is not None else []
+                    again = [r for r in range(len(rows)) if bool(result["every_map"][r]) and bool(result["ended_lost"][r])] \
+                        if plain is not None else []
                     if again:  # the plain refit (docs/method.md): plain Adam before a datapath of every map
                         tempered = torch.softmax(logits[[rows[r] for r in again]] / temperatures[again, None], dim=1)
                         refit = plain.run(x[[rows[r] for r in again]], tempered, temperatures[again],
