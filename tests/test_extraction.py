@@ -285,11 +285,16 @@ def test_plain_refit_of_a_datapath_that_holds_every_map(small, monkeypatch, inde
 
 
 def test_plain_refit_leaves_other_rows_and_dgr_alone(small, small_analysis):
-    """No datapath of the small triplet holds every map: nothing is refitted. DGR is never refitted."""
+    """No datapath of the small triplet holds every map: nothing is refitted. Three steps leave every
+    gate above 0.5 (every map) with every label kept: an unfinished fit, not a failed one, so not
+    refitted either. DGR is never refitted."""
     model, images = small
     assert not (small_analysis.kept_fraction() == 1.0).any()
     assert small_analysis.params["plain_refit"] == [None] * 4
     assert small_analysis.params["discarded_steps"] == [0] * 4
+    short = extract_datapaths(model, images, ROLES, steps=3)
+    assert (short.kept_fraction() == 1.0).all() and all(e.gated_label == e.label for e in short.examples)
+    assert short.params["plain_refit"] == [None] * 4 and short.params["discarded_steps"] == [0] * 4
     dgr = extract_datapaths(model, images, ROLES, method="dgr", steps=5)
     assert dgr.params["plain_refit"] == [None] * 4
 
