@@ -215,6 +215,7 @@ def test_fidelity_temperature_refits_only_examples_whose_fit_returned_the_whole_
     model, images = small
     kwargs = dict(steps=3, lr=1.0, lambda_=5.0)
     roles = ["target"] * 4
+    monkeypatch.setattr(methods.Constrained, "refits_whole_plainly", False)  # the temperature alone (plain refit: below)
     with monkeypatch.context() as m:
         m.setattr(methods, "FIDELITY_MAX_CONFIDENCE", 1.0)  # no temperature anywhere
         plain = extract_datapaths(model, images, roles, **kwargs)
@@ -227,6 +228,75 @@ def test_fidelity_temperature_refits_only_examples_whose_fit_returned_the_whole_
     for i in np.nonzero(~whole)[0]:
         np.testing.assert_array_equal(a.flat_gates()[i], plain.flat_gates()[i])
     assert all(e.gated_label == e.label and e.binary_label == e.label for e in a.examples)
+
+
+class _MarginCNN(nn.Module):
+    """The trained SmallCNN plus a constant logit for class 0, set so that class 0 trails the label of
+    ``image`` by 0.1: shrinking the gates (the default's warm-up, where the L1 term leads) hands the
+    label to class 0, a low-confidence example (p ~ 0.5) like the photo targets of docs/method.md."""
+
+    def __init__(self, net, image):
+        super().__init__()
+        self.net = net
+        with torch.no_grad():
+            logits = net(image[None])[0]
+        bias = torch.zeros_like(logits)
+        bias[0] = float(logits.max() - logits[0]) - 0.1
+        self.register_buffer("bias", bias)
+
+    def forward(self, x):
+        return self.net(x) + self.bias
+
+
+def _every_map(analysis):
+    return analysis.kept_fraction() == 1.0
+
+
+@pytest.mark.parametrize("index, plain_keeps", [(3, True), (1, False)])
+def test_plain_refit_of_a_datapath_that_holds_every_map(small, monkeypatch, index, plain_keeps):
+    """Example 3: the default fit (warm-up, multiplicative step) ends with every map, plain Adam
+    (``warmup=0, multiplicative=False``) with a sparse datapath: the refit's datapath is returned,
+    exactly plain Adam's (one row, no anchors), and the default fit's steps are discarded. Example 1:
+    plain Adam ends with every map too: the default fit's datapath is returned and the refit's steps
+    are discarded. Both are recorded in ``params["plain_refit"]``."""
+    from tensorboard_plugin_aevis.extraction import methods
+
+    model, images = small
+    margin = _MarginCNN(model, images[index]).eval()
+    x, kwargs = images[index:index + 1], dict(steps=30)
+    with monkeypatch.context() as m:
+        m.setattr(methods.Constrained, "refits_whole_plainly", False)
+        first = extract_datapaths(margin, x, ["target"], **kwargs)
+    plain = extract_datapaths(margin, x, ["target"], warmup=0, multiplicative=False, **kwargs)
+    a = extract_datapaths(margin, x, ["target"], **kwargs)
+    assert 0.5 < a.examples[0].confidence < 0.6
+    assert first.params["plain_refit"] == [None] and plain.params["plain_refit"] == [None]  # plain Adam: no refit
+    assert _every_map(first)[0] and _every_map(plain)[0] != plain_keeps
+    assert a.params["warmup"] == 5 and a.params["multiplicative"] is True  # the options asked for, as recorded
+    kept_fit, dropped_fit = (plain, first) if plain_keeps else (first, plain)
+    assert a.params["plain_refit"] == ["used" if plain_keeps else "whole"]
+    np.testing.assert_array_equal(a.flat_gates(), kept_fit.flat_gates())
+    assert a.examples[0].threshold == kept_fit.examples[0].threshold
+    assert a.examples[0].loss_history == kept_fit.examples[0].loss_history
+    assert a.params["steps_run"] == kept_fit.params["steps_run"]
+    assert a.params["discarded_steps"] == [len(dropped_fit.examples[0].loss_history)]
+    assert a.examples[0].binary_label == a.examples[0].label
+    assert bool(_every_map(a)[0]) != plain_keeps
+
+
+def test_plain_refit_leaves_other_rows_and_dgr_alone(small, small_analysis):
+    """No datapath of the small triplet holds every map: nothing is refitted. Three steps leave every
+    gate above 0.5 (every map) with every label kept: an unfinished fit, not a failed one, so not
+    refitted either. DGR is never refitted."""
+    model, images = small
+    assert not (small_analysis.kept_fraction() == 1.0).any()
+    assert small_analysis.params["plain_refit"] == [None] * 4
+    assert small_analysis.params["discarded_steps"] == [0] * 4
+    short = extract_datapaths(model, images, ROLES, steps=3)
+    assert (short.kept_fraction() == 1.0).all() and all(e.gated_label == e.label for e in short.examples)
+    assert short.params["plain_refit"] == [None] * 4 and short.params["discarded_steps"] == [0] * 4
+    dgr = extract_datapaths(model, images, ROLES, method="dgr", steps=5)
+    assert dgr.params["plain_refit"] == [None] * 4
 
 
 def test_init_noise_zero_is_the_default_and_seeds_perturb_the_start(small):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -51,7 +52,10 @@ def extract_datapaths(
             ``start_noise``, ``warmup``, ``multiplicative``) replace its fields.
     Returns:
         The validated analysis. ``params`` records the resolved options, ``steps_run`` and
-        ``discarded_steps`` per example, ``fidelity_temperature`` and the seconds taken;
+        ``discarded_steps`` per example, ``fidelity_temperature``, ``plain_refit`` per example
+        (None: not refitted; ``"used"``: its datapath held every map and its last step had lost the
+        label, and the plain-Adam refit's datapath, which does not hold every map, is returned;
+        ``"whole"``: the refit's held every map too, the first fit's is returned) and the seconds taken;
         ``stability`` is set when ``starts`` > 1.
     Raises:
         TypeError / ValueError naming the bad argument and its fix. The model's weights,
@@ -87,6 +91,10 @@ def extract_datapaths(
             sizes = [a.shape[1] for a in activations]
             clamp = kind.clamp(bool(blocks))
             fit = GateFit(model, hooks, sizes, kind, opts, clamp, generator)
+            plain = None  # plain Adam (no warm-up, additive step), for rows whose fit failed: every map, label lost at the end
+            if kind.refits_whole_plainly and (opts.warmup > 0 or opts.multiplicative):
+                plain = GateFit(model, hooks, sizes, kind, dataclasses.replace(opts, warmup=0, multiplicative=False),
+                                clamp, generator)
             out = _Outputs(n, sum(sizes), k_starts, labels, opts.threshold, dev)
             bar = _progress_bar(progress, opts.steps * len(stages))
             try:
@@ -110,7 +118,21 @@ def extract_datapaths(
                         for k, r in enumerate(retry):
                             for key, value in refit.items():
                                 result[key][r] = value[k]
-                    out.store(stage, result, temperatures, discarded)
+                    refitted = [None] * len(rows)
+                    again = [r for r in range(len(rows)) if bool(result["every_map"][r]) and bool(result["ended_lost"][r])] \
+                        if plain is not None else []
+                    if again:  # the plain refit (docs/method.md): plain Adam before a datapath of every map
+                        tempered = torch.softmax(logits[[rows[r] for r in again]] / temperatures[again, None], dim=1)
+                        refit = plain.run(x[[rows[r] for r in again]], tempered, temperatures[again],
+                                          labels[[rows[r] for r in again]], anchors, noise[again], None)
+                        for k, r in enumerate(again):
+                            used = not bool(refit["every_map"][k])
+                            refitted[r] = "used" if used else "whole"
+                            discarded[r] += len(result["histories"][r]) if used else len(refit["histories"][k])
+                            if used:
+                                for key, value in refit.items():
+                                    result[key][r] = value[k]
+                    out.store(stage, result, temperatures, discarded, refitted)
             finally:
                 if bar is not None:
                     bar.close()
@@ -150,6 +172,7 @@ def extract_datapaths(
         "steps_run": [len(h) for h in out.histories],
         "discarded_steps": out.discarded,
         "fidelity_temperature": [round(float(t), 4) for t in out.temperatures],
+        "plain_refit": out.refitted,
         "init_noise": opts.init_noise,
         "seed": opts.seed,
         "starts": k_starts,
@@ -179,7 +202,7 @@ def extract_datapaths(
 
 class _Outputs:
     """Per-example results as the chain fills them: the chosen start's gates, labels, threshold,
-    history and temperature, and the fraction of the K starts whose binary datapath holds each map."""
+    history, temperature and plain-refit outcome, and the fraction of the K starts whose binary datapath holds each map."""
 
     def __init__(self, n: int, n_gates: int, k: int, labels: torch.Tensor, threshold: float, device: torch.device):
         self.k = k
@@ -191,11 +214,14 @@ class _Outputs:
         self.temperatures = torch.ones(n)
         self.histories: List[List[float]] = [[] for _ in range(n)]
         self.discarded = [0] * n
+        self.refitted: List[Optional[str]] = [None] * n
         self.done: List[int] = []
 
-    def store(self, stage: List[int], result: Dict[str, Any], temperatures: torch.Tensor, discarded: List[int]) -> None:
+    def store(self, stage: List[int], result: Dict[str, Any], temperatures: torch.Tensor, discarded: List[int],
+              refitted: List[Optional[str]]) -> None:
         """Keep, per example of ``stage``, its best start: the lowest fidelity temperature (Eq. 5 as
-        written before a tempered refit), then the lowest loss; the first start on ties."""
+        written before a tempered refit), then the lowest loss; the first start on ties. ``refitted``
+        holds each row's plain-refit outcome (None, ``"used"`` or ``"whole"``)."""
         k = self.k
         for j, i in enumerate(stage):
             block = range(j * k, (j + 1) * k)
@@ -207,6 +233,7 @@ class _Outputs:
             self.histories[i] = result["histories"][best]
             self.temperatures[i] = float(temperatures[best])
             self.discarded[i] = discarded[best]
+            self.refitted[i] = refitted[best]
             if k > 1:
                 cuts = result["thresholds"][list(block)].to(device=result["gates"].device, dtype=torch.float32)
                 selected = result["gates"][list(block)] > cuts[:, None]

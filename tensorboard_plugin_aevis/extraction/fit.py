@@ -80,7 +80,10 @@ class GateFit:
             dict of per-row values: ``gates`` (B, n), ``loss`` (B,) the loss of the returned gates
             (inf for the whole-network fallback), ``gated_labels`` and ``binary_labels`` (B,),
             ``thresholds`` (B,) float64, ``histories`` (B lists of losses, one per step run) and
-            ``whole`` (B,) bool: the whole network was returned.
+            ``whole`` (B,) bool: the whole network (z = 1) was returned; ``every_map`` (B,) bool: the
+            binary datapath (gates above ``thresholds``) holds every map, ``whole`` or a label repair
+            that kept every gate; ``ended_lost`` (B,) bool: the gated prediction of the row's last step
+            lost its label.
         """
         b = x.shape[0]
         steps, lr = self.options.steps, self.options.lr
@@ -94,6 +97,7 @@ class GateFit:
         histories: List[List[float]] = [[] for _ in range(b)]
         datapath = torch.ones(b, self.n_gates, dtype=torch.bool, device=x.device)  # the last step's binary datapath
         settled = torch.zeros(b, dtype=torch.long, device=x.device)  # steps it has been unchanged, per row
+        last_keeps = torch.ones(b, dtype=torch.bool, device=x.device)  # the row's last step kept its label
         warmup = self.options.warmup  # the fidelity warm-up (docs/method.md): weight t / warmup, then fresh moments
         t = 0
         for t in range(steps):
@@ -106,6 +110,7 @@ class GateFit:
             with torch.no_grad():
                 loss = loss.detach()
                 keeps = (logits.argmax(dim=1) == labels) & active
+                last_keeps = torch.where(active, keeps, last_keeps)
                 if t > 0:  # the start is not a fitted datapath
                     _keep_better(best_cont, zt, loss, keeps)
                 if t > 0 and (t % CHECK_EVERY == 0 or t == steps - 1):
@@ -143,7 +148,8 @@ class GateFit:
             if self.method.repairs_labels and lost.numel() > 0:
                 thresholds[lost.cpu()], binary_labels[lost] = self.repair(x[lost], chosen[lost], labels[lost])
         return {"gates": chosen, "loss": chosen_loss, "gated_labels": gated_labels, "binary_labels": binary_labels,
-                "histories": histories, "thresholds": thresholds, "whole": (chosen == 1.0).all(dim=1)}
+                "histories": histories, "thresholds": thresholds, "whole": (chosen == 1.0).all(dim=1),
+                "every_map": (chosen > thresholds.to(chosen)[:, None]).all(dim=1), "ended_lost": ~last_keeps}
 
     def choose(self, x: torch.Tensor, labels: torch.Tensor, checked: List[torch.Tensor], checked_loss: List[torch.Tensor],
                best_cont: Any):

@@ -34,6 +34,7 @@ class Constrained:
     converges = True  # stops on convergence, see fit.converged
     repairs_labels = True  # lowers the threshold where the binarised datapath loses the label
     refits_saturated = True  # the fidelity temperature, see fidelity_temperatures
+    refits_whole_plainly = True  # a fit ending whole is refitted with plain Adam (docs/method.md, "Plain refit")
 
     def clamp(self, has_blocks: bool) -> float:
         """The upper bound of the gates' box (the lower is 0)."""
@@ -101,6 +102,7 @@ class DGR:
     converges = False
     repairs_labels = False
     refits_saturated = False
+    refits_whole_plainly = False
 
     def clamp(self, has_blocks: bool) -> float:
         """[0, 100] when a gated layer is a merging (residual / concatenating) block, else [0, 5]."""
