@@ -13,7 +13,10 @@ def test_bench_prints_one_json_object(capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "resnet18" and result["threads"] >= 1
-    assert result["steps"] == 9  # 3 chain stages of one image, 3 steps each (no early stop in 3 steps)
+    # 3 chain stages of one image, 3 steps each (no early stop in 3 steps), plus 3 where the stage's fit was
+    # refitted (a fit that lost its label at its last step: where that happens depends on the CPU's rounding)
+    assert len(result["stage_steps"]) == 3 and all(s in (3, 6) for s in result["stage_steps"])
+    assert result["steps"] == sum(result["stage_steps"])
     assert result["limit_seconds"] == pytest.approx(result["steps"] * result["step_seconds"], rel=1e-2, abs=2e-3)
     # the printed seconds are rounded to 1 ms, the ratios computed before rounding
     assert result["overhead_ratio"] == pytest.approx(result["extract_seconds"] / result["limit_seconds"], rel=5e-2)

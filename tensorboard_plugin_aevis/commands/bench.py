@@ -4,6 +4,8 @@ Measured in one run on random images (random weights for torchvision models):
 
 - ``step_seconds``: one gated forward+backward pass for one image (median of 5);
 - ``extract_seconds``: a source/adversarial/target chain with ``extract_datapaths``;
+- ``steps`` / ``stage_steps``: the gated steps the chain ran, in all and per chain stage
+  (a stage's fit plus the refit of an example whose fit was replaced);
 - ``limit_seconds``: the steps the chain ran times ``step_seconds`` (each chain stage
   holds one image here), so ``overhead_ratio = extract_seconds / limit_seconds`` is
   what the extraction costs beyond its gradient steps (layer tracing, the ungated
@@ -153,6 +155,7 @@ def bench_extraction(args) -> Dict[str, Any]:
         "gated_layers": len(layers),
         "gates": sum(sizes),
         "steps": sum(stage_steps),
+        "stage_steps": stage_steps,
         "step_limit": args.steps,
         "step_seconds": round(step_seconds, 4),
         "extract_seconds": round(extract_seconds, 3),
