@@ -30,9 +30,13 @@ def test_bench_rejects_a_bad_count(capsys):
     assert "--steps must be a positive integer" in capsys.readouterr().err
 
 
-def test_stage_steps_count_a_discarded_fit_and_its_refit():
+def test_stage_steps_count_each_batched_fit_of_a_stage():
     from tensorboard_plugin_aevis.commands.bench import _stage_steps
 
-    params = {"steps_run": [10, 40, 30], "discarded_steps": [0, 25, 0]}
-    assert _stage_steps(params, [0, 1, 2]) == 30 + 40  # the batched fit ran 30 steps, the refit of example 1 another 40
-    assert _stage_steps(params, [0, 2]) == 30
+    fits = [{"fit": 10, "tempered": None, "plain": None}, {"fit": 25, "tempered": 40, "plain": 12},
+            {"fit": 30, "tempered": None, "plain": 20}]
+    params = {"fit_steps": fits}
+    # the batched first fit ran 30 steps, the tempered refit of example 1 40, the plain refit of 1 and 2 another 20
+    assert _stage_steps(params, [0, 1, 2]) == 30 + 40 + 20
+    assert _stage_steps(params, [0, 2]) == 30 + 20
+    assert _stage_steps(params, [0]) == 10

@@ -5,14 +5,14 @@ Measured in one run on random images (random weights for torchvision models):
 - ``step_seconds``: one gated forward+backward pass for one image (median of 5);
 - ``extract_seconds``: a source/adversarial/target chain with ``extract_datapaths``;
 - ``steps`` / ``stage_steps``: the gated steps the chain ran, in all and per chain stage
-  (a stage's fit plus the refit of an example whose fit was replaced);
+  (a stage's batched fit plus its batched tempered and plain refits, ``params["fit_steps"]``);
 - ``limit_seconds``: the steps the chain ran times ``step_seconds`` (each chain stage
   holds one image here), so ``overhead_ratio = extract_seconds / limit_seconds`` is
   what the extraction costs beyond its gradient steps (layer tracing, the ungated
   pass, binarised checks, bookkeeping);
 - ``converged_seconds`` and ``converged_steps``: the same chain with the engine's
   defaults (no ``--steps`` limit: each stage stops on convergence, docs/method.md),
-  its time and its gated steps in all (``steps_run`` plus ``discarded_steps``);
+  its time and its gated steps in all (every stage's fits and refits, as ``steps``);
 - ``batched_speedup``: ``--candidates`` target images extracted one call each,
   divided by the time for all of them in one batched call (``--batched-steps``
   steps each, no early stop difference since every call runs the same steps).
@@ -78,12 +78,10 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def _stage_steps(params: Dict[str, Any], stage) -> int:
-    """Gated steps one chain stage ran: its batched fit, plus the batched refit of the examples whose
-    fit was discarded for a tempered one (``discarded_steps`` > 0; docs/method.md)."""
-    run, discarded = params["steps_run"], params["discarded_steps"]
-    refit = [i for i in stage if discarded[i] > 0]
-    first = max(discarded[i] if discarded[i] > 0 else run[i] for i in stage)
-    return first + max((run[i] for i in refit), default=0)
+    """Gated steps one chain stage ran: its batched first fit plus, where some of its examples were
+    refitted, the batched tempered and plain refits (``fit_steps``; docs/method.md)."""
+    fits = [params["fit_steps"][i] for i in stage]
+    return sum(max((f[kind] for f in fits if f[kind] is not None), default=0) for kind in ("fit", "tempered", "plain"))
 
 
 def bench_extraction(args) -> Dict[str, Any]:

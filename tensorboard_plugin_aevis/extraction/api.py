@@ -55,8 +55,9 @@ def extract_datapaths(
         ``discarded_steps`` per example, ``fidelity_temperature``, ``plain_refit`` per example
         (None: not refitted; ``"used"``: its datapath held every map and its last step had lost the
         label, and the plain-Adam refit's datapath, which does not hold every map, is returned;
-        ``"whole"``: the refit's held every map too, the first fit's is returned) and the seconds taken;
-        ``stability`` is set when ``starts`` > 1.
+        ``"whole"``: the refit's held every map too, the first fit's is returned), ``fit_steps`` per
+        example (the steps of its first fit, ``"fit"``, and of its tempered and plain refits,
+        ``"tempered"`` / ``"plain"``, None where not run) and the seconds taken; ``stability`` is set when ``starts`` > 1.
     Raises:
         TypeError / ValueError naming the bad argument and its fix. The model's weights,
         ``requires_grad`` flags, train/eval modes and device are unchanged.
@@ -106,33 +107,32 @@ def extract_datapaths(
                     ones = torch.ones(len(rows), device=dev)
                     result = fit.run(x[rows], clean_probs[rows], ones, labels[rows], anchors, noise, bar)
                     discarded = [0] * len(rows)
+                    fits = [{"fit": len(h), "tempered": None, "plain": None} for h in result["histories"]]
                     temperatures = ones.clone()
                     retry = [r for r, i in enumerate(rows) if bool(result["whole"][r]) and float(saturated[i]) > 1]
                     if retry:  # the fidelity temperature (docs/method.md): fit these rows again at T_x
-                        again = [rows[r] for r in retry]
                         for r in retry:
                             discarded[r] = len(result["histories"][r])
-                        temperatures[retry] = saturated[again]
-                        tempered = torch.softmax(logits[again] / saturated[again, None], dim=1)
-                        refit = fit.run(x[again], tempered, saturated[again], labels[again], anchors, noise[retry], None)
+                        temperatures[retry] = saturated[[rows[r] for r in retry]]
+                        refit = _refit(fit, retry, rows, x, logits, temperatures, labels, anchors, noise)
                         for k, r in enumerate(retry):
+                            fits[r]["tempered"] = len(refit["histories"][k])
                             for key, value in refit.items():
                                 result[key][r] = value[k]
                     refitted = [None] * len(rows)
                     again = [r for r in range(len(rows)) if bool(result["every_map"][r]) and bool(result["ended_lost"][r])] \
                         if plain is not None else []
                     if again:  # the plain refit (docs/method.md): plain Adam before a datapath of every map
-                        tempered = torch.softmax(logits[[rows[r] for r in again]] / temperatures[again, None], dim=1)
-                        refit = plain.run(x[[rows[r] for r in again]], tempered, temperatures[again],
-                                          labels[[rows[r] for r in again]], anchors, noise[again], None)
+                        refit = _refit(plain, again, rows, x, logits, temperatures, labels, anchors, noise)
                         for k, r in enumerate(again):
                             used = not bool(refit["every_map"][k])
                             refitted[r] = "used" if used else "whole"
+                            fits[r]["plain"] = len(refit["histories"][k])
                             discarded[r] += len(result["histories"][r]) if used else len(refit["histories"][k])
                             if used:
                                 for key, value in refit.items():
                                     result[key][r] = value[k]
-                    out.store(stage, result, temperatures, discarded, refitted)
+                    out.store(stage, result, temperatures, discarded, refitted, fits)
             finally:
                 if bar is not None:
                     bar.close()
@@ -173,6 +173,7 @@ def extract_datapaths(
         "discarded_steps": out.discarded,
         "fidelity_temperature": [round(float(t), 4) for t in out.temperatures],
         "plain_refit": out.refitted,
+        "fit_steps": out.fit_steps,
         "init_noise": opts.init_noise,
         "seed": opts.seed,
         "starts": k_starts,
@@ -215,13 +216,15 @@ class _Outputs:
         self.histories: List[List[float]] = [[] for _ in range(n)]
         self.discarded = [0] * n
         self.refitted: List[Optional[str]] = [None] * n
+        self.fit_steps: List[Dict[str, Optional[int]]] = [{"fit": 0, "tempered": None, "plain": None} for _ in range(n)]
         self.done: List[int] = []
 
     def store(self, stage: List[int], result: Dict[str, Any], temperatures: torch.Tensor, discarded: List[int],
-              refitted: List[Optional[str]]) -> None:
+              refitted: List[Optional[str]], fits: List[Dict[str, Optional[int]]]) -> None:
         """Keep, per example of ``stage``, its best start: the lowest fidelity temperature (Eq. 5 as
         written before a tempered refit), then the lowest loss; the first start on ties. ``refitted``
-        holds each row's plain-refit outcome (None, ``"used"`` or ``"whole"``)."""
+        holds each row's plain-refit outcome (None, ``"used"`` or ``"whole"``), ``fits`` each row's
+        steps per fit (``"fit"``, ``"tempered"``, ``"plain"``; None for a refit not run)."""
         k = self.k
         for j, i in enumerate(stage):
             block = range(j * k, (j + 1) * k)
@@ -234,11 +237,26 @@ class _Outputs:
             self.temperatures[i] = float(temperatures[best])
             self.discarded[i] = discarded[best]
             self.refitted[i] = refitted[best]
+            self.fit_steps[i] = fits[best]
             if k > 1:
                 cuts = result["thresholds"][list(block)].to(device=result["gates"].device, dtype=torch.float32)
                 selected = result["gates"][list(block)] > cuts[:, None]
                 self.stability[i] = selected.float().mean(dim=0)
         self.done.extend(stage)
+
+
+def _refit(fit: GateFit, picked: List[int], rows: List[int], x: torch.Tensor, logits: torch.Tensor,
+           temperatures: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor, noise: torch.Tensor) -> Dict[str, Any]:
+    """``fit`` run again on the batch rows ``picked`` (indices into ``rows``, the stage's example of
+    each row) against ``softmax(logits / T)`` at their temperatures ``temperatures[picked]``.
+
+    Returns:
+        :meth:`GateFit.run`'s result for the picked rows, in their order.
+    """
+    examples = [rows[r] for r in picked]
+    temps = temperatures[picked]
+    tempered = torch.softmax(logits[examples] / temps[:, None], dim=1)
+    return fit.run(x[examples], tempered, temps, labels[examples], anchors, noise[picked], None)
 
 
 def _generator(opts: ExtractionOptions) -> Optional[torch.Generator]:
