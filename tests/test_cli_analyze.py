@@ -185,6 +185,30 @@ def test_warmup_and_multiplicative_reach_the_constrained_extraction_only(user_mo
                                                            {"warmup": 0, "multiplicative": False}]
 
 
+def test_starts_log_the_stability_the_report_summarises(user_model, capsys):
+    """``--starts 3`` reaches both methods: the logged analysis holds each map's share of the 3 starts
+    (multiples of 1/3), and each example's ``every_start`` is, recomputed here from the logged arrays, the
+    share of its binary datapath's maps that all 3 starts selected."""
+    spec, tmp_path = user_model
+    logdir = tmp_path / "run"
+    report = run_json(capsys, ["--model", spec, "--photo", "chelsea", "--size", str(SIZE), "--steps", "8",
+                               "--target-photos", "coffee", "--method", "both", "--starts", "3", "--name", "cat",
+                               "--no-save-model", "--logdir", str(logdir)])
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    for summary in report["analyses"]:
+        logged = run_reader.load_analysis(provider, context.RequestContext(), "", ".", "cat", summary["method"], 0).analysis
+        assert logged.params["starts"] == 3
+        shares = np.concatenate(logged.stability, axis=1)
+        np.testing.assert_allclose(shares * 3, np.round(shares * 3), atol=1e-5)
+        binary = np.concatenate(logged.binary(), axis=1)
+        for i, e in enumerate(summary["examples"]):
+            expected = np.isclose(shares[i][binary[i]], 1.0).mean() if binary[i].any() else 0.0
+            assert e["every_start"] == pytest.approx(expected, abs=1e-4)
+
+
 @pytest.mark.parametrize("argv, given", [
     ([], {}),
     (["--warmup", "3"], {"constrained": {"warmup": 3}}),
@@ -209,6 +233,7 @@ def test_only_the_optimiser_options_given_are_passed(argv, given):
     (["--model", "{spec}", "--photo", "chelsea", "--device", "tpu"], "--device"),
     (["--model", "{spec}", "--photo", "chelsea", "--method", "dgr", "--warmup", "5"], "the DGR baseline keeps its own"),
     (["--model", "{spec}", "--photo", "chelsea", "--warmup", "-2"], "--warmup -2"),
+    (["--model", "{spec}", "--photo", "chelsea", "--starts", "0"], "--starts 0"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(user_model, capsys, argv, message):
     spec, _ = user_model

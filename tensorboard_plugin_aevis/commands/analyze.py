@@ -52,6 +52,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--layers", default="auto", help="'auto' or comma-separated module paths to gate")
     parser.add_argument("--steps", type=int, help="extraction steps per example (default: the method's)")
     add_optimiser_arguments(parser)
+    parser.add_argument("--starts", type=int, default=1, metavar="K",
+                        help="fit every example from K starts as one batch (K times the time): the lowest-loss start is "
+                             "returned and each map records the share of starts that selected it, shown by the dashboard "
+                             "and, here, as the share of each datapath that every start selected (default 1)")
     parser.add_argument("--r", type=int, help="diverging-merging window r of Eq. 10 (default: 8, capped at the gated layers - 1)")
     parser.add_argument("--size", type=int, help="image side in pixels (default: the model's input size, else 224)")
     parser.add_argument("--logdir", help="also log each analysis for TensorBoard into this run folder")
@@ -69,7 +73,10 @@ def run_analyze(args) -> int:
     from tensorboard_plugin_aevis.extraction import ExtractionOptions
 
     _check_args(args)
-    options = {method: ExtractionOptions(**kw) for method, kw in optimiser_options(args, METHODS[args.method]).items()}
+    chosen = optimiser_options(args, METHODS[args.method])
+    if args.starts > 1:
+        chosen = {method: {**chosen.get(method, {}), "starts": args.starts} for method in METHODS[args.method]}
+    options = {method: ExtractionOptions(**kw) for method, kw in chosen.items()}
     model = _load_model(args)
     size = args.size or (model.input_size[0] if model.input_size else 224)
     names = getattr(model, "class_names", None)
@@ -148,6 +155,8 @@ def _check_args(args) -> None:
         raise UserError("--attack-steps must be at least 1")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
+    if args.starts < 1:
+        raise UserError(f"--starts {args.starts}: give the number of starts per example, 1 or more")
     if args.r is not None and args.r < 1:
         raise UserError("--r must be at least 1")
     if args.size is not None and args.size < 8:
@@ -215,8 +224,10 @@ def _unique(names: List[str]) -> List[str]:
 
 
 def _summarise(analysis, r: Optional[int], representative: Optional[int]) -> Dict[str, Any]:
-    """Labels, kept fractions, representative target, diff curve and diverging / merging layers."""
+    """Labels, kept fractions, representative target, diff curve and diverging / merging layers; with K
+    starts, per example ``every_start``: the share of its binary datapath's maps that all K starts selected."""
     kept = analysis.kept_fraction()
+    certain = _selected_by_every_start(analysis)
     layer_names = [layer.name for layer in analysis.layers]
     summary: Dict[str, Any] = {
         "method": analysis.method,
@@ -226,7 +237,8 @@ def _summarise(analysis, r: Optional[int], representative: Optional[int]) -> Dic
             {"index": i, "name": e.name, "role": e.role, "label": e.label, "class_name": e.class_name,
              "confidence": round(e.confidence, 4), "gated_label": e.gated_label, "binary_label": e.binary_label,
              "label_preserved": e.label_preserved, "kept_fraction": round(float(kept[i]), 4),
-             "adversarial_score": e.adversarial_score}
+             "adversarial_score": e.adversarial_score,
+             **({} if certain is None else {"every_start": round(float(certain[i]), 4)})}
             for i, e in enumerate(analysis.examples)
         ],
         "representative_target": None, "diff_curve": None, "diverging_layer": None, "merging_layer": None,
@@ -250,6 +262,17 @@ def _summarise(analysis, r: Optional[int], representative: Optional[int]) -> Dic
         merging_layer=_layer_ref(found.merging_layer, layer_names),
     )
     return summary
+
+
+def _selected_by_every_start(analysis):
+    """(N,) share of each example's binary datapath that every start selected, or None for one start."""
+    import numpy as np
+
+    if analysis.stability is None:
+        return None
+    certain = sum(((s >= 1.0) & b).sum(axis=1) for s, b in zip(analysis.stability, analysis.binary()))
+    kept = sum(b.sum(axis=1) for b in analysis.binary())
+    return np.asarray(certain, dtype=np.float64) / np.maximum(kept, 1)
 
 
 def _layer_ref(index: Optional[int], layer_names: List[str]) -> Optional[Dict[str, Any]]:
@@ -297,11 +320,14 @@ def _print_report(report: Dict[str, Any]) -> None:
           f"{'fools the model' if adv['succeeded'] else 'does NOT fool the model'}]")
     for summary in report["analyses"]:
         print(f"\n[{summary['method']}] {len(summary['layers'])} gated layers, {summary['seconds']} s")
-        print(f"  {'example':<28} {'role':<12} {'label':<28} {'kept':>6}  label kept (gated/binary)")
+        starts = "every_start" in summary["examples"][0]
+        print(f"  {'example':<28} {'role':<12} {'label':<28} {'kept':>6}  "
+              + ("all starts  " if starts else "") + "label kept (gated/binary)")
         for e in summary["examples"]:
             label = _label(e)
             mark = "yes" if e["label_preserved"] else f"NO ({e['gated_label']}/{e['binary_label']})"
-            print(f"  {e['name'][:28]:<28} {e['role']:<12} {label[:28]:<28} {e['kept_fraction']:>6.1%}  {mark}")
+            agreed = f"{e['every_start']:>10.1%}  " if starts else ""
+            print(f"  {e['name'][:28]:<28} {e['role']:<12} {label[:28]:<28} {e['kept_fraction']:>6.1%}  {agreed}{mark}")
         if summary["representative_target"] is not None:
             print(f"  representative target: {summary['examples'][summary['representative_target']]['name']}")
             for kind in ("diverging_layer", "merging_layer"):
