@@ -180,9 +180,10 @@ export class NetworkView {
     // The width measured above: measuring again after drawing would force a layout of the whole drawing.
     this.setTransform(this.transform, width);
     const drawn = ++this.renders;
-    afterNextFrame(() => {
+    // The mini-map after the frame that paints the river, and after the tasks that frame queued.
+    afterNextFrame(() => setTimeout(() => {
       if (drawn === this.renders) this.updateMinimap(nodesLayer);
-    });
+    }, 0));
     return input.river.paths.length;
   }
 
