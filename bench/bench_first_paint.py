@@ -25,13 +25,22 @@ sampling profiler and splits main-thread time by script (TensorBoard's bundle, o
 native work such as parsing, style and layout, garbage collection, idle).
 
 The first load hits TensorBoard with cold caches; later loads are summarised as medians.
-The same loads of TensorBoard *without* AEVis (its first-party plugins only, same logdir,
-same browser) give TensorBoard's own shell time, the floor under any plugin's first paint.
+Interleaved with the AEVis loads, in the same browser and on the same logdir:
+
+- TensorBoard *without* AEVis (its first-party plugins only): TensorBoard's own shell
+  (``tb_dom_ready``, ``tb_plugins_listed``);
+- TensorBoard with a *null plugin* instead of AEVis (defined here: an es-module plugin whose
+  ``render()`` adds one ``div``, no request of its own): the same totals and phases
+  (``iframe_nav_start``, ``bundle_loaded``, ``start``, ``painted``), the first paint that any
+  TensorBoard plugin can reach on this machine;
+- with ``--baseline DIR``, AEVis served from another checkout (its ``tensorboard_plugin_aevis``
+  on ``PYTHONPATH``, e.g. a ``git worktree`` of an older commit): old and new measured side
+  by side.
 The last lines say where the time to the painted river goes: TensorBoard's script
 evaluated, the plugins listing answered, the plugin iframe started, the dashboard's first
 data in, the river painted (each at its time and + the ms since the previous milestone).
 Goal: first river paint at most 1.5 s. Usage:
-``.venv/bin/python bench/bench_first_paint.py [--repeats 5] [--logdir DIR]``.
+``.venv/bin/python bench/bench_first_paint.py [--repeats 5] [--logdir DIR] [--baseline DIR]``.
 """
 
 from __future__ import annotations
@@ -110,6 +119,48 @@ def without_aevis(listing: dict) -> bool:
 MARKS = ("aevis-start", "aevis-runs", "aevis-data", "aevis-river-drawn", "aevis-river-painted")
 ROUTES = ("runs", "analysis", "graph", "river")
 
+NULL_PLUGIN = "nullpaint"
+NULL_MARKS = ("null-start", "null-painted")
+# The null plugin's whole dashboard: one div, and the marks at the same moments as AEVis's
+# aevis-start (render() called) and aevis-river-painted (the frame after the DOM change).
+NULL_INDEX_JS = b"""export function render() {
+  performance.mark("null-start");
+  const div = document.createElement("div");
+  div.className = "null-painted";
+  div.textContent = "null plugin";
+  document.body.appendChild(div);
+  requestAnimationFrame(() => setTimeout(() => performance.mark("null-painted"), 0));
+}
+"""
+
+
+def null_plugin_class():
+    """A TensorBoard plugin class that is active and serves ``NULL_INDEX_JS`` as its es module."""
+    from tensorboard.backend import http_util
+    from tensorboard.plugins import base_plugin
+    from werkzeug import wrappers
+
+    class NullPlugin(base_plugin.TBPlugin):
+        plugin_name = NULL_PLUGIN
+
+        def __init__(self, context):
+            pass
+
+        def get_plugin_apps(self):
+            @wrappers.Request.application
+            def index_js(request):
+                return http_util.Respond(request, NULL_INDEX_JS, "text/javascript")
+
+            return {"/index.js": index_js}
+
+        def is_active(self):
+            return True
+
+        def frontend_metadata(self):
+            return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="Null")
+
+    return NullPlugin
+
 TIMELINE_JS = """() => {
   const nav = performance.getEntriesByType('navigation')[0];
   return {
@@ -123,15 +174,17 @@ TIMELINE_JS = """() => {
 PAINTED_JS = "() => performance.getEntriesByName('aevis-river-painted').length > 0"
 
 
-def open_dashboard(page, url: str):
-    """Navigate to the AEVis tab and wait for the painted river; returns (seconds, frame)."""
+def open_dashboard(page, url: str, plugin: str = "aevis"):
+    """Navigate to ``plugin``'s tab and wait for its painted first view; returns (seconds, frame)."""
     start = time.perf_counter()
-    page.goto(url + "/#aevis")
-    page.wait_for_selector('iframe[src*="plugin_entry.html?name=aevis"]', timeout=120_000)
-    frame = page.query_selector('iframe[src*="plugin_entry.html?name=aevis"]').content_frame()
-    frame.wait_for_selector("path.river-path", timeout=120_000)
+    page.goto(f"{url}/#{plugin}")
+    iframe = f'iframe[src*="plugin_entry.html?name={plugin}"]'
+    page.wait_for_selector(iframe, timeout=120_000)
+    frame = page.query_selector(iframe).content_frame()
+    frame.wait_for_selector("div.null-painted" if plugin == NULL_PLUGIN else "path.river-path", timeout=120_000)
     wall = time.perf_counter() - start
-    frame.wait_for_function(PAINTED_JS, timeout=60_000)
+    frame.wait_for_function(PAINTED_JS.replace("aevis-river-painted", "null-painted") if plugin == NULL_PLUGIN else PAINTED_JS,
+                            timeout=60_000)
     return wall, frame
 
 
@@ -139,20 +192,27 @@ def _ms(value) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def timeline(page, frame) -> dict:
+def timeline(page, frame, plugin: str = "aevis") -> dict:
     """The load's phases in ms from the top page's navigation start (see the module docstring)."""
     top, inner = page.evaluate(TIMELINE_JS), frame.evaluate(TIMELINE_JS)
     shift = inner["origin"] - top["origin"]
-    missing = [m for m in MARKS if m not in inner["marks"]]
+    if plugin == NULL_PLUGIN:  # the null plugin's marks under AEVis's names for its two phases
+        inner["marks"] = {"aevis-start": inner["marks"].get("null-start"), "aevis-river-painted": inner["marks"].get("null-painted")}
+    missing = [m for m in (MARKS[:1] + MARKS[-1:] if plugin == NULL_PLUGIN else MARKS) if inner["marks"].get(m) is None]
     if missing:
         raise SystemExit(f"the dashboard made no {', '.join(missing)} mark: rebuild the bundle (cd frontend && npm run build)")
 
     def top_resource(fragment: str) -> dict | None:
         return next((r for r in top["resources"] if fragment in r["url"]), None)
 
+    def mark(name: str) -> float | None:
+        at = inner["marks"].get(name)
+        return None if at is None else _ms(at + shift)
+
     tb_script = next((r for r in top["resources"] if "/index.js" in r["url"] and "/data/plugin/" not in r["url"]), None)
     listing = top_resource("/data/plugins_listing")
-    bundle = next((r for r in inner["resources"] if r["url"].split("?")[0].endswith("/data/plugin/aevis/static/index.js")), None)
+    bundle_path = f"/data/plugin/{NULL_PLUGIN}/index.js" if plugin == NULL_PLUGIN else "/data/plugin/aevis/static/index.js"
+    bundle = next((r for r in inner["resources"] if r["url"].split("?")[0].endswith(bundle_path)), None)
     routes = {}
     for r in inner["resources"]:
         route = r["url"].split("?")[0].rsplit("/data/plugin/aevis/", 1)[-1]
@@ -164,25 +224,27 @@ def timeline(page, frame) -> dict:
         "tb_plugins_listed": _ms(listing and listing["end"]),
         "iframe_nav_start": _ms(shift),
         "bundle_loaded": _ms(bundle and bundle["end"] + shift),
-        "start": _ms(inner["marks"]["aevis-start"] + shift),
-        "runs": _ms(inner["marks"]["aevis-runs"] + shift),
-        "data": _ms(inner["marks"]["aevis-data"] + shift),
-        "drawn": _ms(inner["marks"]["aevis-river-drawn"] + shift),
-        "painted": _ms(inner["marks"]["aevis-river-painted"] + shift),
+        "start": mark("aevis-start"),
+        "runs": mark("aevis-runs"),
+        "data": mark("aevis-data"),
+        "drawn": mark("aevis-river-drawn"),
+        "painted": mark("aevis-river-painted"),
     }
     painted = inner["marks"]["aevis-river-painted"]
     return {"full_page_s": round((painted + shift) / 1000, 3), "dashboard_s": round(painted / 1000, 3),
             "phases_ms": phases, "routes_ms": routes}
 
 
-def measure(browser, url: str) -> dict:
+def measure(browser, url: str, plugin: str = "aevis") -> dict:
+    """One load of ``plugin``'s tab in a fresh browser context (empty HTTP cache): wall time and timeline."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     try:
-        wall, frame = open_dashboard(page, url)
-        result = {"wall_s": round(wall, 3), **timeline(page, frame)}
-        result["paths"] = len(frame.query_selector_all("path.river-path"))
-        result["graph_nodes_drawn"] = len(frame.query_selector_all("g.graph-node"))
+        wall, frame = open_dashboard(page, url, plugin)
+        result = {"wall_s": round(wall, 3), **timeline(page, frame, plugin)}
+        if plugin != NULL_PLUGIN:
+            result["paths"] = len(frame.query_selector_all("path.river-path"))
+            result["graph_nodes_drawn"] = len(frame.query_selector_all("g.graph-node"))
         return result
     finally:
         context.close()
@@ -195,15 +257,30 @@ SHELL_JS = """() => {
 }"""
 
 
-def start_tensorboard(logdir: str, port: int, log, with_aevis: bool = True) -> subprocess.Popen:
-    """A ``tensorboard`` process on ``port``; without AEVis it loads TensorBoard's first-party plugins only."""
-    if with_aevis:
+def serve_tensorboard(plugins: str, argv: list) -> None:
+    """Run TensorBoard in this process with its first-party plugins, plus the null plugin when
+    ``plugins == "null"``; ``argv``: TensorBoard's command line (``--logdir`` ...)."""
+    from tensorboard import default, program
+
+    extra = [null_plugin_class()] if plugins == "null" else []
+    tb = program.TensorBoard(plugins=default.get_static_plugins() + extra)
+    tb.configure(argv=[sys.argv[0]] + argv)
+    sys.exit(tb.main())
+
+
+def start_tensorboard(logdir: str, port: int, log, plugins: str = "aevis", pythonpath: str | None = None) -> subprocess.Popen:
+    """A ``tensorboard`` process on ``port``. ``plugins``: "aevis" (the installed entry points:
+    AEVis, from ``pythonpath`` when given), "none" (TensorBoard's first-party plugins only) or
+    "null" (those and the null plugin)."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(pythonpath)] + [p for p in [env.get("PYTHONPATH")] if p])
+    if plugins == "aevis":
         command = [os.path.join(os.path.dirname(sys.executable), "tensorboard")]
     else:
-        command = [sys.executable, "-c", "import sys; from tensorboard import default, program; "
-                   "tb = program.TensorBoard(plugins=default.get_static_plugins()); tb.configure(argv=sys.argv); tb.main()"]
+        command = [sys.executable, os.path.abspath(__file__), "--serve", plugins, "--"]
     return subprocess.Popen(command + ["--logdir", logdir, "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def measure_shell_alone(browser, url: str) -> dict:
@@ -278,15 +355,39 @@ def where_the_time_goes(phases: dict) -> str:
     return "; ".join(parts)
 
 
+def summarise(loads: list) -> dict:
+    """Warm medians (every load but the first) of a list of ``measure`` results, and the cold first load."""
+    warm = loads[1:] or loads
+    return {
+        "warm_loads": len(warm),
+        "warm_median_full_page_s": statistics.median(l["full_page_s"] for l in warm),
+        "warm_median_dashboard_s": statistics.median(l["dashboard_s"] for l in warm),
+        "warm_median_wall_s": statistics.median(l["wall_s"] for l in warm),
+        "warm_median_phases_ms": median_phases(warm),
+        "cold": loads[0],
+    }
+
+
+def load_average() -> list:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve":  # a TensorBoard process of start_tensorboard
+        serve_tensorboard(sys.argv[2], sys.argv[4:] if sys.argv[3:4] == ["--"] else sys.argv[3:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="page loads to time (default 5)")
     parser.add_argument("--size", type=int, default=64, help="image size of the analysed images (default 64)")
     parser.add_argument("--steps", type=int, default=3, help="extraction steps (default 3; weights are random anyway)")
     parser.add_argument("--logdir", help="reuse (or create) this logdir instead of a temporary one")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also time AEVis served from this checkout (its tensorboard_plugin_aevis put first on PYTHONPATH)")
     args = parser.parse_args()
     if not os.path.exists(CHROMIUM):
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install chromium")
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "tensorboard_plugin_aevis", "static", "index.js")):
+        raise SystemExit(f"{args.baseline} holds no tensorboard_plugin_aevis/static/index.js")
     from playwright.sync_api import sync_playwright
 
     logdir = args.logdir or tempfile.mkdtemp(prefix="aevis-bench-")
@@ -295,60 +396,83 @@ def main() -> None:
         t = time.perf_counter()
         layers = write_resnet101_run(logdir, args.size, args.steps)
         print(f"wrote {RUN} ({layers} gated layers) in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    servers = {"aevis": ("aevis", None), "tensorboard_alone": ("none", None), "null_plugin": ("null", None)}
+    if args.baseline:
+        servers["aevis_baseline"] = ("aevis", args.baseline)
+    urls, procs = {}, {}
+    load_before = load_average()
     with open(os.path.join(logdir, "tensorboard-bench.log"), "wb") as log:
-        proc = start_tensorboard(logdir, port, log)
-        alone_port = free_port()
-        alone_url = f"http://127.0.0.1:{alone_port}"
-        alone_proc = start_tensorboard(logdir, alone_port, log, with_aevis=False)
         try:
-            wait_for_runs(url, proc)
+            for name, (plugins, pythonpath) in servers.items():
+                port = free_port()
+                urls[name] = f"http://127.0.0.1:{port}"
+                procs[name] = start_tensorboard(logdir, port, log, plugins, pythonpath)
+            for name in ("aevis", "aevis_baseline"):
+                if name in procs:
+                    wait_for_runs(urls[name], procs[name])
+            wait_for(urls["tensorboard_alone"], procs["tensorboard_alone"], "/data/plugins_listing", without_aevis,
+                     "tensorboard (without AEVis)")
+            wait_for(urls["null_plugin"], procs["null_plugin"], "/data/plugins_listing",
+                     lambda listing: NULL_PLUGIN in listing, "tensorboard (null plugin)")
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                wait_for(alone_url, alone_proc, "/data/plugins_listing", without_aevis, "tensorboard (without AEVis)")
-                loads, alone = [], []
-                for _ in range(max(1, args.repeats)):  # interleaved: both see the same machine load
-                    loads.append(measure(browser, url))
-                    alone.append(measure_shell_alone(browser, alone_url))
-                main_thread = profile(browser, url)
+                loads = {name: [] for name in servers}
+                for _ in range(max(1, args.repeats)):  # interleaved: every server sees the same machine load
+                    for name, (plugins, _path) in servers.items():
+                        if plugins == "none":
+                            loads[name].append(measure_shell_alone(browser, urls[name]))
+                        else:
+                            loads[name].append(measure(browser, urls[name], NULL_PLUGIN if plugins == "null" else "aevis"))
+                main_thread = profile(browser, urls["aevis"])
                 browser.close()
             if layers is None:  # asked after the loads: the first load must find TensorBoard's caches cold
                 query = urllib.parse.urlencode({"run": RUN, "analysis": ANALYSIS, "method": "constrained", "step": 0})
-                with urllib.request.urlopen(f"{url}/data/plugin/aevis/analysis?{query}", timeout=120) as r:
+                with urllib.request.urlopen(f"{urls['aevis']}/data/plugin/aevis/analysis?{query}", timeout=120) as r:
                     layers = len(json.loads(r.read())["layers"])
         finally:
-            for process in (proc, alone_proc):
+            for process in procs.values():
                 process.terminate()
                 process.wait(timeout=30)
-    warm = loads[1:] or loads
-    full = statistics.median(l["full_page_s"] for l in warm)
-    dashboard = statistics.median(l["dashboard_s"] for l in warm)
+    alone = loads.pop("tensorboard_alone")
+    summaries = {name: summarise(l) for name, l in loads.items()}
+    aevis = summaries["aevis"]
+    full, dashboard = aevis["warm_median_full_page_s"], aevis["warm_median_dashboard_s"]
     result = {
         "run": RUN, "gated_layers": layers, "image_size": args.size, "goal_s": GOAL_S,
-        "warm_median_full_page_s": full,
-        "warm_median_dashboard_s": dashboard,
-        "warm_median_wall_s": statistics.median(l["wall_s"] for l in warm),
-        "warm_median_phases_ms": median_phases(warm),
+        "load_average_before_after": [load_before, load_average()],
+        **{k: v for k, v in aevis.items() if k != "cold"},
         "profiled_load_main_thread_ms": main_thread,
         "tensorboard_without_aevis_warm_median_ms": {k: _ms(statistics.median(a[k] for a in (alone[1:] or alone)))
                                                      for k in ("tb_dom_ready", "tb_plugins_listed")},
-        "cold": loads[0],
+        "null_plugin": {k: v for k, v in summaries["null_plugin"].items() if k != "cold"},
+        **({"aevis_baseline": {k: v for k, v in summaries["aevis_baseline"].items() if k != "cold"}}
+           if "aevis_baseline" in summaries else {}),
+        "cold": aevis["cold"],
         "loads": loads,
     }
     print(json.dumps(result, indent=2))
-    shell = result["warm_median_phases_ms"]["iframe_nav_start"] / 1000
-    print(f"first river paint (median of {len(warm)} warm loads): full page {full:.3f} s "
+    shell = aevis["warm_median_phases_ms"]["iframe_nav_start"] / 1000
+    print(f"load average before / after: {result['load_average_before_after'][0]} / {result['load_average_before_after'][1]}")
+    print(f"first river paint (median of {aevis['warm_loads']} warm loads): full page {full:.3f} s "
           f"(goal <= {GOAL_S} s: {'met' if full <= GOAL_S else 'NOT met'}); TensorBoard's shell until the plugin iframe "
           f"starts {shell:.3f} s; plugin iframe navigation start to river paint {dashboard:.3f} s "
           f"({'within' if dashboard <= GOAL_S else 'over'} the goal on its own). Cold first load: full page "
-          f"{loads[0]['full_page_s']:.3f} s, dashboard {loads[0]['dashboard_s']:.3f} s.")
-    print(f"where the time goes (warm median): {where_the_time_goes(result['warm_median_phases_ms'])}")
-    print(f"where the time goes (cold load): {where_the_time_goes(loads[0]['phases_ms'])}")
+          f"{aevis['cold']['full_page_s']:.3f} s, dashboard {aevis['cold']['dashboard_s']:.3f} s.")
+    print(f"where the time goes (warm median): {where_the_time_goes(aevis['warm_median_phases_ms'])}")
+    print(f"where the time goes (cold load): {where_the_time_goes(aevis['cold']['phases_ms'])}")
     floor = result["tensorboard_without_aevis_warm_median_ms"]
     print(f"TensorBoard without AEVis (warm median of {len(alone[1:] or alone)} loads): its script evaluated at "
           f"{floor['tb_dom_ready']:.0f} ms, its plugins listing answered at {floor['tb_plugins_listed']:.0f} ms; with AEVis: "
-          f"{result['warm_median_phases_ms']['tb_dom_ready']:.0f} / {result['warm_median_phases_ms']['tb_plugins_listed']:.0f} ms")
+          f"{aevis['warm_median_phases_ms']['tb_dom_ready']:.0f} / {aevis['warm_median_phases_ms']['tb_plugins_listed']:.0f} ms")
+    for name, label in (("null_plugin", "null plugin (one div, no request)"), ("aevis_baseline", f"AEVis from {args.baseline}")):
+        if name not in summaries:
+            continue
+        other, phases = summaries[name], summaries[name]["warm_median_phases_ms"]
+        print(f"{label}, side by side (warm median): full page {other['warm_median_full_page_s']:.3f} s (AEVis {full:.3f} s), "
+              f"plugin iframe start {phases['iframe_nav_start']:.0f} ms (AEVis {aevis['warm_median_phases_ms']['iframe_nav_start']:.0f}), "
+              f"bundle loaded {phases['bundle_loaded']:.0f} ms (AEVis {aevis['warm_median_phases_ms']['bundle_loaded']:.0f}), "
+              f"render called {phases['start']:.0f} ms (AEVis {aevis['warm_median_phases_ms']['start']:.0f}), "
+              f"iframe start to paint {other['warm_median_dashboard_s']:.3f} s (AEVis {dashboard:.3f} s)")
 
 
 if __name__ == "__main__":

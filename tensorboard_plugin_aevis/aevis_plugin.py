@@ -14,6 +14,7 @@ draws. Importing this module imports neither torch nor scipy.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -354,7 +355,11 @@ class AEVisPlugin(base_plugin.TBPlugin):
             return error_response(request, 404, message)
         with open(path, "rb") as f:
             content = f.read()
-        return http_util.Respond(request, content, STATIC_TYPES[ext])
+        # Revalidated on every load (TensorBoard's no-cache): an unchanged file costs a 304, a new one is sent.
+        etag = hashlib.sha256(content).hexdigest()[:32]
+        if request.if_none_match.contains(etag):
+            return wrappers.Response(status=304, headers={"ETag": f'"{etag}"', "Cache-Control": "no-cache, must-revalidate"})
+        return http_util.Respond(request, content, STATIC_TYPES[ext], headers=[("ETag", f'"{etag}"')])
 
 
 # ----------------------------------------------------------------- answers (*_impl: data, no HTTP)

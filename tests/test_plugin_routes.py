@@ -315,6 +315,20 @@ def test_static_bundle_is_served_or_explained(client, tmp_path, monkeypatch):
         assert client.get(ROOT + bad).status_code == 404
 
 
+def test_static_bundle_is_revalidated_by_etag(client, tmp_path, monkeypatch):
+    monkeypatch.setattr(aevis_plugin, "STATIC_DIR", str(tmp_path))
+    (tmp_path / "index.js").write_text("export function render() {}\n")
+    first = client.get(ROOT + "static/index.js")
+    etag = first.headers["ETag"]
+    assert "no-cache" in first.headers["Cache-Control"]  # the browser asks again on every load
+    again = client.get(ROOT + "static/index.js", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.get_data() == b"" and again.headers["ETag"] == etag
+    (tmp_path / "index.js").write_text("export function render() { /* upgraded */ }\n")  # a new version behind the same name
+    upgraded = client.get(ROOT + "static/index.js", headers={"If-None-Match": etag})
+    assert upgraded.status_code == 200 and "upgraded" in upgraded.get_data(as_text=True)
+    assert upgraded.headers["ETag"] != etag
+
+
 def test_answers_are_cached(client, logdir):
     _, small, _ = logdir
     layer = small.analyses[("constrained", 0)].layers[2].name

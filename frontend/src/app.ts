@@ -133,12 +133,13 @@ export class App {
     followTheme(root, this.host);
   }
 
-  async start(): Promise<void> {
+  /** Show the first view; `runs`: the run list's answer when already asked for (index.ts asks at module evaluation). */
+  async start(runs: Promise<RunsResponse> = getJson<RunsResponse>("runs")): Promise<void> {
     // A link that names an analysis: ask for it together with the run list, not after it.
     const linked = this.state.run !== undefined && this.state.analysis !== undefined && this.state.method !== undefined
       && this.state.step !== undefined ? this.requestAnalysis() : null;
     try {
-      const answer = await getJson<RunsResponse>("runs");
+      const answer = await runs;
       this.runs = answer.runs ?? [];
       for (const warning of answer.warnings ?? []) this.message("warning", warning);
     } catch (err) {
@@ -366,7 +367,7 @@ export class App {
     this.manifestKey = this.analysisKey();
     this.state.diff = this.state.diff && resolveDiff(this.state.diff, this.state.examples!);
     this.renderControls();
-    this.saveState();
+    if (this.riverShown) this.saveState(); // the first river writes the hash once painted (below)
     if (manifest.examples.length < 2) {
       this.message("info", "This analysis has a single datapath; the river compares two or more. Its treemap is still available per layer.");
     }
@@ -394,7 +395,10 @@ export class App {
       // First river: its paths are in the DOM now; the second mark follows the frame that paints them.
       this.riverShown = true;
       performance.mark("aevis-river-drawn");
-      afterNextFrame(() => performance.mark("aevis-river-painted"));
+      afterNextFrame(() => {
+        performance.mark("aevis-river-painted");
+        this.saveState(); // writing TensorBoard's URL costs its page some ms: after the first paint
+      });
     }
     if (this.state.layer) void this.loadTreemap();
   }

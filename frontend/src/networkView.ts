@@ -105,6 +105,8 @@ export class NetworkView {
   private anchors: Array<Point | null> = [];
   private draggedSincePointerDown = false;
   private renders = 0;
+  /** The width the river and chart were last drawn for. */
+  private drawnWidth = 0;
   /** Pixel height of the view (set per render). */
   private height = MIN_HEIGHT;
 
@@ -175,11 +177,13 @@ export class NetworkView {
     else if (oldScreenX !== null && keepLayer !== null && this.anchors[keepLayer]) {
       this.transform = { ...this.transform, x: oldScreenX - this.anchors[keepLayer]![0] * this.transform.k };
     } else this.transform = this.fitTransform(width);
-    this.setTransform(this.transform);
+    // The width measured above: measuring again after drawing would force a layout of the whole drawing.
+    this.setTransform(this.transform, width);
     const drawn = ++this.renders;
-    afterNextFrame(() => {
+    // The mini-map after the frame that paints the river, and after the tasks that frame queued.
+    afterNextFrame(() => setTimeout(() => {
       if (drawn === this.renders) this.updateMinimap(nodesLayer);
-    });
+    }, 0));
     return input.river.paths.length;
   }
 
@@ -331,7 +335,7 @@ export class NetworkView {
     const dm = input.detection;
     const merging = river.markers.find((m) => m.kind === "merging")?.layer ?? null;
     const diverging = river.markers.find((m) => m.kind === "diverging")?.layer ?? null;
-    this.drawSpan(spanLayer, xs, diverging, merging, dm, z, name);
+    this.drawSpan(spanLayer, xs, diverging, merging, dm, z, name, width);
     const selected = input.selectedLayer === null ? -1 : river.layers.indexOf(input.selectedLayer);
     if (selected >= 0 && xs[selected] !== null) {
       band.appendChild(svgEl("line", { class: "selected-layer", x1: xs[selected]!, x2: xs[selected]!, y1: z.bandTop - 4, y2: z.chart + CHART_HEIGHT, stroke: "#d84315", "stroke-width": 1.5 }, [
@@ -387,7 +391,7 @@ export class NetworkView {
   }
 
   private drawSpan(layer: SVGGElement, xs: Array<number | null>, diverging: number | null, merging: number | null,
-    dm: DivergingMerging | null, z: ReturnType<typeof zones>, name: (l: number) => string): void {
+    dm: DivergingMerging | null, z: ReturnType<typeof zones>, name: (l: number) => string, width: number): void {
     if (merging === null || xs[merging] === null) return;
     const input = this.input!;
     const x1 = xs[merging]!;
@@ -405,7 +409,7 @@ export class NetworkView {
       fill: confirmed ? "rgba(255,193,7,0.22)" : "rgba(255,193,7,0.12)", stroke: "#ffa000", "stroke-dasharray": confirmed ? "" : "5 4", rx: 6,
     }, [svgTitle(text)]));
     const textWidth = text.length * 6.6;
-    const mid = Math.max(textWidth / 2 + 8, Math.min(this.viewSize()[0] - textWidth / 2 - 8, (x0 + x1) / 2));
+    const mid = Math.max(textWidth / 2 + 8, Math.min(width - textWidth / 2 - 8, (x0 + x1) / 2));
     layer.appendChild(svgEl("text", { class: "story-label", x: mid, y: z.bandTop - 14, "text-anchor": "middle", "font-size": 13, "font-weight": 500, fill: "#8d5b00" }, [text]));
   }
 
@@ -482,21 +486,27 @@ export class NetworkView {
     return [r.width || 800, r.height || this.height];
   }
 
-  private setTransform(t: Transform): void {
+  /** Show the view `t`; `width`: the view's width when just measured. */
+  private setTransform(t: Transform, width = this.viewSize()[0]): void {
     this.transform = t;
     this.viewport.setAttribute("transform", `translate(${t.x},${t.y}) scale(${t.k})`);
     this.tooltip.hidden = true;
-    const [w, h] = this.viewSize();
+    this.placeMinimapView(t, width);
+    this.drawnWidth = width;
+    if (!this.input) return;
+    clear(this.screen);
+    this.drawScreen(this.screen, t, width, true);
+  }
+
+  /** The mini-map's rectangle of the view `t` (`width` wide), and the mini-map shown only when it helps. */
+  private placeMinimapView(t: Transform, width: number): void {
     const z = zones(this.height);
     this.minimapView.setAttribute("x", String(-t.x / t.k));
     this.minimapView.setAttribute("y", String((z.graph - t.y) / t.k));
-    this.minimapView.setAttribute("width", String(w / t.k));
-    this.minimapView.setAttribute("height", String(Math.max(1, h - z.graph) / t.k));
+    this.minimapView.setAttribute("width", String(width / t.k));
+    this.minimapView.setAttribute("height", String(Math.max(1, this.height - z.graph) / t.k));
     // The mini-map helps only when the graph is wider than the view.
-    if (this.layout) this.minimap.style.display = this.layout.width * t.k < w * 1.05 ? "none" : "";
-    if (!this.input) return;
-    clear(this.screen);
-    this.drawScreen(this.screen, t, w, true);
+    if (this.layout) this.minimap.style.display = this.layout.width * t.k < width * 1.05 ? "none" : "";
   }
 
   private userTransform(t: Transform): void {
@@ -551,6 +561,7 @@ export class NetworkView {
   }
 
   private updateMinimap(nodesLayer: SVGGElement): void {
+    const [width] = this.viewSize(); // measured before the mini-map changes: no forced layout
     clear(this.minimap);
     if (!this.layout) return;
     const pad = 24;
@@ -565,7 +576,9 @@ export class NetworkView {
       for (const name of node.getAttributeNames()) if (name === "class" || name.startsWith("data-")) node.removeAttribute(name);
     }
     this.minimap.append(svgEl("rect", { x: -pad, y: -pad, width: vbW, height: vbH, fill: "#fafafa" }), nodes, this.minimapView);
-    this.setTransform(this.transform);
+    // The view drawn at another width (a scroll bar came or went since): draw it again.
+    if (width !== this.drawnWidth) this.setTransform(this.transform, width);
+    else this.placeMinimapView(this.transform, width);
   }
 
   /**
