@@ -567,6 +567,66 @@ def test_replay_on_a_loaded_artifact_runs_only_the_part_between_the_layers(tmp_p
     torch.testing.assert_close(replayed, gated_by_hooks(model, modules[earlier], modules[target], gates, images), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("loaded", [False, True])
+def test_prepare_runs_the_layers_before_the_earlier_one_once(tmp_path, loaded):
+    """Preparing is one forward pass: the replay's cached values are the outputs of the LCA's children
+    in that pass (issue #15: the graph up to the earlier layer used to run a second time), on a plain
+    model (traced) and on one read back from its artifact (its own graph)."""
+    from tensorboard_plugin_aevis import model_artifact
+
+    torch.manual_seed(2)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    if loaded:
+        model = model_artifact.load_model_artifact(model_artifact.save_model_artifact(model, torch.rand(3, 48, 48), str(tmp_path / "a")))
+    images = torch.rand(2, 3, 48, 48)
+    modules = dict(model.named_modules())
+    calls = []
+    handles = [modules[name].register_forward_hook(lambda *a, name=name: calls.append(name)) for name in ("conv1", "layer1")]
+    forward = gated_forward.GatedForward(model, "layer3.1", "layer4")
+    with model_access.analysis_mode(model), forward.hooks(), torch.no_grad():
+        forward.prepare(images, "layer3.1", "layer4")
+        gates = torch.rand(2, forward.gated.shape[1])
+        replayed = forward.run(gates, None)
+    for handle in handles:
+        handle.remove()
+    assert calls == ["conv1", "layer1"]
+    torch.testing.assert_close(replayed, gated_by_hooks(model, modules["layer3.1"], modules["layer4"], gates, images), rtol=1e-4, atol=1e-5)
+
+
+class _MutatedBeforeTheEarlierLayer(nn.Module):
+    """A value the layers after the earlier one read, changed in place by a call whose result is unused."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.act = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True)
+        self.earlier, self.target = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        self.act(h)
+        return self.target(self.earlier(h) + h)
+
+
+def test_replay_computes_again_what_an_in_place_call_changed():
+    """``stem``'s output is changed in place by ``act``, so the pass's record of it is not the value the
+    layers after the earlier one read: preparing computes it again from the graph (not by replaying
+    the whole model per call) and the replay equals a full gated forward."""
+    torch.manual_seed(4)
+    model = _MutatedBeforeTheEarlierLayer().eval()
+    images = torch.randn(2, 3, 8, 8)
+    calls = []
+    handle = model.stem.register_forward_hook(lambda *a: calls.append(1))
+    forward = gated_forward.GatedForward(model, "earlier", "target")
+    with model_access.analysis_mode(model), forward.hooks(), torch.no_grad():
+        forward.prepare(images, "earlier", "target")
+        prepared = len(calls)
+        gates = torch.rand(2, 4)
+        replayed = forward.run(gates, None)
+    handle.remove()
+    assert len(calls) == prepared  # the replay runs only what follows the earlier layer
+    torch.testing.assert_close(replayed, gated_by_hooks(model, model.earlier, model.target, gates, images), rtol=1e-4, atol=1e-5)
+
+
 def test_prediction_replay_on_a_loaded_artifact_starts_inside_the_wrapper(tmp_path):
     """Contribution to the prediction on a ClassifierWrapper read back from its artifact: the replay
     runs from the earlier layer inside the wrapped network (no module before it runs again) and

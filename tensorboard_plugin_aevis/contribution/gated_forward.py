@@ -9,18 +9,20 @@ import torch
 from torch import nn
 
 from .model_access import find_module
-from .replay import StopForward, clone, traced_replay
+from .lca_graph import called_children
+from .replay import StopForward, clone, recorded_outputs, traced_replay
 
 
 class GatedForward:
     """Runs the model from the earlier layer to the target layer with gates applied.
 
     Only the part of the forward pass between the two layers is re-run per call:
-    :meth:`prepare` runs the model once up to the lowest common ancestor module of
-    the two layers (LCA), traces the LCA with torch.fx (its direct children kept as
-    calls; a module of a loaded model artifact, which cannot be traced, gives its own fx
-    graph: :func:`lca_graph`), runs the LCA's graph up to the child holding the earlier
-    layer once and caches the values later nodes read; :meth:`run` replays the rest.
+    :meth:`prepare` runs the model once up to the target, takes the fx graph of the lowest
+    common ancestor module of the two layers (LCA; its direct children kept as calls:
+    :func:`lca_graph`) and caches the values the graph's nodes after the child holding the
+    earlier layer read: the outputs of the LCA's children in that one pass, where a child
+    was called once and its output not modified in place since, else computed by the
+    graph's nodes before that child; :meth:`run` replays the rest.
     When the LCA has no such graph, or its graph does not reproduce the LCA's output,
     the replay calls the LCA with its cached inputs. Cached values
     are cloned per replay (in-place ops such as ``ReLU(inplace=True)`` stay safe).
@@ -131,8 +133,10 @@ class GatedForward:
             handles += [self.model.get_submodule(path).register_forward_hook(
                 lambda module, args, output, path=path: outputs.setdefault(path, output)) for path in ancestors]
         self.gates, self.captured, self.gated = None, None, None
+        units = {id(m): m for path in ancestors for m in called_children(self.model.get_submodule(path))}.values()
         try:
-            out = self.model(images)
+            with recorded_outputs(units) as recorded:
+                out = self.model(images)
             if self.target is not None:
                 raise ValueError(f"target layer {target_path!r} is never called in a forward pass of the model; pick a module that runs")
         except StopForward:
@@ -162,17 +166,24 @@ class GatedForward:
                 "(it runs after it, or not at all); pick a layer closer to the input"
             )
         whole_lca = lambda: lca(*[clone(a) for a in captured["args"]], **{k: clone(v) for k, v in captured["kwargs"].items()})
-        traced = traced_replay(lca, captured["args"], captured["kwargs"], self._earlier_rel, self._gate, None if self._target_rel else self._stop_at)
-        self._replay = traced or whole_lca
-        try:
-            replayed = self.run(None, None)
-        except ValueError:
+        # the values before the earlier child from the pass above; should they not reproduce the model (an in-place
+        # operation the pass could not see), computed again by the graph; else the LCA replayed as a whole
+        for reused in (recorded, None):
+            traced = traced_replay(lca, captured["args"], captured["kwargs"], self._earlier_rel, self._gate,
+                                   None if self._target_rel else self._stop_at, reused)
             if traced is None:
-                raise
-            replayed = None  # the graph's output is not the module's (e.g. a loaded model's outputs, flattened)
-        if not (isinstance(out, torch.Tensor) and isinstance(replayed, torch.Tensor) and replayed.shape == out.shape
-                and torch.allclose(replayed, out, rtol=1e-4, atol=1e-5)):
-            self._replay = whole_lca  # the traced graph does not reproduce the model: replay the LCA as a whole
+                break
+            self._replay = traced
+            try:
+                replayed = self.run(None, None)
+            except ValueError:
+                break  # the graph's output is not the module's (e.g. a loaded model's outputs, flattened)
+            if (isinstance(out, torch.Tensor) and isinstance(replayed, torch.Tensor) and replayed.shape == out.shape
+                    and torch.allclose(replayed, out, rtol=1e-4, atol=1e-5)):
+                return out
+        self._replay = whole_lca
+        if traced is None:
+            self.run(None, None)  # raises ValueError when the earlier layer is not on the way to the target
         return out
 
     def run(self, gates: Optional[torch.Tensor], region: Optional[torch.Tensor]) -> torch.Tensor:

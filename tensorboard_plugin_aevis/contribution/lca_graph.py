@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
 
+from ..program_loader import ProgramModule
 
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict)
 
@@ -25,6 +26,16 @@ def _unit_length(root: nn.Module, parts: Sequence[str]) -> int:
     return len(parts)
 
 
+def called_children(root: nn.Module) -> Iterator[nn.Module]:
+    """The children that ``root``'s forward calls (see :func:`_unit_length`): its children, the
+    items of a ModuleList / ModuleDict child in their place."""
+    for child in root.children():
+        if isinstance(child, _CONTAINERS):
+            yield from called_children(child)
+        else:
+            yield child
+
+
 class _ChildrenAsLeaves(torch.fx.Tracer):
     """Traces one module's forward with its called children (see :func:`_unit_length`) kept as opaque calls."""
 
@@ -38,9 +49,12 @@ class _ChildrenAsLeaves(torch.fx.Tracer):
 
 
 def lca_graph(lca: nn.Module) -> Optional[torch.fx.GraphModule]:
-    """The LCA's forward as an fx graph whose calls of children stay calls: traced with torch.fx,
-    or, when tracing fails, the module's own graph when it has one (the modules of a loaded model
-    artifact, ``torch.export.unflatten``'s InterpreterModule, run an fx graph); else None."""
+    """The LCA's forward as an fx graph whose calls of children stay calls: a module of a loaded
+    model artifact (:class:`..program_loader.ProgramModule`) gives its own graph, which is such a
+    graph already; other modules are traced with torch.fx, or, when tracing fails, give their own
+    graph when they have one (``torch.export.unflatten``'s InterpreterModule runs an fx graph); else None."""
+    if isinstance(lca, ProgramModule):
+        return torch.fx.GraphModule(lca, lca.graph)
     try:
         return torch.fx.GraphModule(lca, _ChildrenAsLeaves(lca).trace(lca))
     except Exception:  # any tracing failure (data-dependent control flow, ...)

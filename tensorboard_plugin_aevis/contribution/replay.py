@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+import contextlib
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -19,8 +20,35 @@ def clone(value: Any) -> Any:
     return value.clone() if isinstance(value, torch.Tensor) else value
 
 
+@contextlib.contextmanager
+def recorded_outputs(modules: Iterable[nn.Module]) -> Iterator[Dict[nn.Module, torch.Tensor]]:
+    """Records the outputs of ``modules`` in the forward pass run inside the ``with``.
+
+    Yields a dict filled on exit: module -> its output, for each module called exactly once
+    whose output is a tensor not modified in place afterwards (its version counter unchanged
+    since the call); such an output is the value a replay of that call would compute.
+    """
+    seen: Dict[nn.Module, List[Any]] = {}
+
+    def keep(module: nn.Module, args: Any, output: Any) -> None:
+        entry = seen.setdefault(module, [0, None, None])
+        entry[0] += 1
+        entry[1], entry[2] = output, output._version if isinstance(output, torch.Tensor) else None
+
+    handles = [module.register_forward_hook(keep) for module in modules]
+    kept: Dict[nn.Module, torch.Tensor] = {}
+    try:
+        yield kept
+    finally:
+        for handle in handles:
+            handle.remove()
+        kept.update({m: out for m, (calls, out, version) in seen.items()
+                     if calls == 1 and isinstance(out, torch.Tensor) and out._version == version})
+
+
 def traced_replay(lca: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], earlier_rel: Sequence[str],
-                  gate: Callable[[Any], Any], stop: Optional[Callable[[Any], None]]) -> Optional[Callable[[], Any]]:
+                  gate: Callable[[Any], Any], stop: Optional[Callable[[Any], None]],
+                  recorded: Optional[Mapping[nn.Module, torch.Tensor]]) -> Optional[Callable[[], Any]]:
     """A replay of the LCA's fx graph from the child holding the earlier layer, or None when there is none.
 
     Args:
@@ -31,6 +59,10 @@ def traced_replay(lca: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any],
             (deeper earlier layers are gated by their forward hook).
         stop: called with the graph's output when the LCA's output is the target (it keeps the
             value and raises :class:`StopForward`); None when the LCA's output is simply returned.
+        recorded: outputs of the LCA's children in the real forward pass (:func:`recorded_outputs`):
+            of the nodes before the earlier child only those the later nodes depend on run, and
+            not the calls of these children; None: every node before the earlier child runs (an
+            in-place operation among them that no later node depends on takes effect).
 
     Returns:
         ``replay() -> output``: runs the graph's nodes after the earlier child on clones of the
@@ -54,10 +86,25 @@ def traced_replay(lca: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any],
     interpreter = torch.fx.Interpreter(graph_module)
     interpreter.args_iter = iter(args)
     prefix = nodes[: start + 1] if earlier_is_child else nodes[:start]
-    for node in prefix:  # the earlier child itself runs ungated here (gates are None)
-        interpreter.env[node] = interpreter.run_node(node)
     later = set(nodes[len(prefix):])
-    cached = {n: v for n, v in interpreter.env.items() if any(u in later for u in n.users)}
+    needed = [n for n in prefix if any(u in later for u in n.users) or (earlier_is_child and n is first[0])]
+    known: Dict[torch.fx.Node, torch.Tensor] = {}
+    runs = set(prefix)
+    if recorded is not None:
+        known = {n: recorded[graph_module.get_submodule(n.target)] for n in prefix
+                 if n.op == "call_module" and graph_module.get_submodule(n.target) in recorded}
+        runs, pending = set(), [n for n in needed if n not in known]
+        while pending:  # what the needed values depend on, back to the recorded ones
+            node = pending.pop()
+            if node not in runs:
+                runs.add(node)
+                pending += [n for n in node.all_input_nodes if n not in known]
+    for node in prefix:  # the earlier child itself runs ungated here (gates are None); placeholders read the args in order
+        if node in known:
+            interpreter.env[node] = known[node]
+        elif node in runs or node.op == "placeholder":
+            interpreter.env[node] = interpreter.run_node(node)
+    cached = {n: interpreter.env[n] for n in needed}
     earlier_output = interpreter.env[first[0]] if earlier_is_child else None
 
     def replay():
