@@ -6,7 +6,7 @@ and similar across the examples. The method, its choices and measurements: docs/
 "Contribution analysis". Modules: :mod:`.api` (entry points), :mod:`.session` (per-analysis
 cache), :mod:`.gated_forward` / :mod:`.replay` / :mod:`.lca_graph` (the gated sub-network),
 :mod:`.receptive_field`, :mod:`.objective`, :mod:`.sgd`, :mod:`.jacobian`, :mod:`.quadratic`,
-:mod:`.box_qp`, :mod:`.admm` (solvers), :mod:`.result`, :mod:`.options`, :mod:`.deadline`.
+:mod:`.box_qp`, :mod:`.fused`, :mod:`.admm` (solvers), :mod:`.result`, :mod:`.options`, :mod:`.deadline`.
 """
 
 from .api import feature_map_contributions, prediction_contributions

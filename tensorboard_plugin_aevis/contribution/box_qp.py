@@ -81,9 +81,9 @@ def active_set(jac: np.ndarray, target: np.ndarray, linear: float, start: np.nda
             return None
         if free.any():
             cols = jac[:, free]
-            hessian = 2.0 * cols.T @ cols
+            hessian = 2.0 * np.einsum("rf,rg->fg", cols, cols)
             step = np.linalg.lstsq(hessian, -grad[free], rcond=None)[0]
-            residual = -grad[free] - hessian @ step
+            residual = -grad[free] - np.einsum("fg,g->f", hessian, step)
             if np.abs(residual).max() > tol:  # unbounded along the null space: descend along the residual
                 step = residual * (1e6 / max(float(np.abs(residual).max()), 1e-300))
             if np.abs(step).max() > 1e-12:

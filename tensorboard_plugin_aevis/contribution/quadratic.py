@@ -10,6 +10,7 @@ import torch
 from .admm import solve_coupled
 from .box_qp import solve_box_quadratic
 from .deadline import check_deadline
+from .fused import solve_fused
 from .jacobian import jacobian
 from .objective import Preserved, quadratic_objective
 from .options import ContributionOptions
@@ -38,7 +39,8 @@ def fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma:
     ``target``: b (m, R), default ``J 1`` (residual ``J (1 - z)``, the linearisation at
     z = 1); ``start``: the solvers' first iterate (m, C), default all ones. Uncoupled
     examples (m = 1 or gamma = 0): one box-constrained quadratic per example,
-    :func:`solve_box_quadratic`; coupled examples: :func:`solve_coupled`; both at most
+    :func:`solve_box_quadratic`; coupled examples: the same gates for every example when
+    that is the optimum (:func:`.fused.solve_fused`), else :func:`solve_coupled`; each at most
     ``MAX_SOLVER_ITERATIONS`` iterations.
     """
     m, _, c = jac.shape
@@ -46,7 +48,9 @@ def fit_quadratic(jac: torch.Tensor, norms: torch.Tensor, lambda_: float, gamma:
     target64 = jac64.sum(axis=2) if target64 is None else target64
     start64 = np.ones((m, c)) if start is None else float64(start)
     if m > 1 and gamma > 0:
-        solution = solve_coupled(jac64, target64, lambda_ / c, gamma, start64, MAX_SOLVER_ITERATIONS, deadline)
+        solution = solve_fused(jac64, target64, lambda_ / c, gamma, None if start is None else start64, MAX_SOLVER_ITERATIONS, deadline)
+        if solution is None:
+            solution = solve_coupled(jac64, target64, lambda_ / c, gamma, start64, MAX_SOLVER_ITERATIONS, deadline)
         return torch.tensor(solution, dtype=torch.float32, device=jac.device)
     gates = [solve_box_quadratic(j, lambda_ / c, MAX_SOLVER_ITERATIONS, deadline, b, z0) for j, b, z0 in zip(jac64, target64, start64)]
     return torch.tensor(np.stack(gates), dtype=torch.float32, device=jac.device)
