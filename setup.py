@@ -28,6 +28,7 @@ setup(
         "scipy>=1.9",
         "squarify>=0.4",
         "tqdm>=4.60",
+        "threadpoolctl>=3",  # holds numpy's BLAS to one thread in the quadratic solvers (docs/method.md)
         "pillow>=9",
     ],
     extras_require={

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .box_qp import one_blas_thread
 from .deadline import check_deadline
 
 
@@ -23,9 +24,15 @@ def solve_coupled(jac: np.ndarray, target: np.ndarray, linear: float, gamma: flo
     ||J_i||_2^2 and is doubled or halved every 10 iterations while one residual is 10x
     the other (residual balancing). Stops when the primal residual ``|z - x|`` and the
     change of x times rho are below ``tol``, or after ``max_iter`` iterations. Returns x
-    (in the box); ``tol`` is in gate units. Its products go through np.einsum, on the
-    calling thread only (see :func:`.box_qp.matvec`).
+    (in the box); ``tol`` is in gate units. Its products go through np.einsum and its
+    inverses run with BLAS on the calling thread only (see :func:`.box_qp.one_blas_thread`).
     """
+    with one_blas_thread():
+        return _admm(jac, target, linear, gamma, start, max_iter, deadline, tol)
+
+
+def _admm(jac: np.ndarray, target: np.ndarray, linear: float, gamma: float, start: np.ndarray, max_iter: int,
+          deadline: Optional[float], tol: float) -> np.ndarray:
     m, rows, c = jac.shape
     rho = 0.1 * max(2.0 * float(np.mean([np.linalg.eigvalsh(np.einsum("rc,sc->rs", j, j)).max() for j in jac])), 1e-12)
     pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]

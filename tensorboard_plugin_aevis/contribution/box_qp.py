@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
+import threadpoolctl
 
 from .deadline import check_deadline
+
+
+@functools.lru_cache(maxsize=1)
+def _blas() -> threadpoolctl.ThreadpoolController:
+    """The BLAS libraries loaded in this process (found once: about 1 ms)."""
+    return threadpoolctl.ThreadpoolController()
+
+
+def one_blas_thread():
+    """A context in which BLAS (numpy's LAPACK calls: eigvalsh, inv, lstsq) runs on the calling
+    thread only: docs/method.md, "Threads of the quadratic solvers"."""
+    return _blas().limit(limits=1, user_api="blas")
 
 
 # Products with J go through np.einsum (never BLAS threads): docs/method.md, "Threads of the quadratic solvers".
@@ -34,6 +48,12 @@ def solve_box_quadratic(jac: np.ndarray, linear: float, max_iter: int, deadline:
     thousands of iterations for the last digits. Should the active-set finish not reach
     the optimum, FISTA goes on, up to ``max_iter`` iterations in all.
     """
+    with one_blas_thread():
+        return _fista_then_active_set(jac, linear, max_iter, deadline, target, start, warm_up)
+
+
+def _fista_then_active_set(jac: np.ndarray, linear: float, max_iter: int, deadline: Optional[float], target: Optional[np.ndarray],
+                           start: Optional[np.ndarray], warm_up: int) -> np.ndarray:
     target = jac.sum(axis=1) if target is None else target
     lipschitz = max(2.0 * float(np.linalg.eigvalsh(np.einsum("rc,sc->rs", jac, jac)).max()), 1e-12)  # 2 ||J||_2^2
     z = np.ones(jac.shape[1]) if start is None else np.clip(start, 0.0, 1.0)
