@@ -407,6 +407,22 @@ def test_box_quadratic_meets_the_optimality_conditions(rows, maps, seed):
     assert np.all(np.abs(grad[inside]) <= tol)
 
 
+@pytest.mark.parametrize("rows, free", [(96, 384), (96, 200), (16, 64), (96, 60), (16, 16)])
+def test_min_norm_solution_is_lstsq_of_the_free_hessian(rows, free):
+    """The active set's step from the SVD of J_F equals numpy's lstsq of 2 J_F^T J_F (rank-deficient
+    when F > R: the minimum-norm solution), to the rounding a solve of that conditioning allows
+    (float64 eps times the condition number of the kept part, times a margin of 1000)."""
+    rng = np.random.default_rng(rows + free)
+    cols = rng.normal(size=(rows, free)) * rng.random(free) ** 3
+    rhs = rng.normal(size=free)
+    expected = np.linalg.lstsq(2.0 * cols.T @ cols, rhs, rcond=None)[0]
+    s = np.linalg.svd(cols, compute_uv=False)
+    kept = s[s**2 > np.finfo(float).eps * free * s.max() ** 2]
+    condition = (kept.max() / kept.min()) ** 2
+    np.testing.assert_allclose(box_qp.min_norm_solution(cols, rhs), expected, rtol=0,
+                               atol=1e3 * np.finfo(float).eps * condition * np.abs(expected).max())
+
+
 _SOLVER_THREADS_SCRIPT = """
 import os, time
 import numpy as np
@@ -697,8 +713,6 @@ def test_a_gauss_newton_step_that_raises_the_loss_is_not_returned(monkeypatch):
     step that lowers the loss is kept."""
     sys.path.insert(0, os.path.dirname(__file__))
     from run_fixtures import TinyCNN
-
-    from tensorboard_plugin_aevis.contribution import quadratic
 
     model = TinyCNN(1).eval()
     images = torch.rand(3, 3, 24, 24)

@@ -81,11 +81,28 @@ def _fista_then_active_set(jac: np.ndarray, linear: float, max_iter: int, deadli
     return z
 
 
+def min_norm_solution(cols: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``np.linalg.lstsq(2 A^T A, rhs, rcond=None)[0]`` for ``A = cols`` (R, F): the minimum-norm
+    least-squares solution, from A's SVD (``A = U S V^T``: ``V diag(1 / 2 s^2) V^T rhs`` over the
+    singular values lstsq keeps, ``2 s^2 > eps F max(2 s^2)``), without forming the (F, F)
+    matrix's decomposition (docs/method.md, "Threads of the quadratic solvers").
+
+    Returns:
+        (F,) the solution.
+    """
+    _, s, vt = np.linalg.svd(cols, full_matrices=False)
+    curvature = 2.0 * s**2
+    kept = curvature > np.finfo(float).eps * cols.shape[1] * curvature.max(initial=0.0)
+    basis = vt[kept]
+    return np.einsum("kf,k->f", basis, np.einsum("kf,f->k", basis, rhs) / curvature[kept])
+
+
 def active_set(jac: np.ndarray, target: np.ndarray, linear: float, start: np.ndarray, max_iter: int) -> Optional[np.ndarray]:
     """Primal active-set method for the box quadratic of :func:`solve_box_quadratic` from ``start``.
 
     Gates at a bound stay fixed; the free ones move to the minimiser on their subspace
-    (``lstsq`` of ``J_F^T J_F p = -g_F / 2``; where that system is inconsistent, along its
+    (the least-squares solution of ``J_F^T J_F p = -g_F / 2``, :func:`min_norm_solution`;
+    where that system is inconsistent, along its
     residual, a zero-curvature descent direction), stopping at the first bound they
     hit, which then fixes that gate. When the free gates are stationary, a fixed gate
     whose gradient points into the box (the wrong sign of its multiplier) is released.
@@ -102,7 +119,7 @@ def active_set(jac: np.ndarray, target: np.ndarray, linear: float, start: np.nda
         if free.any():
             cols = jac[:, free]
             hessian = 2.0 * np.einsum("rf,rg->fg", cols, cols)
-            step = np.linalg.lstsq(hessian, -grad[free], rcond=None)[0]
+            step = min_norm_solution(cols, -grad[free])
             residual = -grad[free] - np.einsum("fg,g->f", hessian, step)
             if np.abs(residual).max() > tol:  # unbounded along the null space: descend along the residual
                 step = residual * (1e6 / max(float(np.abs(residual).max()), 1e-300))
