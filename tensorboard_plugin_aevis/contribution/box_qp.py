@@ -83,18 +83,20 @@ def _fista_then_active_set(jac: np.ndarray, linear: float, max_iter: int, deadli
 
 def min_norm_solution(cols: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """``np.linalg.lstsq(2 A^T A, rhs, rcond=None)[0]`` for ``A = cols`` (R, F): the minimum-norm
-    least-squares solution, from A's SVD (``A = U S V^T``: ``V diag(1 / 2 s^2) V^T rhs`` over the
-    singular values lstsq keeps, ``2 s^2 > eps F max(2 s^2)``), without forming the (F, F)
-    matrix's decomposition (docs/method.md, "Threads of the quadratic solvers").
+    least-squares solution ``V diag(1 / 2 s^2) V^T rhs`` (``A = U S V^T``) over the singular values
+    lstsq keeps, ``2 s^2 > eps F max(2 s^2)``; V from the eigenvectors of the smaller Gram matrix,
+    ``A^T A`` (F <= R) or ``A A^T`` (F > R: ``V = A^T U S^-1``), never decomposing an (F, F)
+    matrix of rank R (docs/method.md, "Threads of the quadratic solvers").
 
     Returns:
         (F,) the solution.
     """
-    _, s, vt = np.linalg.svd(cols, full_matrices=False)
-    curvature = 2.0 * s**2
+    wide = cols.shape[1] > cols.shape[0]
+    squares, vectors = np.linalg.eigh(cols @ cols.T if wide else cols.T @ cols)  # s^2 and U (wide) or V
+    curvature = 2.0 * squares
     kept = curvature > np.finfo(float).eps * cols.shape[1] * curvature.max(initial=0.0)
-    basis = vt[kept]
-    return np.einsum("kf,k->f", basis, np.einsum("kf,f->k", basis, rhs) / curvature[kept])
+    basis = (vectors[:, kept].T @ cols) / np.sqrt(squares[kept])[:, None] if wide else vectors[:, kept].T  # V^T rows
+    return basis.T @ ((basis @ rhs) / curvature[kept])
 
 
 def active_set(jac: np.ndarray, target: np.ndarray, linear: float, start: np.ndarray, max_iter: int) -> Optional[np.ndarray]:
