@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from scipy.optimize import lsq_linear
 from torch import nn
 
 from tensorboard_plugin_aevis import contribution
@@ -423,6 +424,57 @@ def test_min_norm_solution_is_lstsq_of_the_free_hessian(rows, free):
                                atol=1e3 * np.finfo(float).eps * condition * np.abs(expected).max())
 
 
+
+@pytest.mark.parametrize("rows,maps,seed", [(12, 8, 0), (30, 20, 1), (5, 5, 2), (40, 24, 3)])
+def test_box_quadratic_equals_scipy_bounded_least_squares(rows, maps, seed):
+    """An independent check: with J of full column rank, ``||b - J z||^2 + linear * sum(z)`` is
+    ``||d - J z||^2 + const`` for ``d = b - J (J^T J)^-1 1 linear / 2``, whose box-constrained minimiser
+    scipy's ``lsq_linear`` (BVLS) finds. The solver stops at KKT violations v_c <= 1e-6 linear, so
+    its objective exceeds the optimum by at most ``sum_c v_c |z_c - z*_c| <= C 1e-6 linear``; the
+    objective being strongly convex with modulus mu = 2 sigma_min(J)^2, its distance to scipy's
+    answer is at most ``sqrt(2 gap / mu)`` for the two answers' gaps (scipy's bounded the same way
+    by its own KKT violations)."""
+    rng = np.random.default_rng(seed)
+    jac = rng.normal(size=(rows, maps)) * rng.random(maps)
+    target = jac @ rng.uniform(-0.5, 1.5, size=maps)  # optimum with gates at 0, at 1 and between
+    linear = 0.3 * float(np.abs(jac.T @ target).mean())
+
+    def objective(z):
+        return float(np.sum((target - jac @ z) ** 2)) + linear * float(z.sum())
+
+    def violations(z):
+        grad = linear - 2.0 * jac.T @ (target - jac @ z)
+        return np.where(z <= 0, np.maximum(-grad, 0), np.where(z >= 1, np.maximum(grad, 0), np.abs(grad)))
+
+    shifted = target - jac @ np.linalg.solve(jac.T @ jac, np.full(maps, linear / 2.0))
+    reference = lsq_linear(jac, shifted, bounds=(0.0, 1.0), method="bvls", tol=1e-14).x
+    z = box_qp.solve_box_quadratic(jac, linear, 20000, None, target)
+    ours_gap, reference_gap = maps * 1e-6 * linear, float(violations(reference).sum())
+    assert np.all((z >= 0) & (z <= 1))
+    assert (z == 0).any() and (z == 1).any() and ((z > 0) & (z < 1)).any(), "the problem should have gates at 0, at 1 and between"
+    assert objective(z) <= objective(reference) + ours_gap
+    mu = 2.0 * np.linalg.svd(jac, compute_uv=False).min() ** 2
+    assert np.abs(z - reference).max() <= np.sqrt(2.0 * ours_gap / mu) + np.sqrt(2.0 * reference_gap / mu)
+
+
+@pytest.mark.parametrize("rows,free,duplicate", [(48, 40, False), (16, 16, False), (48, 40, True), (16, 64, False)])
+def test_subspace_step_solves_the_free_system_else_falls_back_to_the_minimum_norm_one(rows, free, duplicate):
+    """Full column rank (F <= R): the unique solution of ``2 A^T A p = rhs`` (residual within the
+    tolerance given); a duplicated column (singular) or F > R: :func:`box_qp.min_norm_solution`."""
+    rng = np.random.default_rng(rows + free)
+    cols = rng.normal(size=(rows, free)) * rng.random(free)
+    if duplicate:
+        cols[:, 1] = cols[:, 0]
+    rhs = rng.normal(size=free)
+    gram = cols.T @ cols
+    tol = 1e-9 * float(np.abs(rhs).max())
+    step = box_qp.subspace_step(cols, gram, rhs, tol)
+    if duplicate or free > rows:
+        np.testing.assert_array_equal(step, box_qp.min_norm_solution(cols, rhs))
+    else:
+        assert np.abs(rhs - 2.0 * gram @ step).max() <= tol
+
+
 _SOLVER_THREADS_SCRIPT = """
 import os, time
 import numpy as np
@@ -459,8 +511,8 @@ def test_box_quadratic_runs_on_the_calling_thread_only():
     products that OpenBLAS threads, 0.06 s without. In a fresh process (no torch thread
     spinning), the CPU time of every thread but the main one must stay flat over solves
     of the benchmark's size and of six examples' rows stacked (whose active-set finish solves
-    least squares of up to 384 free gates); with ``jac @ z`` products OpenBLAS's threads took 82
-    ticks of 10 ms here.
+    least squares of up to 384 free gates); with ``jac @ z`` products outside the one-thread limit
+    OpenBLAS's threads took 82 ticks of 10 ms here.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
     done = subprocess.run([sys.executable, "-c", _SOLVER_THREADS_SCRIPT], capture_output=True, text=True, env=env, timeout=120)
