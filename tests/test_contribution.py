@@ -729,9 +729,9 @@ def test_prediction_replay_on_a_loaded_artifact_starts_inside_the_wrapper(tmp_pa
     torch.testing.assert_close(replayed, expected, rtol=1e-4, atol=1e-5)
 
 
-def _loss_through_hooks(model, images, query, result):
-    """Eq. 7/8's loss of ``result.gates`` through a plain forward pass gated by a hook (not the replay):
-    relative error of the area's neurons of the target map plus the penalties."""
+def _fidelity_through_hooks(model, images, query, result):
+    """(m,) the relative error of the area's neurons of the target map at ``result.gates`` through a
+    plain forward pass gated by a hook (not the replay), and the gates (m, C)."""
     earlier, target = model.get_submodule(query["earlier_layer"]), model.get_submodule(query["target_layer"])
     y0, x0, y1, x1 = result.region
     ay0, ax0, ay1, ax1 = result.area
@@ -753,8 +753,29 @@ def _loss_through_hooks(model, images, query, result):
         return captured["out"][:, query["channel"], ay0:ay1, ax0:ax1].flatten(1)
 
     reference, gated = target_area(None), target_area(z)
-    fidelity = ((gated - reference) ** 2).sum(1) / (reference**2).sum(1)
+    return ((gated - reference) ** 2).sum(1) / (reference**2).sum(1), z
+
+
+def _loss_through_hooks(model, images, query, result):
+    """Eq. 7/8's loss of ``result.gates`` through a plain forward pass gated by a hook (not the replay):
+    :func:`_fidelity_through_hooks` summed plus the penalties."""
+    fidelity, z = _fidelity_through_hooks(model, images, query, result)
     return float(fidelity.sum() + loss_terms.penalties(z, contribution.DEFAULT_LAMBDA, contribution.DEFAULT_GAMMA))
+
+
+@pytest.mark.parametrize("relinearise", [0, 1, 2])
+def test_quadratic_fidelity_is_the_relative_error_through_the_network_at_its_gates(relinearise):
+    """The quadratic answer's fidelity (taken from the passes that also serve the linearisations) is
+    the relative error of the preserved neurons at the returned gates through a plain gated forward pass."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from run_fixtures import TinyCNN
+
+    model = TinyCNN(1).eval()
+    images = torch.rand(3, 3, 24, 24)
+    query = dict(target_layer="features.9", channel=2, earlier_layer="features.6", area=(0, 0, 6, 6), mode="quadratic")
+    result = feature_map_contributions(model, images, **query, relinearise=relinearise)
+    expected, _ = _fidelity_through_hooks(model, images, query, result)
+    np.testing.assert_allclose(result.fidelity, expected.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_a_gauss_newton_step_that_raises_the_loss_is_not_returned(monkeypatch):
@@ -785,6 +806,8 @@ def test_a_gauss_newton_step_that_raises_the_loss_is_not_returned(monkeypatch):
     assert len(calls) == 2
     np.testing.assert_array_equal(guarded.gates, once.gates)
     np.testing.assert_array_equal(guarded.scores, once.scores)
+    # the first solution's fidelity, from the second linearisation's forward pass
+    np.testing.assert_allclose(guarded.fidelity, _fidelity_through_hooks(model, images, query, guarded)[0].numpy(), rtol=1e-4, atol=1e-6)
     assert guarded.to_json()["ranking"] == once.to_json()["ranking"]  # ties ordered by the first quadratic's gradient
 
 

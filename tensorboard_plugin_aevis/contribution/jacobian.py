@@ -12,15 +12,15 @@ from .receptive_field import region_from_gradient
 
 def jacobian(forward: GatedForward, images, select, channels, max_rows, seed, with_area, gates: Optional[torch.Tensor] = None,
               region: Optional[torch.Tensor] = None):
-    """(D J, D, region mask, rectangle, D f) at ``gates`` (default z = 1) from one forward pass and one backward pass per row.
+    """(D J, D, region mask, rectangle, f) at ``gates`` (default z = 1) from one forward pass and one backward pass per row.
 
     The backward passes give the gradient of every (sketched) preserved neuron w.r.t. the gated
     earlier feature maps, (R, m, C, H_e, W_e); at z = 1 its support is the receptive field
     (Eq. 8 region, when ``with_area``; else ``region`` is used as given) and
     ``J[r, i, k] = sum_hw grad * activation * region`` (the ungated activation).
     ``D`` (R, P) is the identity when P <= ``max_rows``, else a seeded Gaussian sketch
-    with ``E[D^T D] = I``; ``D J`` has shape (m, R, C) and ``D f``, the sketched preserved
-    neurons at ``gates``, (m, R).
+    with ``E[D^T D] = I``; ``D J`` has shape (m, R, C) and ``f``, the preserved neurons at
+    ``gates`` (the forward pass's), (m, P).
     """
     z = (torch.ones(images.shape[0], channels, device=images.device) if gates is None else gates.clone()).requires_grad_(True)
     with torch.enable_grad():
@@ -42,4 +42,4 @@ def jacobian(forward: GatedForward, images, select, channels, max_rows, seed, wi
         region, rectangle = region_from_gradient(spatial.abs().sum(dim=(0, 1, 2)))
     weighted = ungated if region is None else ungated * region
     rows = (spatial * weighted.unsqueeze(0)).sum(dim=(-1, -2))  # (R, m, C)
-    return rows.permute(1, 0, 2).contiguous(), directions, region, rectangle, preserved.detach() @ directions.T
+    return rows.permute(1, 0, 2).contiguous(), directions, region, rectangle, preserved.detach()

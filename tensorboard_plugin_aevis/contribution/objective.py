@@ -48,12 +48,11 @@ def relative_error(preserved: torch.Tensor, reference: torch.Tensor, norms: torc
     return ((preserved - reference) ** 2).flatten(1).sum(1) / norms
 
 
-def network_loss(problem: Preserved, z: torch.Tensor, region: Optional[torch.Tensor], lambda_: float, gamma: float) -> float:
-    """The fit's loss at gates ``z`` (m, C) measured through the network: the relative fidelity
-    of the preserved neurons plus :func:`penalties` (``region``: the gated area or None)."""
+def preserved_at(problem: Preserved, z: torch.Tensor, region: Optional[torch.Tensor]) -> torch.Tensor:
+    """(m, P) the preserved neurons, flattened, at gates ``z`` (m, C) on ``region`` (the gated
+    area's (H_e, W_e) float mask, or None) from one pass through the network without autograd."""
     with torch.no_grad():
-        preserved = problem.select(problem.forward.run(z, region))
-        return float(relative_error(preserved, problem.reference, problem.norms).sum() + penalties(z, lambda_, gamma))
+        return problem.select(problem.forward.run(z, region)).flatten(1)
 
 
 def quadratic_objective(jac64: np.ndarray, lambda_: float, gamma: float, deadline: Optional[float], target64: Optional[np.ndarray] = None):

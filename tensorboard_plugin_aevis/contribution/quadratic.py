@@ -12,7 +12,7 @@ from .box_qp import solve_box_quadratic
 from .deadline import check_deadline
 from .fused import solve_fused
 from .jacobian import jacobian
-from .objective import Preserved, network_loss, quadratic_objective
+from .objective import Preserved, penalties, preserved_at, quadratic_objective, relative_error
 from .options import ContributionOptions
 
 MAX_SOLVER_ITERATIONS = 5000  # per quadratic solve; the solvers stop earlier at their tolerance
@@ -61,7 +61,9 @@ def fit_linearised(problem: Preserved, with_area: bool, options: ContributionOpt
     """The quadratic mode: linearise at z = 1 and solve; then ``options.relinearise`` times
     (Gauss-Newton): linearise again at the solution z_t, ``f(z) ~ f(z_t) + J_t (z - z_t)``,
     and solve ``||D (f_0 - f(z_t)) + J_t z_t - J_t z||^2 / n + penalties`` from z_t. Of these
-    solutions the one of the lowest loss through the network is returned (the first on ties).
+    solutions the one of the lowest loss through the network is returned (the first on ties);
+    the preserved neurons at a solution come from the next linearisation's forward pass, the
+    last solution's from one more pass.
 
     Args:
         problem: the preserved neurons and the replay (inside its hooks).
@@ -71,7 +73,8 @@ def fit_linearised(problem: Preserved, with_area: bool, options: ContributionOpt
 
     Returns:
         (gates (m, C), region (H_e, W_e) float mask or None, its rectangle or None,
-        the gradient at the gates (m, C) of the quadratic they minimise).
+        the gradient at the gates (m, C) of the quadratic they minimise, the relative error
+        of the preserved neurons at the gates through the network (m,)).
 
     Raises:
         ContributionTimeout: past ``options.deadline``.
@@ -84,14 +87,20 @@ def fit_linearised(problem: Preserved, with_area: bool, options: ContributionOpt
     goal = problem.reference.flatten(1) @ directions.T  # D f_0, (m, R)
     target = None
     solutions = [(gates, jac, target)]  # each solution with the quadratic it minimised
+    reached = []  # the preserved neurons (m, P) at each solution
     for _ in range(options.relinearise):
         check_deadline(deadline)
         jac, _, _, _, at_gates = jacobian(forward, images, select, channels, rows, seed, False, gates, region)
-        target = goal - at_gates + (jac @ gates.unsqueeze(-1)).squeeze(-1)
+        reached.append(at_gates)
+        target = goal - at_gates @ directions.T + (jac @ gates.unsqueeze(-1)).squeeze(-1)
         gates = fit_quadratic(jac, norms, lambda_, gamma, deadline, target, gates)
         solutions.append((gates, jac, target))
-    if len(solutions) > 1:  # a Gauss-Newton step can raise the loss through the network (docs/method.md): keep the lowest
-        gates, jac, target = min(solutions, key=lambda s: network_loss(problem, s[0], region, lambda_, gamma))
+    reached.append(preserved_at(problem, gates, region))
+    errors = [relative_error(preserved, problem.reference.flatten(1), norms) for preserved in reached]
+    # a Gauss-Newton step can raise the loss through the network (docs/method.md): keep the lowest
+    losses = [float(error.sum() + penalties(solution[0], lambda_, gamma)) for error, solution in zip(errors, solutions)]
+    best = losses.index(min(losses))
+    (gates, jac, target), error = solutions[best], errors[best]
     jac64, target64 = scaled64(jac, norms, target)
     _, grad = quadratic_objective(jac64, lambda_, gamma, None, target64)(float64(gates).reshape(-1))
-    return gates, region, rectangle, torch.from_numpy(grad.reshape(gates.shape))
+    return gates, region, rectangle, torch.from_numpy(grad.reshape(gates.shape)), error

@@ -14,7 +14,7 @@ from .deadline import check_deadline
 from .gated_forward import GatedForward
 from .inputs import Area, area_mask, check_images
 from .model_access import analysis_mode
-from .objective import Preserved, relative_error
+from .objective import Preserved, preserved_at, relative_error
 from .options import ContributionOptions
 from .quadratic import fit_linearised
 from .receptive_field import local_crop, shift
@@ -184,11 +184,10 @@ class ContributionSession:
 def _fit_gates(problem: Preserved, linearised: tuple, options: ContributionOptions) -> dict:
     """The fit itself (inside the hooks, on the crop when ``forward.crop`` is set) from the quadratic
     mode's answer ``linearised`` (:func:`.quadratic.fit_linearised`); see :meth:`ContributionSession._fit`."""
-    gates, region, rectangle, pressure = linearised
+    gates, region, rectangle, pressure, fidelity = linearised
     steps_run = None
     if options.mode == "sgd":
         gates, steps_run, pressure = fit_sgd(problem, gates, region, options)
-    with torch.no_grad():
-        fidelity = relative_error(problem.select(problem.forward.run(gates, region)), problem.reference, problem.norms)
+        fidelity = relative_error(preserved_at(problem, gates, region), problem.reference.flatten(1), problem.norms)
     return dict(gates=gates.cpu().numpy().copy(), fidelity=fidelity.cpu().numpy(), pressure=pressure.cpu().numpy().copy(), region=rectangle,
                 steps_run=steps_run)
