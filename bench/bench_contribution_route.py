@@ -15,7 +15,8 @@ loopback only):
   feature maps of the same target layer: a quadratic request, then the SGD request of the
   same map (which starts from the quadratic answer the server kept); ``later_sgd_s``: SGD
   requests alone on further maps (each computed, none cached);
-- ``ranked``: entries in each answer's ranking (default top 10);
+- ``ranked``: entries in each answer's ranking (default top 10); ``threads``: the torch
+  threads each answer was computed on (the cores no other task held);
 - ``rank_correlation``: Spearman correlation of the two modes' scores over every map,
   per feature map, and whether they agree on the top map;
 - ``sgd_steps_run``: the Adam steps each later SGD request ran after its quadratic start;
@@ -95,11 +96,14 @@ def _timed_requests(server: Server, target_layer: str, maps: int) -> dict:
             "area": [y0, x0, min(h, y0 + 4), min(w, x0 + 4)], "area_grid": [h, w],
             "examples": list(range(len(analysis["examples"])))}
 
+    threads = []
+
     def post(channel: int, mode: str) -> tuple:
         status, body, seconds = server.request("POST", ROOT + "contribution", dict(base, channel=channel, mode=mode))
         answer = json.loads(body)
         if status != 200:
             return seconds, None, answer.get("error")
+        threads.append(answer.get("threads"))
         return seconds, answer, None
 
     # feature maps in the most datapaths first (the dashboard's user brushes a map of the treemap)
@@ -146,7 +150,7 @@ def _timed_requests(server: Server, target_layer: str, maps: int) -> dict:
         later.append(round(s_sgd, 3))
         ranked.append(len(sgd["ranking"]))
     result.update(later_sgd_s=later, quadratic_s=quad, sgd_after_quadratic_s=refined, ranked=ranked, rank_correlation=correlations,
-                  same_top_map=same_top, sgd_steps_run=steps, sgd_objective=losses[0], quadratic_objective=losses[1],
+                  same_top_map=same_top, sgd_steps_run=steps, sgd_objective=losses[0], quadratic_objective=losses[1], threads=threads,
                   errors=sorted(set(errors))[:3], **server.close())
     return result
 

@@ -13,7 +13,9 @@ the logdir is executed) and runs :mod:`contribution` with bounded work:
   one read of an artifact, which other requests may be waiting for, is not counted),
   checked between optimiser steps: past it the job stops and is answered 503;
 - results are cached (LRU, ``cache_size`` entries) keyed by the normalised request
-  and the artifact's modification time; a cached answer has ``"cached": true``.
+  and the artifact's modification time; a cached answer has ``"cached": true``;
+- a job runs torch on the cores no other task holds when it starts
+  (:func:`cpu_share.torch_threads`; ``"threads"`` in the answer).
 
 Models are read once per artifact (path and modification time) and server: simultaneous
 requests for one artifact wait for its one read (``model_artifact`` serialises torch's
@@ -63,7 +65,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from tensorboard_plugin_aevis import model_artifact, run_reader
+from tensorboard_plugin_aevis import cpu_share, model_artifact, run_reader
 from tensorboard_plugin_aevis.bounded_cache import ByteLRU
 from tensorboard_plugin_aevis.http_common import BodyParams, HttpError
 
@@ -313,7 +315,8 @@ class ContributionService:
         except model_artifact.ModelArtifactError as exc:
             raise HttpError(409, str(exc)) from exc
         try:
-            with _COMPUTE_LOCK:  # torch.fx tracing patches nn.Module.__call__ for every thread
+            # torch.fx tracing patches nn.Module.__call__ for every thread; torch's thread count is process-wide
+            with _COMPUTE_LOCK, cpu_share.torch_threads() as threads:
                 options = contribution.ContributionOptions(mode=mode, lambda_=lambda_, gamma=gamma, steps=steps,
                                                            deadline=time.monotonic() + self.timeout_s)
                 result = self._compute(worker, layers, images, session_key, (target, channel, area), options)
@@ -322,7 +325,7 @@ class ContributionService:
         body = result.to_json()
         body.update(run=run, analysis=name, method=method, step=step, target=target, examples=examples,
                     example_names=[analysis.examples[i].name for i in examples], warnings=list(loaded.warnings),
-                    score_meaning=SCORE_MEANING)
+                    score_meaning=SCORE_MEANING, threads=threads)
         self._cache.put(key, body, 1)
         return _ranked(body, loaded, top, cached=False)
 
