@@ -29,7 +29,7 @@ def free_cores(loadavg: str = LOADAVG, samples: int = SAMPLES, interval_s: float
 
     Args:
         loadavg: the file to read (Linux's ``/proc/loadavg``).
-        samples, interval_s: how often and how far apart it is read.
+        samples, interval_s: how often (at least once) and how far apart it is read.
 
     Returns:
         ``usable_cores() - (running - 1)``, at least 1; every usable core when the file cannot
