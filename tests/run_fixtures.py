@@ -199,9 +199,12 @@ def write_run_with_stability_and_an_empty_layer(
 
     Constructed input: after the real extraction, that layer's gates are set to 0 (below
     every threshold) and its stability to 0 (no start kept any of its maps), so the
-    dashboard's "keeps no map here" states are reachable on a tiny network; the other
-    layers are the extraction's own. Logged at step 0, method ``"constrained"``, with the
-    model and reference images. Returns the logged analysis (``analyses[("constrained", 0)]``).
+    dashboard's "keeps no map here" states are reachable on a tiny network; and in the
+    last other layer whose datapaths keep at least two maps, the first kept map of the
+    first example that keeps one gets stability 1/3 (one start of three kept it), the
+    others 1, so a faded cell beside a full one exists whatever the starts did on this
+    CPU. Logged at step 0, method ``"constrained"``, with the model and reference images.
+    Returns the logged analysis (``analyses[("constrained", 0)]``).
     """
     from summary_writers import add_analysis
     from tensorboard_plugin_aevis.extraction import extract_datapaths
@@ -214,6 +217,12 @@ def write_run_with_stability_and_an_empty_layer(
     analysis = extract_datapaths(model, images, list(roles), method="constrained", steps=8, starts=3)
     analysis.gates[EMPTY_LAYER] = np.zeros_like(analysis.gates[EMPTY_LAYER])
     analysis.stability[EMPTY_LAYER] = np.zeros_like(analysis.stability[EMPTY_LAYER])
+    binary = analysis.binary()
+    layer = next(l for l in reversed(range(len(binary))) if l != EMPTY_LAYER and binary[l].any(axis=0).sum() >= 2)
+    example = int(np.flatnonzero(binary[layer].any(axis=1))[0])
+    faded = int(np.flatnonzero(binary[layer][example])[0])
+    analysis.stability[layer] = np.where(binary[layer], 1.0, analysis.stability[layer]).astype(np.float32)
+    analysis.stability[layer][example, faded] = 1.0 / 3.0
     analysis.validate()
     path = os.path.join(logdir, run)
     add_analysis(path, name, analysis, 0, model=model, reference_images=references, save_model=True)
