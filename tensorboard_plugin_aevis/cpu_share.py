@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 LOADAVG = "/proc/loadavg"
 SAMPLES = 3
@@ -20,11 +20,20 @@ def usable_cores() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
+def running_tasks(loadavg: str = LOADAVG) -> Optional[int]:
+    """The kernel's count of runnable tasks now (the fourth field of ``loadavg``, ``running/total``;
+    the calling thread is one of them), or None when the file cannot be read or parsed (not Linux)."""
+    try:
+        with open(loadavg, encoding="ascii") as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def free_cores(loadavg: str = LOADAVG, samples: int = SAMPLES, interval_s: float = SAMPLE_INTERVAL_S) -> int:
     """The usable cores (:func:`usable_cores`) that no other runnable task holds now, at least 1.
 
-    Reads the kernel's count of runnable tasks (the fourth field of ``loadavg``,
-    ``running/total``; the calling thread is one of them) ``samples`` times ``interval_s``
+    Reads the count of runnable tasks (:func:`running_tasks`) ``samples`` times ``interval_s``
     apart and keeps the least, so a task that runs for a moment does not count.
 
     Args:
@@ -40,10 +49,8 @@ def free_cores(loadavg: str = LOADAVG, samples: int = SAMPLES, interval_s: float
     for sample in range(samples):
         if sample:
             time.sleep(interval_s)
-        try:
-            with open(loadavg, encoding="ascii") as f:
-                count = int(f.read().split()[3].split("/")[0])
-        except (OSError, ValueError, IndexError):
+        count = running_tasks(loadavg)
+        if count is None:
             return cores
         running = count if running is None else min(running, count)
     return max(cores - max(running - 1, 0), 1)
